@@ -1,0 +1,168 @@
+"""The `trauma-node` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+
+from . import __version__
+from .config import ConfigError, Settings, load_settings
+from .logs import setup_logging
+
+_DESTINATION = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d{1,5})$")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {
+        "node.data_dir": getattr(args, "data_dir", None),
+        "node.dicom_port": getattr(args, "dicom_port", None),
+        "node.http_port": getattr(args, "http_port", None),
+        "node.ae_title": getattr(args, "ae_title", None),
+    }
+    return load_settings(args.config, overrides=overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    setup_logging(settings.node.log_level)
+    from .service import Node
+
+    Node(settings).serve_forever()
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    print(f"configuration OK: AE {settings.node.ae_title!r}, DICOM port "
+          f"{settings.node.dicom_port}, HTTP {settings.node.http_bind}:{settings.node.http_port}, "
+          f"data {settings.data_dir}, {len(settings.peers)} peers, "
+          f"{len(settings.destinations)} destinations")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from . import status
+    from .index import Index
+
+    settings = _settings(args)
+    index = Index(settings.database_url)
+    try:
+        if args.json:
+            print(json.dumps(status.studies(index), indent=2))
+        else:
+            print(status.table(index))
+    finally:
+        index.close()
+    return 0
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    from .scu import AssociationFailed, echo
+
+    try:
+        code = echo(args.host, args.port, args.called_ae, args.calling_ae)
+    except AssociationFailed as exc:
+        print(f"C-ECHO failed: {exc}", file=sys.stderr)
+        return 2
+    print(f"C-ECHO {args.called_ae}@{args.host}:{args.port}: status 0x{code:04X}")
+    return 0 if code == 0 else 1
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from .scu import AssociationFailed, send
+
+    match = _DESTINATION.match(args.to)
+    if not match:
+        print(f"--to {args.to!r}: expected AE@HOST:PORT, e.g. TRAUMA_AI@127.0.0.1:11112",
+              file=sys.stderr)
+        return 2
+    root = Path(args.dir)
+    if not root.exists():
+        print(f"{root}: no such file or directory", file=sys.stderr)
+        return 2
+    paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    try:
+        report = send(paths, match["host"], int(match["port"]), match["ae"], args.calling_ae)
+    except AssociationFailed as exc:
+        print(f"send failed: {exc}", file=sys.stderr)
+        return 2
+    for path, why in report.skipped.items():
+        print(f"skipped {path}: {why}", file=sys.stderr)
+    for path, why in report.failed.items():
+        print(f"failed {path}: {why}", file=sys.stderr)
+    print(f"sent {report.sent}, failed {len(report.failed)}, skipped {len(report.skipped)}")
+    return 0 if not report.failed else 1
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from .analyze import analyze
+
+    settings = _settings(args)
+    analyze(Path(args.dir), Path(args.out), settings.pipeline)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="trauma-node", description=(
+        "DICOM node for abdominal trauma CT: receives CT series, analyses them, sends DICOM "
+        "SEG and SR back to the PACS. Research use only."))
+    p.add_argument("--version", action="version", version=f"trauma-node {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--config", help="TOML config file (default: $TRAUMA_NODE_CONFIG, "
+                        "then config/node.toml)")
+        sp.add_argument("--data-dir", help="data directory (spool, database)")
+        return sp
+
+    serve = with_config(sub.add_parser("serve", help="run the DICOM SCP, workers and HTTP API"))
+    serve.add_argument("--dicom-port", type=int)
+    serve.add_argument("--http-port", type=int)
+    serve.add_argument("--ae-title")
+    serve.set_defaults(func=cmd_serve)
+
+    check = with_config(sub.add_parser("check-config", help="validate a config file"))
+    check.set_defaults(func=cmd_check_config)
+
+    status = with_config(sub.add_parser("status", help="studies, series and jobs"))
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.set_defaults(func=cmd_status)
+
+    echo = sub.add_parser("echo", help="C-ECHO a DICOM node")
+    echo.add_argument("host")
+    echo.add_argument("port", type=int)
+    echo.add_argument("--called-ae", default="TRAUMA_AI")
+    echo.add_argument("--calling-ae", default="TRAUMA_NODE")
+    echo.set_defaults(func=cmd_echo)
+
+    send = sub.add_parser("send", help="C-STORE the DICOM files of a folder")
+    send.add_argument("dir", help="folder (searched recursively) or one file")
+    send.add_argument("--to", required=True, metavar="AE@HOST:PORT")
+    send.add_argument("--calling-ae", default="TRAUMA_NODE")
+    send.set_defaults(func=cmd_send)
+
+    analyze = with_config(sub.add_parser("analyze", help="run the pipeline on a folder, no network"))
+    analyze.add_argument("dir")
+    analyze.add_argument("--out", required=True, help="folder for findings.json and outputs")
+    analyze.set_defaults(func=cmd_analyze)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.captureWarnings(True)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"trauma-node: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

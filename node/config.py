@@ -1,0 +1,269 @@
+"""The node's settings: one typed object read from config/node.toml.
+
+Precedence, lowest first: built-in defaults, the TOML file, environment
+variables (TRAUMA_NODE_<KEY> for the [node] section, TRAUMA_NODE_<SECTION>_<KEY>
+for the others, e.g. TRAUMA_NODE_STORAGE_FSYNC=true; lists of tables such as
+TRAUMA_NODE_PEERS take JSON), then command-line options. Everything is validated
+before the node starts; each problem names its key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pipeline.settings import PipelineSettings
+
+from .settings_loader import ConfigError, apply_env, build, coerce, env_name
+
+ENV_PREFIX = "TRAUMA_NODE"
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "node.toml"
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
+
+
+@dataclass
+class NodeSection:
+    ae_title: str = "TRAUMA_AI"
+    dicom_bind: str = "0.0.0.0"
+    dicom_port: int = 11112
+    http_bind: str = "127.0.0.1"
+    http_port: int = 8080
+    data_dir: str = "./data"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+@dataclass
+class NetworkSection:
+    max_associations: int = 16
+    acse_timeout_s: float = 30.0
+    dimse_timeout_s: float = 60.0
+    network_timeout_s: float = 120.0
+    # 0 = no limit: peers send the largest PDUs they can, which is fastest.
+    max_pdu_bytes: int = 0
+
+
+@dataclass
+class StorageSection:
+    # false: survives a crash of the process (write, then atomic rename).
+    # true: also survives power loss (fsync of file, directory and database).
+    fsync: bool = False
+    min_free_disk_mb: int = 2048
+    # Empty: SQLite in the data directory.
+    database_url: str = ""
+
+
+@dataclass
+class CompletionSection:
+    quiet_period_s: float = 5.0
+    trust_image_count: bool = True
+    check_interval_s: float = 0.25
+
+
+@dataclass
+class SelectionSection:
+    sop_classes: list[str] = field(
+        default_factory=lambda: [CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE])
+    modalities: list[str] = field(default_factory=lambda: ["CT"])
+    min_slices: int = 40
+    require_axial: bool = True
+    axial_tolerance_deg: float = 10.0
+    max_slice_spacing_mm: float = 5.0
+    spacing_tolerance_mm: float = 0.05
+    exclude_image_types: list[str] = field(default_factory=lambda: ["LOCALIZER", "DERIVED"])
+    exclude_kernels: list[str] = field(default_factory=lambda: ["BONE", "LUNG"])
+    exclude_series_descriptions: list[str] = field(default_factory=lambda: ["(?i)scout|topogram|dose"])
+
+
+@dataclass
+class WorkersSection:
+    count: int = 1
+    poll_interval_s: float = 0.5
+    max_attempts: int = 3
+
+
+@dataclass
+class TLSSection:
+    enabled: bool = False
+    certificate: str = ""
+    private_key: str = ""
+    ca_certificates: str = ""
+    require_peer_certificate: bool = True
+
+
+@dataclass
+class Peer:
+    ae_title: str
+    host: str
+
+
+@dataclass
+class Destination:
+    name: str
+    ae_title: str
+    host: str
+    port: int
+    tls: bool = False
+    objects: list[str] = field(default_factory=lambda: ["seg", "sr"])
+
+
+@dataclass
+class Settings:
+    node: NodeSection = field(default_factory=NodeSection)
+    network: NetworkSection = field(default_factory=NetworkSection)
+    storage: StorageSection = field(default_factory=StorageSection)
+    completion: CompletionSection = field(default_factory=CompletionSection)
+    selection: SelectionSection = field(default_factory=SelectionSection)
+    workers: WorkersSection = field(default_factory=WorkersSection)
+    tls: TLSSection = field(default_factory=TLSSection)
+    peers: list[Peer] = field(default_factory=list)
+    destinations: list[Destination] = field(default_factory=list)
+    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.node.data_dir).expanduser().resolve()
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def database_url(self) -> str:
+        return self.storage.database_url or f"sqlite:///{self.data_dir / 'index.sqlite'}"
+
+
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII, no backslash
+
+
+def _check_ae_title(value: str, key: str) -> list[str]:
+    if not _AE_TITLE.match(value) or not value.strip():
+        return [f"{key}: {value!r} is not a valid AE title (1-16 printable ASCII "
+                "characters, no backslash, not all spaces)"]
+    return []
+
+
+def _check_port(value: int, key: str) -> list[str]:
+    return [] if 1 <= value <= 65535 else [f"{key}: {value} is not a TCP port (1-65535)"]
+
+
+def _check_positive(value: float, key: str) -> list[str]:
+    return [] if value > 0 else [f"{key}: must be greater than 0, got {value}"]
+
+
+def validate(settings: Settings) -> list[str]:
+    """Cross-field and range checks that types alone don't catch."""
+    s = settings
+    problems: list[str] = []
+    problems += _check_ae_title(s.node.ae_title, "node.ae_title")
+    problems += _check_port(s.node.dicom_port, "node.dicom_port")
+    problems += _check_port(s.node.http_port, "node.http_port")
+    for key, value in (("node.dicom_bind", s.node.dicom_bind), ("node.http_bind", s.node.http_bind)):
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            problems.append(f"{key}: {value!r} is not an IP address to bind to")
+    if not s.node.data_dir.strip():
+        problems.append("node.data_dir: must not be empty")
+    problems += _check_positive(s.network.max_associations, "network.max_associations")
+    for name in ("acse_timeout_s", "dimse_timeout_s", "network_timeout_s"):
+        problems += _check_positive(getattr(s.network, name), f"network.{name}")
+    if s.network.max_pdu_bytes != 0 and s.network.max_pdu_bytes < 4096:
+        problems.append("network.max_pdu_bytes: 0 (no limit) or at least 4096")
+    if s.storage.min_free_disk_mb < 0:
+        problems.append("storage.min_free_disk_mb: must not be negative")
+    if not 0 < s.completion.quiet_period_s <= 3600:
+        problems.append("completion.quiet_period_s: must be in (0, 3600] seconds")
+    problems += _check_positive(s.completion.check_interval_s, "completion.check_interval_s")
+    if s.selection.min_slices < 1:
+        problems.append("selection.min_slices: must be at least 1")
+    problems += _check_positive(s.selection.max_slice_spacing_mm, "selection.max_slice_spacing_mm")
+    for i, pattern in enumerate(s.selection.exclude_series_descriptions):
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            problems.append(f"selection.exclude_series_descriptions[{i}]: bad regular expression ({exc})")
+    problems += _check_positive(s.workers.count, "workers.count")
+    problems += _check_positive(s.workers.max_attempts, "workers.max_attempts")
+    if s.tls.enabled:
+        for name in ("certificate", "private_key") + (
+                ("ca_certificates",) if s.tls.require_peer_certificate else ()):
+            path = getattr(s.tls, name)
+            if not path:
+                problems.append(f"tls.{name}: required when tls.enabled is true")
+            elif not Path(path).expanduser().is_file():
+                problems.append(f"tls.{name}: file not found: {path}")
+    for i, peer in enumerate(s.peers):
+        problems += _check_ae_title(peer.ae_title, f"peers[{i}].ae_title")
+        if not peer.host.strip():
+            problems.append(f"peers[{i}].host: must not be empty")
+    names = set()
+    for i, dest in enumerate(s.destinations):
+        problems += _check_ae_title(dest.ae_title, f"destinations[{i}].ae_title")
+        problems += _check_port(dest.port, f"destinations[{i}].port")
+        if dest.name in names:
+            problems.append(f"destinations[{i}].name: duplicate name {dest.name!r}")
+        names.add(dest.name)
+        unknown = set(dest.objects) - {"seg", "sr"}
+        if unknown:
+            problems.append(f"destinations[{i}].objects: unknown {sorted(unknown)} (use seg, sr)")
+    pipeline_validate = getattr(s.pipeline, "validate", None)
+    if callable(pipeline_validate):
+        problems += [p if p.startswith("pipeline") else f"pipeline: {p}" for p in pipeline_validate()]
+    return problems
+
+
+def _env_overlay(table: dict[str, Any], env: Mapping[str, str]) -> None:
+    for section in ("node", "network", "storage", "completion", "selection", "workers", "tls",
+                    "pipeline"):
+        cls = Settings.__dataclass_fields__[section].default_factory  # type: ignore[misc]
+        path = [] if section == "node" else [section]
+        sub = table.setdefault(section, {})
+        if not isinstance(sub, dict):
+            raise ConfigError([f"{section}: expected a table"])
+        apply_env(sub, cls, env, ENV_PREFIX, path, section)
+    for name, item in (("peers", list[Peer]), ("destinations", list[Destination])):
+        var = env_name(ENV_PREFIX, [name])
+        if var in env:
+            table[name] = coerce(env[var], item, f"{name} (from ${var})", from_env=True)
+
+
+def load_settings(path: Path | str | None = None, env: Mapping[str, str] | None = None,
+                  overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Read, overlay and validate; raise ConfigError listing every problem.
+
+    path: a TOML file; None uses $TRAUMA_NODE_CONFIG, then config/node.toml if
+    it exists, else the built-in defaults. overrides: dotted keys from the
+    command line, e.g. {"node.dicom_port": 11113}.
+    """
+    env = os.environ if env is None else env
+    if path is None and env.get("TRAUMA_NODE_CONFIG"):
+        path = env["TRAUMA_NODE_CONFIG"]
+    if path is None and DEFAULT_CONFIG.is_file():
+        path = DEFAULT_CONFIG
+    table: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                table = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError([f"config file not found: {path}"])
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"{path}: not valid TOML ({exc})"])
+    _env_overlay(table, env)
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, _, key = dotted.partition(".")
+        table.setdefault(section, {})[key] = value
+    settings = build(Settings, table)
+    problems = validate(settings)
+    if problems:
+        raise ConfigError(problems)
+    return settings

@@ -1,0 +1,88 @@
+"""The job queue in the index: claim atomically, finish, requeue after a crash.
+
+A claim is a conditional UPDATE (state still 'queued'), so two workers, in
+two processes or on two hosts sharing a database, never get the same job.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+
+from .index import Index, Instance, Job, JobState, utcnow
+
+log = logging.getLogger("trauma_node.jobs")
+
+
+@dataclass
+class ClaimedJob:
+    id: int
+    series_id: int
+    series_uid: str
+    study_uid: str
+    series_version: int
+    attempts: int
+
+
+def claim(index: Index, worker: str) -> ClaimedJob | None:
+    """Take the oldest queued job, or None when there is none."""
+    for _ in range(10):  # another worker may win the race for a candidate
+        with index.engine.begin() as conn:
+            candidate = conn.execute(select(Job.id).where(
+                Job.state == JobState.QUEUED.value).order_by(Job.id).limit(1)).scalar()
+            if candidate is None:
+                return None
+            won = conn.execute(update(Job).where(
+                Job.id == candidate, Job.state == JobState.QUEUED.value,
+            ).values(state=JobState.RUNNING.value, worker=worker, started_at=utcnow(),
+                     attempts=Job.attempts + 1)).rowcount == 1
+            if not won:
+                continue
+        with index.session() as session:
+            job = session.get(Job, candidate)
+            series = job.series
+            return ClaimedJob(job.id, series.id, series.series_uid, series.study.study_uid,
+                              job.series_version, job.attempts)
+    return None
+
+
+def instance_paths(index: Index, job: ClaimedJob) -> list[str]:
+    """Spool-relative paths of the instances that make up the job's series version."""
+    with index.engine.connect() as conn:
+        return list(conn.execute(select(Instance.path).where(
+            Instance.series_id == job.series_id,
+            Instance.series_version <= job.series_version).order_by(Instance.id)).scalars())
+
+
+def finish(index: Index, job_id: int, result: dict) -> None:
+    with index.engine.begin() as conn:
+        conn.execute(update(Job).where(Job.id == job_id).values(
+            state=JobState.DONE.value, finished_at=utcnow(), result=result, error=None))
+
+
+def fail(index: Index, job_id: int, error: str) -> None:
+    with index.engine.begin() as conn:
+        conn.execute(update(Job).where(Job.id == job_id).values(
+            state=JobState.FAILED.value, finished_at=utcnow(), error=error))
+
+
+def requeue_interrupted(index: Index, max_attempts: int) -> tuple[int, int]:
+    """At start-up: jobs left running by a crash go back to the queue.
+
+    A job that was already started max_attempts times is failed instead, so
+    one series that crashes the worker cannot crash it forever.
+    Returns (requeued, given up).
+    """
+    with index.engine.begin() as conn:
+        gave_up = conn.execute(update(Job).where(
+            Job.state == JobState.RUNNING.value, Job.attempts >= max_attempts,
+        ).values(state=JobState.FAILED.value, finished_at=utcnow(),
+                 error=f"interrupted {max_attempts} times (worker crashed or was killed)")).rowcount
+        requeued = conn.execute(update(Job).where(Job.state == JobState.RUNNING.value).values(
+            state=JobState.QUEUED.value, worker=None)).rowcount
+    if requeued or gave_up:
+        log.info("start-up: %d interrupted jobs requeued, %d given up", requeued, gave_up)
+    return requeued, gave_up
+

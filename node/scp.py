@@ -1,0 +1,245 @@
+"""The DICOM SCP: C-ECHO and C-STORE of any storage SOP class.
+
+CT Image and Enhanced CT Image Storage are what the pipeline analyses; every
+other storage SOP class a PACS forwards with a study (scouts, dose reports,
+secondary captures) is accepted and stored too, and recorded as not analysed,
+so that a whole-study forward is never refused. Objects are stored as received
+(no transcoding); the handler does nothing slow.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, evt
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification
+
+from .config import Settings
+from .headers import extract
+from .policy import AssociationPolicy
+from .receiver import Receiver
+from .spool import InvalidUID
+from .tls import server_context
+
+log = logging.getLogger("trauma_node.scp")
+
+TRANSFER_SYNTAXES = [
+    ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian, JPEGLosslessSV1, JPEGLossless, JPEGLSLossless, JPEGLSNearLossless,
+    JPEG2000Lossless, JPEG2000, RLELossless, JPEGBaseline8Bit, JPEGExtended12Bit,
+    UID("1.2.840.10008.1.2.4.201"), UID("1.2.840.10008.1.2.4.202"),  # HTJ2K lossless (RPCL)
+    UID("1.2.840.10008.1.2.4.203"),  # HTJ2K
+]
+
+# C-STORE statuses (PS3.4 Annex B.2.3)
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+CANNOT_UNDERSTAND = 0xC000
+
+
+def _failure(status: int, comment: str) -> Dataset:
+    ds = Dataset()
+    ds.Status = status
+    ds.ErrorComment = comment[:64]  # LO: 64 characters
+    return ds
+
+
+@dataclass
+class _AssociationStats:
+    calling_ae: str
+    host: str
+    started: float = field(default_factory=time.monotonic)
+    stored: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    bytes: int = 0
+
+
+def _pixel_data_truncated(ds: Dataset, transfer_syntax: UID) -> bool:
+    """For native (uncompressed) pixel data, is there less than the header promises?"""
+    if "PixelData" not in ds or transfer_syntax.is_compressed:
+        return False
+    try:
+        expected = (int(ds.Rows) * int(ds.Columns) * int(ds.get("NumberOfFrames", 1) or 1)
+                    * int(ds.get("SamplesPerPixel", 1)) * int(ds.BitsAllocated) // 8)
+    except (AttributeError, TypeError, ValueError):
+        return True
+    return len(ds.PixelData) < expected
+
+
+class StorageSCP:
+    def __init__(self, settings: Settings, receiver: Receiver, policy: AssociationPolicy):
+        self.settings = settings
+        self.receiver = receiver
+        self.policy = policy
+        self.ae = self._make_ae()
+        self.server = None
+        self._stats: dict[int, _AssociationStats] = {}
+        self._stats_lock = threading.Lock()
+
+    def _make_ae(self) -> AE:
+        net = self.settings.network
+        ae = AE(ae_title=self.settings.node.ae_title)
+        ae.maximum_associations = net.max_associations
+        ae.acse_timeout = net.acse_timeout_s
+        ae.dimse_timeout = net.dimse_timeout_s
+        ae.network_timeout = net.network_timeout_s
+        ae.maximum_pdu_size = net.max_pdu_bytes
+        # Policy is checked in _on_requested, with a log line and the proper reason.
+        ae.require_called_aet = False
+        ae.require_calling_aet = []
+        ae.add_supported_context(Verification)
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
+        return ae
+
+    # -- association events ----------------------------------------------------
+    def _on_requested(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        rq = assoc.requestor
+        rejection = self.policy.check(str(rq.primitive.called_ae_title), rq.ae_title, rq.address)
+        if rejection is not None:
+            log.warning("association rejected: calling %r host %s: %s", rq.ae_title, rq.address,
+                        rejection.reason)
+            assoc.acse.send_reject(rejection.result, rejection.source, rejection.diagnostic)
+            assoc.kill()
+
+    def _on_rejected(self, event: evt.Event) -> None:
+        # Rejections made by pynetdicom itself, e.g. too many associations.
+        rq = event.assoc.requestor
+        log.warning("association rejected: calling %r host %s: local limit (%d associations)",
+                    rq.ae_title, rq.address, self.settings.network.max_associations)
+
+    def _on_established(self, event: evt.Event) -> None:
+        rq = event.assoc.requestor
+        with self._stats_lock:
+            self._stats[id(event.assoc)] = _AssociationStats(rq.ae_title, rq.address)
+        tls = "yes" if self.settings.tls.enabled else "no"
+        log.info("association accepted: calling %r host %s tls %s", rq.ae_title, rq.address, tls)
+
+    def _on_closed(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        with self._stats_lock:
+            stats = self._stats.pop(id(assoc), None)
+        self.receiver.association_closed(id(assoc))
+        if stats is None:
+            return
+        how = "released" if assoc.is_released else "aborted" if assoc.is_aborted else "closed"
+        seconds = time.monotonic() - stats.started
+        log.info("association %s: calling %r host %s: %d stored, %d duplicates, %d failed, "
+                 "%.1f MB in %.2f s", how, stats.calling_ae, stats.host, stats.stored,
+                 stats.duplicates, stats.failed, stats.bytes / 1e6, seconds)
+
+    # -- DIMSE ---------------------------------------------------------------------
+    def _on_echo(self, event: evt.Event) -> int:
+        return SUCCESS
+
+    def _on_store(self, event: evt.Event) -> int | Dataset:
+        stats = self._stats.get(id(event.assoc))
+        status = self._store(event, stats)
+        if stats is not None and not isinstance(status, int):
+            stats.failed += 1
+        elif stats is not None and status != SUCCESS:
+            stats.failed += 1
+        return status
+
+    def _store(self, event: evt.Event, stats: _AssociationStats | None) -> int | Dataset:
+        if self.policy.disk_low():
+            log.error("C-STORE refused: free disk below %d MB (storage.min_free_disk_mb)",
+                      self.settings.storage.min_free_disk_mb)
+            return _failure(OUT_OF_RESOURCES, "Out of resources: disk space low")
+        request = event.request
+        transfer_syntax = event.context.transfer_syntax
+        try:
+            ds = event.dataset
+            header = extract(ds)
+        except Exception as exc:  # any decode failure: refuse this object, keep serving
+            log.warning("C-STORE failed: dataset cannot be decoded (%s)", type(exc).__name__)
+            return _failure(CANNOT_UNDERSTAND, "Cannot understand: dataset cannot be decoded")
+        sop_uid = str(request.AffectedSOPInstanceUID)
+        if header.sop_uid and header.sop_uid != sop_uid:
+            return _failure(CANNOT_UNDERSTAND, "SOP Instance UID differs from the request")
+        header.sop_uid = sop_uid
+        header.sop_class_uid = str(request.AffectedSOPClassUID)
+        if _pixel_data_truncated(ds, UID(transfer_syntax)):
+            log.warning("C-STORE failed: pixel data truncated (SOP %s)", sop_uid)
+            return _failure(CANNOT_UNDERSTAND, "Pixel data shorter than Rows x Columns")
+        try:
+            data = event.encoded_dataset()
+            calling = stats.calling_ae if stats else ""
+            result = self.receiver.store(header, data, str(transfer_syntax), calling,
+                                         id(event.assoc))
+        except InvalidUID as exc:
+            log.warning("C-STORE failed: %s", exc)
+            return _failure(CANNOT_UNDERSTAND, str(exc))
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                log.error("C-STORE refused: disk full while writing SOP %s", sop_uid)
+                return _failure(OUT_OF_RESOURCES, "Out of resources: disk full")
+            log.exception("C-STORE failed: cannot write SOP %s", sop_uid)
+            return _failure(OUT_OF_RESOURCES, "Out of resources: cannot write")
+        if stats is not None:
+            if result.stored:
+                stats.stored += 1
+                stats.bytes += len(data)
+            else:
+                stats.duplicates += 1
+        return SUCCESS
+
+    # -- lifecycle -----------------------------------------------------------------
+    def handlers(self) -> list:
+        return [
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_ESTABLISHED, self._on_established),
+            (evt.EVT_CONN_CLOSE, self._on_closed),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+        ]
+
+    def start(self) -> None:
+        node = self.settings.node
+        context = server_context(self.settings.tls) if self.settings.tls.enabled else None
+        self.server = self.ae.start_server((node.dicom_bind, node.dicom_port), block=False,
+                                           evt_handlers=self.handlers(), ssl_context=context)
+        log.info("DICOM SCP %r listening on %s:%d%s", node.ae_title, node.dicom_bind,
+                 node.dicom_port, " (TLS)" if context else "")
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """Stop accepting, let senders finish within grace_s, then abort the rest.
+
+        Whatever was acknowledged is already on disk and in the index.
+        """
+        if self.server is None:
+            return
+        self.server.shutdown()
+        deadline = time.monotonic() + grace_s
+        while self.ae.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        remaining = self.ae.active_associations
+        if remaining:
+            log.warning("aborting %d associations still open at shutdown", len(remaining))
+        self.ae.shutdown()
+        self.server = None

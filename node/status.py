@@ -1,0 +1,79 @@
+"""What the node holds and where each series stands: one query for the CLI and HTTP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+from .index import Index, Series, Study
+
+
+def _iso(value) -> str | None:
+    return value.isoformat(timespec="seconds") + "Z" if value is not None else None
+
+
+def series_state(series: Series) -> str:
+    """receiving / skipped, else the state of the job of the current version."""
+    if series.state != "queued":
+        return series.state
+    current = [j for j in series.jobs if j.series_version == series.version]
+    return current[-1].state if current else series.state
+
+
+def studies(index: Index) -> list[dict[str, Any]]:
+    with index.session() as session:
+        rows = session.execute(select(Study).order_by(Study.id).options(
+            selectinload(Study.series).selectinload(Series.jobs))).scalars().all()
+        out = []
+        for study in rows:
+            out.append({
+                "study_uid": study.study_uid,
+                "received_at": _iso(study.created_at),
+                "series": [_series(s) for s in study.series],
+            })
+        return out
+
+
+def _series(series: Series) -> dict[str, Any]:
+    return {
+        "series_uid": series.series_uid,
+        "modality": series.modality,
+        "state": series_state(series),
+        "version": series.version,
+        "instances": series.instance_count,
+        "expected_instances": series.expected_count,
+        "completed_at": _iso(series.completed_at),
+        "skip_reason": series.skip_reason,
+        "jobs": [{
+            "id": job.id,
+            "series_version": job.series_version,
+            "state": job.state,
+            "attempts": job.attempts,
+            "error": job.error,
+            "result": job.result,
+            "started_at": _iso(job.started_at),
+            "finished_at": _iso(job.finished_at),
+        } for job in series.jobs],
+    }
+
+
+def table(index: Index) -> str:
+    """The status as a plain-text table for terminals."""
+    header = ("STUDY", "SERIES", "MOD", "STATE", "VER", "INST", "JOB", "DETAIL")
+    lines = [header]
+    for study in studies(index):
+        for s in study["series"]:
+            job = s["jobs"][-1] if s["jobs"] else None
+            detail = s["skip_reason"] or (job["error"] if job and job["error"] else "") or ""
+            lines.append((study["study_uid"], s["series_uid"], s["modality"] or "", s["state"],
+                          str(s["version"]), str(s["instances"]),
+                          f"{job['id']}:{job['state']}" if job else "-", detail))
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header) - 1)]
+    text = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1]
+            for row in lines]
+    if len(lines) == 1:
+        text.append("(no studies received yet)")
+    return "\n".join(line.rstrip() for line in text)
+

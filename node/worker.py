@@ -1,0 +1,88 @@
+"""Workers: processes that claim jobs and run the analysis.
+
+They run apart from the receiving process, so analysis never slows C-STORE,
+and talk to it only through the index and the spool; the same loop can run on
+another host against a shared database and spool.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import time
+import traceback
+from multiprocessing.synchronize import Event as EventType
+
+from . import jobs
+from .config import Settings
+from .index import Index
+from .logs import setup_logging
+
+log = logging.getLogger("trauma_node.worker")
+
+
+def run_one(index: Index, settings: Settings, name: str) -> bool:
+    """Claim and run one job; False when the queue was empty."""
+    job = jobs.claim(index, name)
+    if job is None:
+        return False
+    from .job_step import run_job_step  # imported late: may load models
+
+    log.info("job %d running: series %s v%d (attempt %d)", job.id, job.series_uid,
+             job.series_version, job.attempts)
+    started = time.monotonic()
+    try:
+        paths = [settings.spool_dir / p for p in jobs.instance_paths(index, job)]
+        result = run_job_step(paths, settings.pipeline)
+    except Exception as exc:  # a bad series fails its job, never the worker
+        log.warning("job %d failed after %.1f s: %s", job.id, time.monotonic() - started, exc)
+        log.debug("job %d traceback:\n%s", job.id, traceback.format_exc())
+        jobs.fail(index, job.id, f"{type(exc).__name__}: {exc}")
+        return True
+    jobs.finish(index, job.id, result)
+    log.info("job %d done in %.1f s", job.id, time.monotonic() - started)
+    return True
+
+
+def worker_main(settings: Settings, stop: EventType, name: str) -> None:
+    """Entry point of a worker process."""
+    setup_logging(settings.node.log_level)
+    index = Index(settings.database_url, durable=settings.storage.fsync)
+    log.info("worker %s started (pid %d)", name, os.getpid())
+    try:
+        while not stop.is_set():
+            if not run_one(index, settings, name):
+                stop.wait(settings.workers.poll_interval_s)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        index.close()
+        log.info("worker %s stopped", name)
+
+
+class WorkerPool:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.ctx = mp.get_context("spawn")  # no forked copies of the SCP's threads
+        self.stop_event = self.ctx.Event()
+        self.processes: list[mp.process.BaseProcess] = []
+
+    def start(self) -> None:
+        for i in range(self.settings.workers.count):
+            name = f"worker-{i + 1}"
+            proc = self.ctx.Process(target=worker_main, name=name,
+                                    args=(self.settings, self.stop_event, name), daemon=True)
+            proc.start()
+            self.processes.append(proc)
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """Let running jobs finish within grace_s; a job cut off is requeued at next start."""
+        self.stop_event.set()
+        deadline = time.monotonic() + grace_s
+        for proc in self.processes:
+            proc.join(timeout=max(0.1, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=5)
+

@@ -1,0 +1,345 @@
+"""Synthetic abdominal CT phantom series with real geometry and known truth.
+
+The phantom is laid out in patient coordinates (LPS, millimetres), so the same
+anatomy appears whatever the pixel or slice spacing: a body ellipse with a
+subcutaneous fat ring and a muscular wall, intra-abdominal fat, liver, spleen,
+kidneys, aorta, IVC, spine and air-filled bowel, in a portal-venous phase.
+Blood collections (hemoperitoneum, 40-55 HU) and an optional contrast blush
+(~250 HU, inside the perisplenic collection) are painted with known voxel
+counts, so tests can compare a pipeline's volumes with the truth.
+
+HU values follow common abdominal CT figures (see ../shared/REFERENCES.md):
+unclotted blood 30-45 HU, clotted blood 45-70 HU, active extravasation close to
+the aorta's enhancement (>100 HU), simple fluid 0-20 HU.
+"""
+
+from __future__ import annotations
+
+import datetime
+import random
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEGLosslessSV1,
+    PYDICOM_IMPLEMENTATION_UID,
+    UID,
+    generate_uid,
+)
+
+# Labels in the truth volume.
+BACKGROUND, BLOOD, BLUSH = 0, 1, 2
+
+# HU of the tissues (portal-venous phase).
+HU_AIR = -1000
+HU_FAT = -100
+HU_MUSCLE = 50
+HU_LIVER = 110
+HU_SPLEEN = 120
+HU_KIDNEY = 170
+HU_AORTA = 190
+HU_IVC = 150
+HU_BONE = 700
+HU_BOWEL_GAS = -900
+HU_BOWEL_WALL = 70
+HU_BLOOD = 48
+HU_BLUSH = 250
+
+
+@dataclass(frozen=True)
+class Ellipsoid:
+    """An axis-aligned ellipsoid in patient coordinates (mm)."""
+
+    centre: tuple[float, float, float]
+    semi_axes: tuple[float, float, float]
+
+    def cross_section(self, x: np.ndarray, y: np.ndarray, z: float) -> np.ndarray | None:
+        """Boolean mask of the ellipsoid on the plane at height z, or None."""
+        cx, cy, cz = self.centre
+        ax, ay, az = self.semi_axes
+        t = 1.0 - ((z - cz) / az) ** 2
+        if t <= 0:
+            return None
+        return ((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2 <= t
+
+
+# Anatomy, z up (cranial). x positive = patient left, y positive = posterior.
+LIVER = Ellipsoid((-70.0, 0.0, 70.0), (65.0, 75.0, 75.0))
+SPLEEN = Ellipsoid((85.0, 45.0, 80.0), (28.0, 45.0, 50.0))
+KIDNEYS = (Ellipsoid((-65.0, 65.0, 20.0), (25.0, 22.0, 55.0)),
+           Ellipsoid((65.0, 65.0, 25.0), (25.0, 22.0, 55.0)))
+BOWEL_LOOPS = tuple(Ellipsoid((x, y, z), (18.0, 18.0, 40.0))
+                    for x, y, z in ((-40.0, -60.0, -40.0), (30.0, -50.0, -30.0),
+                                    (0.0, -80.0, -90.0), (60.0, -20.0, -80.0)))
+
+# Blood collections: the perisplenic one lies beside the spleen, the
+# perihepatic one in Morison's pouch, the pelvic one low in the midline.
+PERISPLENIC = Ellipsoid((118.0, 20.0, 70.0), (14.0, 30.0, 35.0))
+PERIHEPATIC = Ellipsoid((-40.0, 60.0, 15.0), (14.0, 16.0, 25.0))
+PELVIC = Ellipsoid((0.0, -10.0, -120.0), (40.0, 30.0, 22.0))
+BLUSH_SITE = Ellipsoid((116.0, 18.0, 72.0), (5.0, 5.0, 6.0))
+
+BLOOD_LAYOUTS: dict[str, tuple[Ellipsoid, ...]] = {
+    "none": (),
+    "small": (PERIHEPATIC,),
+    "large": (PERISPLENIC, PERIHEPATIC, PELVIC),
+}
+
+
+@dataclass
+class PhantomSpec:
+    """What series to make. Defaults: a 120-slice portal-venous abdomen."""
+
+    slices: int = 120
+    rows: int = 512
+    cols: int = 512
+    pixel_spacing: tuple[float, float] = (0.78125, 0.78125)  # (row, column) mm
+    slice_spacing: float = 2.5
+    slice_thickness: float | None = None  # defaults to slice_spacing
+    z_top: float | None = None  # z of the most cranial slice; centred by default
+    blood: str = "none"  # none | small | large
+    blush: bool = False
+    noise_hu: float = 8.0
+    seed: int = 0
+    # File and instance order: "ascending" (feet->head), "descending"
+    # (head->feet, as most scanners), "shuffled" (random InstanceNumber/file names).
+    order: str = "descending"
+    transfer_syntax: str = ExplicitVRLittleEndian
+    images_in_acquisition: bool = True
+    study_uid: str = field(default_factory=generate_uid)
+    series_uid: str = field(default_factory=generate_uid)
+    frame_of_reference_uid: str = field(default_factory=generate_uid)
+    modality: str = "CT"
+    series_description: str = "ABD/PELVIS 2.5mm PV"
+    image_orientation: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+    # Vary RescaleIntercept between slices to prove per-slice rescaling.
+    vary_rescale: bool = False
+
+
+@dataclass
+class PhantomTruth:
+    """What was written and what is in it."""
+
+    spec: PhantomSpec
+    paths: list[Path]
+    sop_instance_uids: list[str]
+    z_positions: list[float]  # of each slice, cranial first
+    voxel_counts: dict[str, int]
+    voxel_volume_mm3: float
+
+    @property
+    def volumes_ml(self) -> dict[str, float]:
+        return {name: count * self.voxel_volume_mm3 / 1000.0
+                for name, count in self.voxel_counts.items()}
+
+
+def _z_positions(spec: PhantomSpec) -> list[float]:
+    top = spec.z_top if spec.z_top is not None else (spec.slices - 1) * spec.slice_spacing / 2
+    return [top - k * spec.slice_spacing for k in range(spec.slices)]
+
+
+def _grid(spec: PhantomSpec) -> tuple[np.ndarray, np.ndarray, float, float]:
+    dy, dx = spec.pixel_spacing
+    x0 = -(spec.cols - 1) * dx / 2
+    y0 = -(spec.rows - 1) * dy / 2
+    xs = (x0 + dx * np.arange(spec.cols, dtype=np.float32))[None, :]
+    ys = (y0 + dy * np.arange(spec.rows, dtype=np.float32))[:, None]
+    return xs, ys, x0, y0
+
+
+def render_slice(spec: PhantomSpec, z: float, rng: np.random.Generator,
+                 grid: tuple[np.ndarray, np.ndarray, float, float] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """HU (int16) and truth labels (uint8) of the axial plane at height z."""
+    xs, ys, _, _ = grid if grid is not None else _grid(spec)
+    hu = np.full((spec.rows, spec.cols), HU_AIR, dtype=np.float32)
+    labels = np.zeros((spec.rows, spec.cols), dtype=np.uint8)
+
+    def ellipse(cx: float, cy: float, ax: float, ay: float) -> np.ndarray:
+        return ((xs - cx) / ax) ** 2 + ((ys - cy) / ay) ** 2 <= 1.0
+
+    body = ellipse(0, 0, 170, 125)
+    hu[body] = HU_FAT
+    hu[ellipse(0, 0, 155, 110)] = HU_MUSCLE  # abdominal wall muscles
+    hu[ellipse(0, 0, 143, 98)] = HU_FAT  # intra-abdominal fat
+    hu[ellipse(0, 80, 20, 18)] = HU_BONE  # vertebral body
+    hu[ellipse(15, 52, 11, 11)] = HU_AORTA
+    hu[ellipse(-20, 52, 12, 10)] = HU_IVC
+    for organ, value in ((LIVER, HU_LIVER), (SPLEEN, HU_SPLEEN)):
+        m = organ.cross_section(xs, ys, z)
+        if m is not None:
+            hu[m] = value
+    for kidney in KIDNEYS:
+        m = kidney.cross_section(xs, ys, z)
+        if m is not None:
+            hu[m] = HU_KIDNEY
+    for loop in BOWEL_LOOPS:
+        m = loop.cross_section(xs, ys, z)
+        if m is not None:
+            hu[m] = HU_BOWEL_WALL
+            inner = Ellipsoid(loop.centre, tuple(a - 3.0 for a in loop.semi_axes))
+            mi = inner.cross_section(xs, ys, z)
+            if mi is not None:
+                hu[mi] = HU_BOWEL_GAS
+    for collection in BLOOD_LAYOUTS[spec.blood]:
+        m = collection.cross_section(xs, ys, z)
+        if m is not None:
+            m &= body
+            hu[m] = HU_BLOOD
+            labels[m] = BLOOD
+    if spec.blush:
+        m = BLUSH_SITE.cross_section(xs, ys, z)
+        if m is not None:
+            m &= body
+            hu[m] = HU_BLUSH
+            labels[m] = BLUSH
+    if spec.noise_hu:
+        hu += rng.normal(0.0, spec.noise_hu, hu.shape).astype(np.float32)
+    return np.clip(np.rint(hu), -1024, 3071).astype(np.int16), labels
+
+
+def _dataset(spec: PhantomSpec, k: int, z: float, hu: np.ndarray, instance_number: int,
+             x0: float, y0: float) -> Dataset:
+    intercept = -1024.0 - (8.0 * (k % 3) if spec.vary_rescale else 0.0)
+    stored = (hu.astype(np.int32) - int(intercept)).astype(np.uint16)
+
+    now = datetime.datetime(2026, 1, 15, 3, 12, 0)
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = now.strftime("%Y%m%d")
+    ds.StudyTime = ds.SeriesTime = ds.ContentTime = now.strftime("%H%M%S")
+    ds.AccessionNumber = "ACC0001"
+    ds.Modality = spec.modality
+    ds.Manufacturer = "trauma-node phantom"
+    ds.ReferringPhysicianName = ""
+    ds.StudyDescription = "CT ABDOMEN PELVIS TRAUMA"
+    ds.SeriesDescription = spec.series_description
+    ds.PatientName = "PHANTOM^ABDOMEN"
+    ds.PatientID = "PHANTOM-0001"
+    ds.PatientBirthDate = ""
+    ds.PatientSex = "O"
+    ds.BodyPartExamined = "ABDOMEN"
+    ds.SliceThickness = spec.slice_thickness or spec.slice_spacing
+    ds.KVP = 120
+    ds.ConvolutionKernel = "STANDARD"
+    ds.PatientPosition = "FFS"
+    ds.StudyInstanceUID = spec.study_uid
+    ds.SeriesInstanceUID = spec.series_uid
+    ds.StudyID = "1"
+    ds.SeriesNumber = 3
+    ds.AcquisitionNumber = 1
+    ds.InstanceNumber = instance_number
+    ds.ImagePositionPatient = [round(x0, 4), round(y0, 4), round(z, 4)]
+    ds.ImageOrientationPatient = list(spec.image_orientation)
+    ds.FrameOfReferenceUID = spec.frame_of_reference_uid
+    ds.PositionReferenceIndicator = ""
+    if spec.images_in_acquisition:
+        ds.ImagesInAcquisition = spec.slices
+    ds.SliceLocation = round(z, 4)
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = spec.rows, spec.cols
+    ds.PixelSpacing = list(spec.pixel_spacing)
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.WindowCenter = 50
+    ds.WindowWidth = 400
+    ds.RescaleIntercept = intercept
+    ds.RescaleSlope = 1
+    ds.RescaleType = "HU"
+    ds.PixelData = stored.tobytes()
+
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    return ds
+
+
+def _encode(ds: Dataset, transfer_syntax: str) -> None:
+    ts = UID(transfer_syntax)
+    if ts == ImplicitVRLittleEndian:
+        ds.file_meta.TransferSyntaxUID = ts
+    elif ts.is_compressed and ts != JPEGLosslessSV1:
+        ds.compress(ts)
+
+
+def write_series(spec: PhantomSpec, out_dir: Path | str) -> PhantomTruth:
+    """Write the phantom as one DICOM file per slice into out_dir."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(spec.seed)
+    grid = _grid(spec)
+    _, _, x0, y0 = grid
+    zs = _z_positions(spec)
+
+    order = list(range(spec.slices))  # index 0 = most cranial
+    if spec.order == "ascending":
+        order.reverse()
+    elif spec.order == "shuffled":
+        random.Random(spec.seed).shuffle(order)
+    elif spec.order != "descending":
+        raise ValueError(f"unknown order {spec.order!r}")
+    instance_of = {k: n + 1 for n, k in enumerate(order)}
+
+    counts = {"hemorrhage": 0, "active_extravasation": 0}
+    paths: list[Path] = []
+    uids: list[str] = []
+    for k, z in enumerate(zs):
+        hu, labels = render_slice(spec, z, rng, grid)
+        counts["hemorrhage"] += int(np.count_nonzero(labels))
+        counts["active_extravasation"] += int(np.count_nonzero(labels == BLUSH))
+        ds = _dataset(spec, k, z, hu, instance_of[k], x0, y0)
+        _encode(ds, spec.transfer_syntax)
+        name = (f"IM{instance_of[k]:05d}.dcm" if spec.order != "shuffled"
+                else f"{ds.SOPInstanceUID.rsplit('.', 1)[-1]}.dcm")
+        path = out_dir / name
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+        uids.append(ds.SOPInstanceUID)
+
+    if UID(spec.transfer_syntax) == JPEGLosslessSV1:
+        _dcmtk_jpeg_lossless(paths)
+
+    dy, dx = spec.pixel_spacing
+    return PhantomTruth(spec=spec, paths=paths, sop_instance_uids=uids, z_positions=zs,
+                        voxel_counts=counts, voxel_volume_mm3=dx * dy * spec.slice_spacing)
+
+
+def _dcmtk_jpeg_lossless(paths: list[Path]) -> None:
+    """pydicom has no JPEG Lossless encoder: DCMTK's dcmcjpeg makes one (SV1)."""
+    dcmcjpeg = shutil.which("dcmcjpeg", path="/usr/bin")
+    if dcmcjpeg is None:
+        raise RuntimeError("dcmcjpeg (Debian package dcmtk) is needed for JPEG Lossless phantoms")
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in paths:
+            out = Path(tmp) / path.name
+            subprocess.run([dcmcjpeg, "+e1", str(path), str(out)], check=True)
+            shutil.move(out, path)
+
+
+def make_volume(spec: PhantomSpec) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """The phantom in memory: HU (slices, rows, cols) cranial first, labels, spacing (z, y, x)."""
+    rng = np.random.default_rng(spec.seed)
+    grid = _grid(spec)
+    zs = _z_positions(spec)
+    hu = np.empty((spec.slices, spec.rows, spec.cols), dtype=np.int16)
+    labels = np.empty(hu.shape, dtype=np.uint8)
+    for k, z in enumerate(zs):
+        hu[k], labels[k] = render_slice(spec, z, rng, grid)
+    dy, dx = spec.pixel_spacing
+    return hu, labels, (spec.slice_spacing, dy, dx)
