@@ -76,7 +76,7 @@ class SelectionSection:
     axial_tolerance_deg: float = 10.0
     max_slice_spacing_mm: float = 5.0
     spacing_tolerance_mm: float = 0.05
-    exclude_image_types: list[str] = field(default_factory=lambda: ["LOCALIZER", "DERIVED"])
+    exclude_image_types: list[str] = field(default_factory=lambda: ["LOCALIZER"])
     exclude_kernels: list[str] = field(default_factory=lambda: ["BONE", "LUNG"])
     exclude_series_descriptions: list[str] = field(default_factory=lambda: ["(?i)scout|topogram|dose"])
 

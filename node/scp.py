@@ -45,12 +45,17 @@ from .tls import server_context
 
 log = logging.getLogger("trauma_node.scp")
 
+# pynetdicom accepts, per context, the first syntax of this list that the sender
+# proposed. Lossless compressed first, so a sender offering its files' own
+# compression keeps it (stored as received); uncompressed next; lossy last, so a
+# sender that also offers lossless is never asked to degrade the images.
 TRANSFER_SYNTAXES = [
+    JPEGLosslessSV1, JPEGLossless, JPEGLSLossless, JPEG2000Lossless, RLELossless,
+    UID("1.2.840.10008.1.2.4.201"), UID("1.2.840.10008.1.2.4.202"),  # HTJ2K lossless
     ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian, JPEGLosslessSV1, JPEGLossless, JPEGLSLossless, JPEGLSNearLossless,
-    JPEG2000Lossless, JPEG2000, RLELossless, JPEGBaseline8Bit, JPEGExtended12Bit,
-    UID("1.2.840.10008.1.2.4.201"), UID("1.2.840.10008.1.2.4.202"),  # HTJ2K lossless (RPCL)
-    UID("1.2.840.10008.1.2.4.203"),  # HTJ2K
+    ExplicitVRBigEndian,
+    JPEGLSNearLossless, JPEG2000, UID("1.2.840.10008.1.2.4.203"),  # HTJ2K
+    JPEGBaseline8Bit, JPEGExtended12Bit,
 ]
 
 # C-STORE statuses (PS3.4 Annex B.2.3)
@@ -119,9 +124,11 @@ class StorageSCP:
     def _on_requested(self, event: evt.Event) -> None:
         assoc = event.assoc
         rq = assoc.requestor
-        rejection = self.policy.check(str(rq.primitive.called_ae_title), rq.ae_title, rq.address)
+        # Before negotiation only the request primitive holds the AE titles.
+        calling = str(rq.primitive.calling_ae_title)
+        rejection = self.policy.check(str(rq.primitive.called_ae_title), calling, rq.address)
         if rejection is not None:
-            log.warning("association rejected: calling %r host %s: %s", rq.ae_title, rq.address,
+            log.warning("association rejected: calling %r host %s: %s", calling, rq.address,
                         rejection.reason)
             assoc.acse.send_reject(rejection.result, rejection.source, rejection.diagnostic)
             assoc.kill()

@@ -10,8 +10,11 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
-from pynetdicom import AE, build_context
+from pynetdicom import AE, _config, build_context
 from pynetdicom.sop_class import Verification
+
+# Send files as stored, streamed from disk: no decode, no re-encode, bounded memory.
+_config.STORE_SEND_CHUNKED_DATASET = True
 
 log = logging.getLogger("trauma_node.scu")
 

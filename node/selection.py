@@ -13,25 +13,14 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from pydicom.uid import UID
+
 from .config import SelectionSection
 
-# Names for the SOP classes a PACS commonly forwards with a CT study.
-_SOP_NAMES = {
-    "1.2.840.10008.5.1.4.1.1.2": "CT Image Storage",
-    "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT Image Storage",
-    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image Storage",
-    "1.2.840.10008.5.1.4.1.1.88.67": "X-Ray Radiation Dose SR",
-    "1.2.840.10008.5.1.4.1.1.88.22": "Enhanced SR",
-    "1.2.840.10008.5.1.4.1.1.88.33": "Comprehensive SR",
-    "1.2.840.10008.5.1.4.1.1.88.34": "Comprehensive 3D SR",
-    "1.2.840.10008.5.1.4.1.1.66.4": "Segmentation Storage",
-    "1.2.840.10008.5.1.4.1.1.104.1": "Encapsulated PDF Storage",
-    "1.2.840.10008.5.1.4.1.1.11.1": "Grayscale Softcopy Presentation State",
-}
-
-
 def sop_class_name(uid: str) -> str:
-    return _SOP_NAMES.get(uid, uid)
+    """pydicom knows the name of every standard SOP class."""
+    name = UID(uid).name
+    return name if name != uid else uid
 
 
 @dataclass
