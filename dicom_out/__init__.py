@@ -1,0 +1,1 @@
+"""Findings + source series in, DICOM SEG and TID 1500 SR out (not yet built)."""

@@ -1,0 +1,170 @@
+"""Series completion, versions and the job queue, on the index directly (no network)."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+
+import pytest
+from sqlalchemy import insert, select
+
+from node import jobs
+from node.completion import CompletionMonitor
+from node.config import CompletionSection, SelectionSection
+from node.headers import InstanceHeader
+from node.index import Index, Job, Series, Study
+from node.receiver import Receiver
+from node.spool import Spool
+
+STUDY, SERIES = "1.2.3.4", "1.2.3.4.5"
+
+
+def header(n: int, series: str = SERIES, expected: int | None = None) -> InstanceHeader:
+    return InstanceHeader(
+        study_uid=STUDY, series_uid=series, sop_uid=f"{series}.{n}",
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2", modality="CT", image_type=["ORIGINAL"],
+        rows=64, columns=64, position=[0.0, 0.0, -2.5 * n],
+        orientation=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0], pixel_spacing=[0.7, 0.7],
+        images_in_acquisition=expected)
+
+
+class Harness:
+    def __init__(self, tmp, quiet: float = 5.0):
+        self.url = f"sqlite:///{tmp / 'index.sqlite'}"
+        self.spool = Spool(tmp / "spool")
+        self.quiet = quiet
+        self.open()
+
+    def open(self) -> None:
+        self.index = Index(self.url)
+        self.receiver = Receiver(self.index, self.spool)
+        self.monitor = CompletionMonitor(
+            self.index, self.receiver, CompletionSection(quiet_period_s=self.quiet),
+            SelectionSection(min_slices=3))
+
+    def restart(self) -> None:
+        self.index.close()
+        self.open()
+
+    def store(self, n: int, assoc: int = 1, **kw):
+        return self.receiver.store(header(n, **kw), b"DICM" * 10, "1.2.840.10008.1.2.1", "CT1",
+                                   assoc)
+
+    def series(self, uid: str = SERIES) -> Series:
+        with self.index.session() as s:
+            return s.execute(select(Series).where(Series.series_uid == uid)).scalar_one()
+
+    def jobs(self) -> list[tuple[int, str]]:
+        with self.index.engine.connect() as c:
+            return [(r.series_version, r.state) for r in
+                    c.execute(select(Job.series_version, Job.state).order_by(Job.id))]
+
+
+@pytest.fixture
+def h(tmp_path):
+    harness = Harness(tmp_path)
+    yield harness
+    harness.index.close()
+
+
+def test_quiet_period_counts_from_the_end_of_the_association(h):
+    for n in range(5):
+        h.store(n, assoc=7)
+    later = time.time() + 60
+    assert h.monitor.check_once(now=later) == 0  # association 7 is still sending
+    h.receiver.association_closed(7)
+    closed = time.time()
+    assert h.monitor.check_once(now=closed + 1) == 0  # quiet for 1 s of 5
+    assert h.monitor.check_once(now=closed + 5.1) == 1
+    assert h.series().state == "queued" and h.jobs() == [(1, "queued")]
+
+
+def test_all_images_arrived_completes_without_waiting(h):
+    for n in range(4):
+        h.store(n, assoc=3, expected=4)
+    assert h.monitor.check_once(now=time.time()) == 1  # association still open, no quiet
+    assert h.jobs() == [(1, "queued")]
+
+
+def test_restart_resumes_the_timer_from_the_index(h):
+    for n in range(5):
+        h.store(n)
+    h.restart()  # a crash: no association is open any more, the state is in the database
+    assert h.series().state == "receiving"
+    assert h.monitor.check_once(now=time.time() + 5.1) == 1
+    assert h.jobs() == [(1, "queued")]
+
+
+def test_late_instances_make_a_new_version_and_duplicates_do_not(h):
+    for n in range(5):
+        h.store(n)
+    h.receiver.association_closed(1)
+    h.monitor.check_once(now=time.time() + 10)
+    assert h.store(2).stored is False  # a duplicate changes nothing
+    h.receiver.association_closed(1)
+    assert h.series().version == 1 and h.series().state == "queued"
+    result = h.store(5, assoc=2)
+    assert result.stored and result.series_version == 2
+    assert h.series().state == "receiving" and h.series().instance_count == 6
+    h.receiver.association_closed(2)
+    h.monitor.check_once(now=time.time() + 10)
+    assert h.jobs() == [(1, "queued"), (2, "queued")]
+    job1 = jobs.ClaimedJob(0, h.series().id, SERIES, STUDY, 1, 0)
+    job2 = jobs.ClaimedJob(0, h.series().id, SERIES, STUDY, 2, 0)
+    assert len(jobs.instance_paths(h.index, job1)) == 5
+    assert len(jobs.instance_paths(h.index, job2)) == 6
+
+
+def test_a_series_that_fails_selection_is_skipped_with_its_reason(h):
+    for n in range(2):
+        h.store(n, series="9.9")
+    h.receiver.association_closed(1)
+    h.monitor.check_once(now=time.time() + 10)
+    s = h.series("9.9")
+    assert s.state == "skipped" and s.skip_reason == "2 slices, fewer than the 3 required"
+    assert h.jobs() == []
+
+
+def _claim_all(url: str, name: str, out) -> None:
+    index = Index(url)
+    claimed = []
+    while (job := jobs.claim(index, name)) is not None:
+        claimed.append(job.id)
+    out.put(claimed)
+
+
+def test_workers_in_four_processes_claim_each_job_once(tmp_path):
+    url = f"sqlite:///{tmp_path / 'q.sqlite'}"
+    index = Index(url)
+    with index.engine.begin() as c:
+        study = c.execute(insert(Study).values(study_uid="1.2").returning(Study.id)).scalar_one()
+        for i in range(60):
+            sid = c.execute(insert(Series).values(study_id=study, series_uid=f"1.2.{i}",
+                                                  state="queued").returning(Series.id)).scalar_one()
+            c.execute(insert(Job).values(series_id=sid, series_version=1, state="queued"))
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_claim_all, args=(url, f"w{i}", out)) for i in range(4)]
+    for p in procs:
+        p.start()
+    claimed = [job for _ in procs for job in out.get(timeout=120)]
+    for p in procs:
+        p.join(timeout=30)
+    assert sorted(claimed) == list(range(1, 61))  # every job, none twice
+
+
+def test_interrupted_jobs_are_requeued_and_poison_jobs_given_up(h):
+    for n in range(5):
+        h.store(n)
+    h.receiver.association_closed(1)
+    h.monitor.check_once(now=time.time() + 10)
+    job = jobs.claim(h.index, "w1")
+    assert job is not None and job.attempts == 1
+    assert jobs.requeue_interrupted(h.index, max_attempts=3) == (1, 0)
+    assert h.jobs() == [(1, "queued")]
+    jobs.claim(h.index, "w1")  # crashes again: attempt 2
+    jobs.requeue_interrupted(h.index, max_attempts=3)
+    third = jobs.claim(h.index, "w1")
+    assert third.attempts == 3
+    assert jobs.requeue_interrupted(h.index, max_attempts=3) == (0, 1)
+    assert h.jobs() == [(1, "failed")]
