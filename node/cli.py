@@ -60,6 +60,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retry(args: argparse.Namespace) -> int:
+    from . import outbox
+    from .index import Index
+
+    settings = _settings(args)
+    index = Index(settings.database_url)
+    try:
+        count = outbox.retry_dead(index)
+    finally:
+        index.close()
+    print(f"{count} dead letters re-queued for delivery")
+    return 0
+
+
 def cmd_echo(args: argparse.Namespace) -> int:
     from .scu import AssociationFailed, echo
 
@@ -131,6 +145,9 @@ def parser() -> argparse.ArgumentParser:
     status = with_config(sub.add_parser("status", help="studies, series and jobs"))
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     status.set_defaults(func=cmd_status)
+
+    retry = with_config(sub.add_parser("retry", help="re-queue results whose delivery gave up"))
+    retry.set_defaults(func=cmd_retry)
 
     echo = sub.add_parser("echo", help="C-ECHO a DICOM node")
     echo.add_argument("host")

@@ -89,6 +89,19 @@ class WorkersSection:
 
 
 @dataclass
+class DeliverySection:
+    # Exponential backoff between attempts: base, 2 x base, 4 x base ... up to the cap.
+    base_delay_s: float = 2.0
+    max_delay_s: float = 300.0
+    # After this many failed attempts an object is a dead letter (trauma-node retry).
+    max_attempts: int = 12
+    check_interval_s: float = 0.5
+    timeout_s: float = 30.0
+    # Our AE title when we call the destinations.
+    calling_ae_title: str = "TRAUMA_AI"
+
+
+@dataclass
 class TLSSection:
     enabled: bool = False
     certificate: str = ""
@@ -121,6 +134,7 @@ class Settings:
     completion: CompletionSection = field(default_factory=CompletionSection)
     selection: SelectionSection = field(default_factory=SelectionSection)
     workers: WorkersSection = field(default_factory=WorkersSection)
+    delivery: DeliverySection = field(default_factory=DeliverySection)
     tls: TLSSection = field(default_factory=TLSSection)
     peers: list[Peer] = field(default_factory=list)
     destinations: list[Destination] = field(default_factory=list)
@@ -190,6 +204,9 @@ def validate(settings: Settings) -> list[str]:
         except re.error as exc:
             problems.append(f"selection.exclude_series_descriptions[{i}]: bad regular expression ({exc})")
     problems += _check_positive(s.workers.count, "workers.count")
+    for name in ("base_delay_s", "max_delay_s", "max_attempts", "check_interval_s", "timeout_s"):
+        problems += _check_positive(getattr(s.delivery, name), f"delivery.{name}")
+    problems += _check_ae_title(s.delivery.calling_ae_title, "delivery.calling_ae_title")
     problems += _check_positive(s.workers.max_attempts, "workers.max_attempts")
     if s.tls.enabled:
         for name in ("certificate", "private_key") + (
@@ -210,6 +227,8 @@ def validate(settings: Settings) -> list[str]:
         if dest.name in names:
             problems.append(f"destinations[{i}].name: duplicate name {dest.name!r}")
         names.add(dest.name)
+        if dest.tls and not s.tls.ca_certificates:
+            problems.append(f"destinations[{i}].tls: needs tls.ca_certificates to verify the PACS")
         unknown = set(dest.objects) - {"seg", "sr"}
         if unknown:
             problems.append(f"destinations[{i}].objects: unknown {sorted(unknown)} (use seg, sr)")
@@ -220,8 +239,8 @@ def validate(settings: Settings) -> list[str]:
 
 
 def _env_overlay(table: dict[str, Any], env: Mapping[str, str]) -> None:
-    for section in ("node", "network", "storage", "completion", "selection", "workers", "tls",
-                    "pipeline"):
+    for section in ("node", "network", "storage", "completion", "selection", "workers",
+                    "delivery", "tls", "pipeline"):
         cls = Settings.__dataclass_fields__[section].default_factory  # type: ignore[misc]
         path = [] if section == "node" else [section]
         sub = table.setdefault(section, {})

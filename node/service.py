@@ -11,6 +11,7 @@ import uvicorn
 from . import jobs
 from .completion import CompletionMonitor
 from .config import Settings
+from .delivery import Delivery
 from .http_api import create_app
 from .index import Index
 from .policy import AssociationPolicy
@@ -36,6 +37,7 @@ class Node:
         self.completion = CompletionMonitor(self.index, self.receiver, settings.completion,
                                             settings.selection)
         self.workers = WorkerPool(settings)
+        self.delivery = Delivery(settings, self.index)
         self.http: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None
         self.stopping = threading.Event()
@@ -54,6 +56,7 @@ class Node:
         self.scp.start()
         self.completion.start()
         self.workers.start()
+        self.delivery.start()
         config = uvicorn.Config(create_app(s, self.index), host=s.node.http_bind,
                                 port=s.node.http_port, log_level="warning", access_log=False)
         self.http = uvicorn.Server(config)
@@ -67,6 +70,7 @@ class Node:
         self.scp.stop()
         self.completion.stop()
         self.workers.stop()
+        self.delivery.stop()
         if self.http is not None:
             self.http.should_exit = True
             if self._http_thread is not None:

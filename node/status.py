@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
+from . import outbox
 from .index import Index, Series, Study
 
 
@@ -32,6 +33,7 @@ def studies(index: Index) -> list[dict[str, Any]]:
                 "study_uid": study.study_uid,
                 "received_at": _iso(study.created_at),
                 "series": [_series(s) for s in study.series],
+                "deliveries": outbox.items_for_study(index, study.study_uid),
             })
         return out
 
@@ -59,21 +61,32 @@ def _series(series: Series) -> dict[str, Any]:
     }
 
 
+def _columns(rows: list[tuple[str, ...]]) -> list[str]:
+    """Align every column but the last, which may be long."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() + "  " + row[-1]
+            for row in rows]
+
+
 def table(index: Index) -> str:
-    """The status as a plain-text table for terminals."""
-    header = ("STUDY", "SERIES", "MOD", "STATE", "VER", "INST", "JOB", "DETAIL")
-    lines = [header]
+    """The status as plain-text tables for terminals: series, then deliveries."""
+    series_rows = [("STUDY", "SERIES", "MOD", "STATE", "VER", "INST", "JOB", "DETAIL")]
+    delivery_rows = [("STUDY", "OBJECT", "SOP INSTANCE", "DESTINATION", "STATE", "TRIES",
+                      "LAST ERROR")]
     for study in studies(index):
         for s in study["series"]:
             job = s["jobs"][-1] if s["jobs"] else None
             detail = s["skip_reason"] or (job["error"] if job and job["error"] else "") or ""
-            lines.append((study["study_uid"], s["series_uid"], s["modality"] or "", s["state"],
-                          str(s["version"]), str(s["instances"]),
-                          f"{job['id']}:{job['state']}" if job else "-", detail))
-    widths = [max(len(row[i]) for row in lines) for i in range(len(header) - 1)]
-    text = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1]
-            for row in lines]
-    if len(lines) == 1:
-        text.append("(no studies received yet)")
+            series_rows.append((study["study_uid"], s["series_uid"], s["modality"] or "",
+                                s["state"], str(s["version"]), str(s["instances"]),
+                                f"{job['id']}:{job['state']}" if job else "-", detail))
+        for d in study["deliveries"]:
+            delivery_rows.append((study["study_uid"], d["kind"], d["sop_instance_uid"],
+                                  d["destination"], d["state"], str(d["attempts"]),
+                                  d["last_error"] or ""))
+    if len(series_rows) == 1:
+        return "(no studies received yet)"
+    text = _columns(series_rows)
+    if len(delivery_rows) > 1:
+        text += ["", *_columns(delivery_rows)]
     return "\n".join(line.rstrip() for line in text)
-

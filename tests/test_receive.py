@@ -50,27 +50,29 @@ def test_echo_with_dcmtk_and_the_cli(node_factory):
     assert "association accepted: calling 'ECHOSCU'" in node.log()
 
 
-def test_series_from_storescu_is_stored_indexed_and_processed(node_factory, phantom_factory):
-    truth = phantom_factory("plain", slices=60, order="shuffled")
-    node = node_factory(FAST)
+@pytest.mark.parametrize("fsync", [False, True])
+def test_series_from_storescu_is_stored_indexed_and_processed(node_factory, phantom_factory,
+                                                              fsync):
+    truth = phantom_factory("plain", slices=300, order="shuffled")
+    node = node_factory(FAST + f"fsync = {str(fsync).lower()}\n")  # in [storage]
     storescu([truth.paths[0].parent], node.dicom_port)
     spec = truth.spec
     series = node.wait_series_state(spec.series_uid, {"done"}, timeout=120)
-    assert series["instances"] == 60
+    assert series["instances"] == 300
     assert series["version"] == 1
     # Every instance is in the spool under its UIDs, byte for byte as sent.
     for path, sop in zip(truth.paths, truth.sop_instance_uids):
         stored = spool_file(node, spec.study_uid, spec.series_uid, sop)
         assert dataset_bytes(stored) == dataset_bytes(path)
     rows = index_rows(node, "SELECT COUNT(*), COUNT(DISTINCT sop_instance_uid) FROM instances")
-    assert rows == [(60, 60)]
+    assert rows == [(300, 300)]
     # The placeholder job step saw the real geometry.
     result = series["jobs"][-1]["result"]
-    assert result["slices"] == 60
+    assert result["slices"] == 300
     assert result["slice_spacing_mm"] == pytest.approx(spec.slice_spacing)
     log = node.log()
-    assert "association released: calling 'STORESCU'" in log and "60 stored" in log
-    assert f"series {spec.series_uid} v1 complete: 60 instances" in log
+    assert "association released: calling 'STORESCU'" in log and "300 stored" in log
+    assert f"series {spec.series_uid} v1 complete: 300 instances" in log
     # No patient name or ID in the log.
     assert "PHANTOM" not in log
 

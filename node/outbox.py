@@ -1,0 +1,117 @@
+"""The outbox: one row per result object and destination, until it is delivered.
+
+Rows are written in the same database as the jobs, so results survive a
+restart and a destination that is down gets them when it comes back. A row
+that has been sent is never sent again (no export loop); one that failed
+`delivery.max_attempts` times is a dead letter until `trauma-node retry`.
+Import this module before creating the Index so that its table is created.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import time
+
+from sqlalchemy import DateTime, Float, Integer, String, Text, UniqueConstraint, select, update
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Mapped, mapped_column
+
+from .config import DeliverySection
+from .index import Base, Index, utcnow
+
+
+class OutboxState(str, enum.Enum):
+    PENDING = "pending"
+    SENT = "sent"
+    DEAD = "dead"
+
+
+class OutboxItem(Base):
+    __tablename__ = "outbox"
+    __table_args__ = (UniqueConstraint("sop_instance_uid", "destination"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    series_uid: Mapped[str] = mapped_column(String(64))  # the source series
+    series_version: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(8))  # seg | sr
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)  # absolute path of the object file
+    destination: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(8), default=OutboxState.PENDING.value, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float] = mapped_column(Float, default=0.0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+
+def enqueue(index: Index, items: list[dict]) -> int:
+    """Add rows (study_uid, series_uid, series_version, kind, sop_instance_uid, path,
+    destination); a row that exists already is left as it is. Returns rows added."""
+    if not items:
+        return 0
+    with index.engine.begin() as conn:
+        if index.engine.dialect.name == "sqlite":
+            stmt = sqlite_insert(OutboxItem).values(items).on_conflict_do_nothing()
+            return conn.execute(stmt).rowcount
+        added = 0
+        for item in items:  # portable path for other databases
+            exists = conn.execute(select(OutboxItem.id).where(
+                OutboxItem.sop_instance_uid == item["sop_instance_uid"],
+                OutboxItem.destination == item["destination"])).first()
+            if exists is None:
+                conn.execute(OutboxItem.__table__.insert().values(**item))
+                added += 1
+        return added
+
+
+def due(index: Index, now: float | None = None) -> list[OutboxItem]:
+    now = time.time() if now is None else now
+    with index.session() as session:
+        return list(session.execute(select(OutboxItem).where(
+            OutboxItem.state == OutboxState.PENDING.value,
+            OutboxItem.next_attempt_at <= now).order_by(OutboxItem.id)).scalars())
+
+
+def backoff_s(attempts: int, policy: DeliverySection) -> float:
+    """Exponential: base, 2 x base, 4 x base ... capped at max_delay_s."""
+    return min(policy.max_delay_s, policy.base_delay_s * 2 ** max(0, attempts - 1))
+
+
+def mark_sent(index: Index, item_id: int) -> None:
+    with index.engine.begin() as conn:
+        conn.execute(update(OutboxItem).where(OutboxItem.id == item_id).values(
+            state=OutboxState.SENT.value, sent_at=utcnow(), last_error=None,
+            attempts=OutboxItem.attempts + 1))
+
+
+def mark_failed(index: Index, item: OutboxItem, error: str, policy: DeliverySection,
+                now: float | None = None) -> str:
+    """Record a failed attempt; schedule the next one or make it a dead letter."""
+    now = time.time() if now is None else now
+    attempts = item.attempts + 1
+    state = OutboxState.DEAD if attempts >= policy.max_attempts else OutboxState.PENDING
+    with index.engine.begin() as conn:
+        conn.execute(update(OutboxItem).where(OutboxItem.id == item.id).values(
+            state=state.value, attempts=attempts, last_error=error[:500],
+            next_attempt_at=now + backoff_s(attempts, policy)))
+    return state.value
+
+
+def retry_dead(index: Index) -> int:
+    """Dead letters go back to pending with a fresh attempt count."""
+    with index.engine.begin() as conn:
+        return conn.execute(update(OutboxItem).where(
+            OutboxItem.state == OutboxState.DEAD.value).values(
+            state=OutboxState.PENDING.value, attempts=0, next_attempt_at=0.0)).rowcount
+
+
+def items_for_study(index: Index, study_uid: str) -> list[dict]:
+    with index.session() as session:
+        rows = session.execute(select(OutboxItem).where(
+            OutboxItem.study_uid == study_uid).order_by(OutboxItem.id)).scalars()
+        return [{"kind": r.kind, "sop_instance_uid": r.sop_instance_uid,
+                 "series_uid": r.series_uid, "series_version": r.series_version,
+                 "destination": r.destination, "state": r.state, "attempts": r.attempts,
+                 "last_error": r.last_error} for r in rows]

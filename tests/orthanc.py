@@ -1,0 +1,88 @@
+"""A real Orthanc PACS on loopback ports for the delivery tests (Debian package `orthanc`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+ORTHANC = "/usr/sbin/Orthanc"
+
+
+class Orthanc:
+    def __init__(self, workdir: Path, dicom_port: int, http_port: int, aet: str = "PACS"):
+        self.workdir = workdir
+        self.dicom_port = dicom_port
+        self.http_port = http_port
+        self.aet = aet
+        self.proc: subprocess.Popen | None = None
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.config = workdir / "orthanc.json"
+        self.config.write_text(json.dumps({
+            "Name": "test-pacs",
+            "StorageDirectory": str(workdir / "storage"),
+            "IndexDirectory": str(workdir / "index"),
+            "DicomAet": aet,
+            "DicomPort": dicom_port,
+            "HttpPort": http_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomCheckCalledAet": True,
+            "DicomAlwaysAllowStore": True,
+            "Plugins": [],
+            "StableAge": 3600,
+        }))
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self, timeout: float = 30.0) -> "Orthanc":
+        self.log = open(self.workdir / "orthanc.log", "ab")
+        env = {**os.environ, "TCP_NODELAY": "1"}
+        self.proc = subprocess.Popen([ORTHANC, str(self.config)], stdout=self.log,
+                                     stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Orthanc exited: {(self.workdir / 'orthanc.log').read_text()}")
+            try:
+                if httpx.get(f"{self.url}/system", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("Orthanc did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.proc = None
+
+    def get(self, path: str):
+        response = httpx.get(f"{self.url}{path}", timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def instance_uids(self) -> set[str]:
+        """SOP Instance UIDs of every instance Orthanc holds."""
+        uids = set()
+        for orthanc_id in self.get("/instances"):
+            tags = self.get(f"/instances/{orthanc_id}/simplified-tags")
+            uids.add(tags["SOPInstanceUID"])
+        return uids
+
+    def file(self, sop_uid: str) -> bytes:
+        found = httpx.post(f"{self.url}/tools/find", json={
+            "Level": "Instance", "Query": {"SOPInstanceUID": sop_uid}}, timeout=10).json()
+        assert len(found) == 1, f"{sop_uid} not in Orthanc"
+        return httpx.get(f"{self.url}/instances/{found[0]}/file", timeout=30).content
