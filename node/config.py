@@ -102,6 +102,15 @@ class DeliverySection:
 
 
 @dataclass
+class ApiSection:
+    # Bearer tokens accepted by the HTTP API (all endpoints but /healthz).
+    # Empty: `serve` generates one at first start and stores it in the data directory.
+    tokens: list[str] = field(default_factory=list)
+    # Questions and answers older than this are purged.
+    conversation_retention_days: int = 30
+
+
+@dataclass
 class TLSSection:
     enabled: bool = False
     certificate: str = ""
@@ -135,6 +144,7 @@ class Settings:
     selection: SelectionSection = field(default_factory=SelectionSection)
     workers: WorkersSection = field(default_factory=WorkersSection)
     delivery: DeliverySection = field(default_factory=DeliverySection)
+    api: ApiSection = field(default_factory=ApiSection)
     tls: TLSSection = field(default_factory=TLSSection)
     peers: list[Peer] = field(default_factory=list)
     destinations: list[Destination] = field(default_factory=list)
@@ -207,6 +217,10 @@ def validate(settings: Settings) -> list[str]:
     for name in ("base_delay_s", "max_delay_s", "max_attempts", "check_interval_s", "timeout_s"):
         problems += _check_positive(getattr(s.delivery, name), f"delivery.{name}")
     problems += _check_ae_title(s.delivery.calling_ae_title, "delivery.calling_ae_title")
+    problems += _check_positive(s.api.conversation_retention_days, "api.conversation_retention_days")
+    for i, token in enumerate(s.api.tokens):
+        if len(token) < 16:
+            problems.append(f"api.tokens[{i}]: too short (at least 16 characters)")
     problems += _check_positive(s.workers.max_attempts, "workers.max_attempts")
     if s.tls.enabled:
         for name in ("certificate", "private_key") + (
@@ -240,7 +254,7 @@ def validate(settings: Settings) -> list[str]:
 
 def _env_overlay(table: dict[str, Any], env: Mapping[str, str]) -> None:
     for section in ("node", "network", "storage", "completion", "selection", "workers",
-                    "delivery", "tls", "pipeline"):
+                    "delivery", "api", "tls", "pipeline"):
         cls = Settings.__dataclass_fields__[section].default_factory  # type: ignore[misc]
         path = [] if section == "node" else [section]
         sub = table.setdefault(section, {})

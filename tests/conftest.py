@@ -20,6 +20,8 @@ sys.path.insert(0, str(TESTS))
 from phantom import PhantomSpec, PhantomTruth, write_series  # noqa: E402
 
 ROOT = TESTS.parent
+API_TOKEN = "test-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 STORESCU = "/usr/bin/storescu"
 ECHOSCU = "/usr/bin/echoscu"
 # DCMTK on loopback: without TCP_NODELAY, Nagle plus delayed ACK costs ~40 ms per object.
@@ -68,7 +70,7 @@ class NodeProcess:
         self.config_path = tmp / "node.toml"
         self.config_path.write_text(config)
         self.log_path = tmp / "node.log"
-        self.env = {**os.environ, **(env or {})}
+        self.env = {**os.environ, "TRAUMA_NODE_API_TOKENS": API_TOKEN, **(env or {})}
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -99,7 +101,9 @@ class NodeProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def studies(self) -> list[dict]:
-        return httpx.get(f"{self.url}/studies", timeout=10).json()
+        response = httpx.get(f"{self.url}/studies", headers=AUTH, timeout=10)
+        response.raise_for_status()
+        return response.json()
 
     def series(self, series_uid: str) -> dict | None:
         for study in self.studies():
