@@ -26,6 +26,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "node.toml"
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
+LEGACY_CONVERTED_ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.2"
 
 
 @dataclass
@@ -69,7 +70,8 @@ class CompletionSection:
 @dataclass
 class SelectionSection:
     sop_classes: list[str] = field(
-        default_factory=lambda: [CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE])
+        default_factory=lambda: [CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE,
+                                 LEGACY_CONVERTED_ENHANCED_CT_IMAGE_STORAGE])
     modalities: list[str] = field(default_factory=lambda: ["CT"])
     min_slices: int = 40
     require_axial: bool = True

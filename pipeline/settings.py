@@ -16,11 +16,13 @@ HemodynamicStatus = Literal["stable", "unstable", "unknown"]
 
 @dataclass
 class BackendSettings:
-    """Which backend runs each stage (see pipeline.stages.BACKENDS)."""
+    """Which backend runs each stage (see pipeline.backends.BACKENDS)."""
 
     triage: str = "hu-baseline"
     segmentation: str = "hu-baseline"
+    quantification: str = "voxel-count"
     reading: str = "rules-baseline"
+    grading: str = "rule-table"
     report: str = "template"
 
 
@@ -29,16 +31,20 @@ class HuSettings:
     """Hounsfield-unit ranges used by the embedded baseline."""
 
     # Unclotted blood 30-45 HU, clotted blood ("sentinel clot") 45-70 HU:
-    # common abdominal CT figures (Federle & Jeffrey, Radiology 1983;
-    # Orwig & Federle, AJR 1989). Simple fluid (0-20 HU) stays below.
+    # hemorrhage exceeded 30 HU in all acute cases (Federle & Jeffrey,
+    # Radiology 1983;148:187-92); clotted blood 40-70 HU (Shanmuganathan et
+    # al., AJR 1993;161:65-9). Simple fluid (0-20 HU) stays below.
     blood_min: float = 30.0
     blood_max: float = 70.0
     # Active extravasation enhances like the aorta on the same phase (within
-    # about 10-15 HU of it) and is usually >100 HU (Shanmuganathan, Radiology
-    # 2004; Willmann et al., AJR 2002). The threshold is the higher of the two.
+    # about 10-15 HU of it, ../shared/REFERENCES.md) and is usually >100 HU
+    # (85-370 HU, mean 132: Shanmuganathan et al., AJR 1993;161:65-9). The
+    # threshold is the higher of blush_min and aorta - blush_aorta_margin;
+    # lower blushes are missed (Willmann et al., AJR 2002;179:437-44 measured
+    # a mean of 155 HU against 199 HU in the aorta): a known limit.
     blush_min: float = 100.0
     blush_aorta_margin: float = 15.0
-    # Used when no aorta is found (e.g. unusual coverage): a conservative floor.
+    # Used when no aorta is found (unusual coverage, no contrast): a conservative floor.
     blush_fallback_min: float = 180.0
     # Cortical bone is well above contrast-enhanced blood; used to exclude bone.
     bone_min: float = 500.0
@@ -59,8 +65,10 @@ class HuSettings:
 class SegmentationSettings:
     """Morphology and size limits of the embedded segmentation."""
 
-    # Working resolution of the 3D steps: about this pixel size in mm.
-    working_pixel_mm: float = 1.5
+    # Working resolution of the 3D steps: about this pixel size and slice
+    # spacing in mm (thin slices are merged); results are redrawn at full resolution.
+    working_pixel_mm: float = 2.0
+    working_slice_mm: float = 2.5
     # Blood components smaller than this are noise or partial volume.
     min_component_ml: float = 1.0
     min_blush_ml: float = 0.05
@@ -117,7 +125,7 @@ class PipelineSettings:
 
     def validate(self) -> list[str]:
         """Human-readable problems with cross-field constraints (empty if fine)."""
-        from pipeline.stages import BACKENDS  # late: stages imports this module
+        from pipeline.backends import BACKENDS  # late: the backends import this module
 
         problems: list[str] = []
 
@@ -134,7 +142,8 @@ class PipelineSettings:
         need(hu.blush_min < hu.bone_min, "pipeline.hu.bone_min must be > blush_min")
         need(hu.fat_min < hu.fat_max < hu.blood_min, "pipeline.hu: need fat_min < fat_max < blood_min")
         need(hu.parenchyma_min < hu.parenchyma_max, "pipeline.hu.parenchyma_max must be > parenchyma_min")
-        need(seg.working_pixel_mm > 0, "pipeline.segmentation.working_pixel_mm must be > 0")
+        need(seg.working_pixel_mm > 0 and seg.working_slice_mm > 0,
+             "pipeline.segmentation.working_pixel_mm and working_slice_mm must be > 0")
         need(seg.min_component_ml >= 0 and seg.min_blush_ml >= 0,
              "pipeline.segmentation minimum volumes must be >= 0")
         need(seg.max_blush_ml > seg.min_blush_ml, "pipeline.segmentation.max_blush_ml must be > min_blush_ml")

@@ -128,7 +128,7 @@ def load_volume(paths: Sequence[Path | str], min_slices: int = 2,
     dy, dx = headers[0].pixel_spacing
     return Volume(
         hu=hu,
-        spacing=(slice_spacing, dy, dx),
+        spacing=(float(slice_spacing), float(dy), float(dx)),
         row_direction=tuple(map(float, row_dir)),
         column_direction=tuple(map(float, col_dir)),
         normal=tuple(map(float, normal)),
@@ -257,8 +257,12 @@ def _fill_pixels(hu: np.ndarray, headers: list[_FrameHeader]) -> None:
 def _store(hu: np.ndarray, slot: int, pixels: np.ndarray, header: _FrameHeader) -> None:
     if pixels.shape != hu.shape[1:]:
         raise VolumeError(f"{header.path.name}: pixel data is {pixels.shape}, expected {hu.shape[1:]}")
-    values = pixels.astype(np.float32) * header.slope + header.intercept
-    np.clip(np.rint(values, out=values), HU_MIN, HU_MAX, out=values)
+    if header.slope == 1 and float(header.intercept).is_integer():
+        # The usual case, in integers: several times faster than floats.
+        values = np.add(pixels, int(header.intercept), dtype=np.int32)
+    else:
+        values = np.rint(pixels.astype(np.float32) * header.slope + header.intercept)
+    np.clip(values, HU_MIN, HU_MAX, out=values)
     hu[slot] = values
 
 

@@ -343,3 +343,26 @@ def make_volume(spec: PhantomSpec) -> tuple[np.ndarray, np.ndarray, tuple[float,
         hu[k], labels[k] = render_slice(spec, z, rng, grid)
     dy, dx = spec.pixel_spacing
     return hu, labels, (spec.slice_spacing, dy, dx)
+
+
+def write_enhanced_series(spec: PhantomSpec, out_path: Path | str) -> PhantomTruth:
+    """The phantom as one Legacy Converted Enhanced CT multi-frame file (highdicom).
+
+    Per-frame functional groups carry each frame's position and rescale, as in
+    the Enhanced CT family; the truth's paths hold the one file.
+    """
+    import highdicom as hd
+    import pydicom
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        truth = write_series(spec, tmp)
+        frames = [pydicom.dcmread(p) for p in truth.paths]
+        image = hd.legacy.LegacyConvertedEnhancedCTImage(
+            frames, series_instance_uid=spec.series_uid, series_number=3,
+            sop_instance_uid=generate_uid(), instance_number=1)
+    image.save_as(out_path, enforce_file_format=True)
+    truth.paths = [out_path]
+    truth.sop_instance_uids = [image.SOPInstanceUID]
+    return truth

@@ -26,6 +26,11 @@ def spool_file(node, study_uid: str, series_uid: str, sop_uid: str) -> Path:
     return node.data_dir / "spool" / study_uid / series_uid / f"{sop_uid}.dcm"
 
 
+def processed_slices(series: dict) -> int:
+    """How many slices the job of the series' current version analysed (findings.json)."""
+    return len(series["jobs"][-1]["result"]["series"]["slices"])
+
+
 def index_rows(node, sql: str, *args) -> list[tuple]:
     with sqlite3.connect(node.data_dir / "index.sqlite") as db:
         return db.execute(sql, args).fetchall()
@@ -66,10 +71,10 @@ def test_series_from_storescu_is_stored_indexed_and_processed(node_factory, phan
         assert dataset_bytes(stored) == dataset_bytes(path)
     rows = index_rows(node, "SELECT COUNT(*), COUNT(DISTINCT sop_instance_uid) FROM instances")
     assert rows == [(300, 300)]
-    # The placeholder job step saw the real geometry.
-    result = series["jobs"][-1]["result"]
-    assert result["slices"] == 300
-    assert result["slice_spacing_mm"] == pytest.approx(spec.slice_spacing)
+    # The job analysed the whole series with its real geometry.
+    assert processed_slices(series) == 300
+    assert series["jobs"][-1]["result"]["series"]["spacing_mm"][0] == pytest.approx(
+        spec.slice_spacing)
     log = node.log()
     assert "association released: calling 'STORESCU'" in log and "300 stored" in log
     assert f"series {spec.series_uid} v1 complete: 300 instances" in log
@@ -97,6 +102,20 @@ def test_transfer_syntaxes_are_stored_as_received(node_factory, phantom_factory,
     assert index_rows(node, "SELECT DISTINCT transfer_syntax_uid FROM instances") == [(syntax,)]
 
 
+def test_enhanced_ct_multiframe_is_received_and_analysed(node_factory, tmp_path):
+    from phantom import PhantomSpec, write_enhanced_series
+
+    truth = write_enhanced_series(PhantomSpec(slices=24, rows=128, cols=128),
+                                  tmp_path / "enhanced" / "ct.dcm")
+    node = node_factory(FAST)
+    storescu(truth.paths, node.dicom_port)
+    s = node.wait_series_state(truth.spec.series_uid, {"done"}, timeout=60)
+    assert s["instances"] == 1 and processed_slices(s) == 24
+    stored = spool_file(node, truth.spec.study_uid, truth.spec.series_uid,
+                        truth.sop_instance_uids[0])
+    assert dataset_bytes(stored) == dataset_bytes(truth.paths[0])
+
+
 def test_three_senders_at_once(node_factory, phantom_factory):
     truths = [phantom_factory(f"parallel-{i}", slices=30, rows=256, cols=256) for i in range(3)]
     node = node_factory(FAST)
@@ -111,7 +130,7 @@ def test_three_senders_at_once(node_factory, phantom_factory):
     assert [r.returncode for r in results] == [0, 0, 0]
     for truth in truths:
         s = node.wait_series_state(truth.spec.series_uid, {"done"}, timeout=60)
-        assert s["instances"] == 30 and s["jobs"][-1]["result"]["slices"] == 30
+        assert s["instances"] == 30 and processed_slices(s) == 30
 
 
 def test_duplicates_are_stored_once_and_late_instances_make_a_new_version(
@@ -121,7 +140,7 @@ def test_duplicates_are_stored_once_and_late_instances_make_a_new_version(
     first, late = truth.paths[:15], truth.paths[15:]
     storescu(first, node.dicom_port)
     s = node.wait_series_state(truth.spec.series_uid, {"done"}, timeout=60)
-    assert s["version"] == 1 and s["jobs"][-1]["result"]["slices"] == 15
+    assert s["version"] == 1 and processed_slices(s) == 15
     storescu(first, node.dicom_port)  # the same instances again: nothing new
     wait_for(lambda: node.log().count("association released") >= 2, what="second send")
     s = node.series(truth.spec.series_uid)
@@ -133,7 +152,7 @@ def test_duplicates_are_stored_once_and_late_instances_make_a_new_version(
     s = node.wait_series_state(truth.spec.series_uid, {"done"}, timeout=60)
     assert s["version"] == 2 and s["instances"] == 20
     assert [j["series_version"] for j in s["jobs"]] == [1, 2]
-    assert s["jobs"][-1]["result"]["slices"] == 20
+    assert processed_slices(s) == 20
 
 
 def test_other_sop_classes_are_accepted_and_recorded_as_not_analysed(

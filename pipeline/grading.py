@@ -1,0 +1,126 @@
+"""Grading and decision support over the quantified collections (rule table)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from pipeline import rules
+from pipeline.findings import OrganFinding, Recommendation, RuleFiring
+from pipeline.quantification import INTRA_REGION, PERI_REGION, Quantification
+from pipeline.settings import PipelineSettings, RiskTierSettings
+from pipeline.stages import StageContext
+
+ORGANS = ("liver", "spleen", "kidney_right", "kidney_left", "bowel")
+TIERS = ("none", "low", "moderate", "high")
+
+
+@dataclass
+class Grading:
+    organs: dict[str, OrganFinding]
+    risk_tier: str
+    risk_tier_reasons: list[str]
+    recommendation: Recommendation
+
+
+def organ_evidence(organ: str, located: bool, quantification: Quantification) -> rules.OrganEvidence:
+    inside = [c for c in quantification.components if c.inside_organ == organ]
+    beside = [c for c in quantification.components if c.inside_organ != organ and organ in c.organs_touched]
+    own_region = PERI_REGION.get(organ)
+    return rules.OrganEvidence(
+        organ=organ, located=located,
+        adjacent_blood_ml=round(sum(c.volume_ml for c in beside), 3),
+        intraparenchymal_blood_ml=round(sum(c.volume_ml for c in inside), 3),
+        largest_intraparenchymal_mm=max((c.max_extent_mm for c in inside), default=0.0),
+        blush_inside=any(c.active_extravasation_ml > 0 for c in inside),
+        # A blush beside several organs is attributed to the one its collection hugs most.
+        blush_outside_adjacent=any(c.active_extravasation_ml > 0 and c.region == own_region
+                                   for c in beside))
+
+
+def risk_tier(quantification: Quantification, tiers: RiskTierSettings) -> tuple[str, list[str]]:
+    """Tier from volume, spread over regions, and blush (see RiskTierSettings)."""
+    blood = quantification.volumes_ml["hemorrhage"]
+    blush = quantification.volumes_ml["active_extravasation"]
+    spaces = sorted({c.region for c in quantification.components if c.region not in INTRA_REGION.values()})
+    if blood == 0:
+        return "none", ["no blood detected"]
+    reasons_by_tier: dict[str, list[str]] = {"high": [], "moderate": []}
+    if tiers.blush_is_high and blush > 0:
+        reasons_by_tier["high"].append(f"active extravasation present ({blush:.1f} mL)")
+    for tier, ml, count in (("high", tiers.high_ml, tiers.high_regions),
+                            ("moderate", tiers.moderate_ml, tiers.moderate_regions)):
+        if blood >= ml:
+            reasons_by_tier[tier].append(f"hemorrhage {blood:.1f} mL >= {ml:g} mL")
+        if len(spaces) >= count:
+            reasons_by_tier[tier].append(f"blood in {len(spaces)} spaces ({', '.join(spaces)}) >= {count}")
+    for tier in ("high", "moderate"):
+        if reasons_by_tier[tier]:
+            return tier, reasons_by_tier[tier]
+    return "low", [f"hemorrhage {blood:.1f} mL < {tiers.moderate_ml:g} mL in {len(spaces)} space(s), "
+                   "no active extravasation"]
+
+
+def recommend(case: rules.CaseEvidence, status: str) -> Recommendation:
+    """Rules for the given status; when it is unknown, what each status would mean."""
+    fired = rules.decide(case, status)
+    firings = [RuleFiring(r.id, r.statement, r.source) for r in fired]
+    branches: dict[str, str] = {}
+    if status == "unknown" and case.hemorrhage_ml > 0:
+        for branch in ("stable", "unstable"):
+            branch_rules = rules.decide(case, branch)
+            branches[branch] = " ".join(r.statement for r in branch_rules)
+            firings += [RuleFiring(r.id, r.statement, r.source, branch)
+                        for r in branch_rules if r not in fired]
+    actions = [r.statement for r in fired]
+    summary = actions[0] if actions else "No rule applies."
+    return Recommendation(status, summary, actions, branches, firings)
+
+
+class RuleTableGrading:
+    name = "rule-table"
+    version = "1.0"
+    description = "AAST 2018 (spleen, liver) and EAST 2012 rule table over the image evidence"
+
+    def __init__(self, settings: PipelineSettings) -> None:
+        self.settings = settings
+
+    def run(self, context: StageContext, quantification: Quantification) -> Grading:
+        organs = {organ: self._organ(organ, context.anatomy.organ_found(organ), quantification)
+                  for organ in ORGANS}
+        tiers = self.settings.risk_tiers
+        tier, reasons = risk_tier(quantification, tiers)
+        amount_tier, _ = risk_tier(quantification, replace(tiers, blush_is_high=False))
+        spleen = organs["spleen"]
+        case = rules.CaseEvidence(
+            hemorrhage_ml=quantification.volumes_ml["hemorrhage"],
+            active_extravasation_ml=quantification.volumes_ml["active_extravasation"],
+            amount_tier=amount_tier,
+            spleen_involved=spleen.adjacent_blood_ml > 0 or spleen.intraparenchymal_blood_ml > 0)
+        return Grading(organs, tier, reasons, recommend(case, context.hemodynamic_status))
+
+    @staticmethod
+    def _organ(organ: str, located: bool, quantification: Quantification) -> OrganFinding:
+        evidence = organ_evidence(organ, located, quantification)
+        scale = rules.GRADED_ORGANS.get(organ)
+        grade, fired = rules.grade(evidence) if scale else (None, [])
+        if not located:
+            note = "organ not located by this backend: no organ-level finding"
+        elif grade is not None:
+            note = (f"AAST grade at least {rules.ROMAN[grade]} from the image evidence: "
+                    + "; ".join(r.statement for r in fired))
+        elif scale and evidence.adjacent_blood_ml > 0:
+            note = ("blood beside the organ suggests injury; grading needs laceration depth and "
+                    "capsule assessment, which this backend does not measure")
+        elif scale:
+            note = "no blood or blush at this organ detected"
+        else:
+            note = ("AAST scale for this organ is not in the rule table; "
+                    + ("adjacent blood reported" if evidence.adjacent_blood_ml > 0 else "no blood detected here"))
+        return OrganFinding(organ=organ, located=located,
+                            adjacent_blood_ml=evidence.adjacent_blood_ml,
+                            intraparenchymal_blood_ml=evidence.intraparenchymal_blood_ml,
+                            largest_intraparenchymal_mm=evidence.largest_intraparenchymal_mm,
+                            blush_inside=evidence.blush_inside,
+                            blush_outside_adjacent=evidence.blush_outside_adjacent,
+                            aast_grade=grade, aast_scale=scale if grade is not None else None,
+                            aast_rules=[r.id for r in fired], note=note)

@@ -1,0 +1,139 @@
+"""The pipeline's one entry point: a CT series in, Findings out.
+
+Pure: no networking, no database. ``progress`` receives one human-readable
+line per stage; ``observer`` (for benchmarks) is told when each stage starts
+and ends.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import pydicom
+
+from pipeline import backends
+from pipeline.anatomy import build_anatomy
+from pipeline.findings import RESEARCH_USE, Findings, Provenance, StageProvenance
+from pipeline.settings import PipelineSettings
+from pipeline.stages import StageContext
+from pipeline.volume import Volume, load_volume
+
+PIPELINE_VERSION = "0.1.0"
+EMBEDDED = "embedded CPU baseline, no model weights"
+
+Progress = Callable[[str], None]
+Observer = Callable[[str, str], None]  # (stage, "start" | "end")
+
+
+@dataclass(frozen=True)
+class _Step:
+    """Provenance of a fixed step that has no choice of backend."""
+
+    name: str
+    version: str
+    description: str
+
+
+LOADER = _Step("pydicom", pydicom.__version__, "volume loading, geometry and HU")
+ANATOMY = _Step("hu-anatomy", "1.0", "body, peritoneal cavity and organ regions from HU")
+
+
+class _Stages:
+    """Times each stage and records which backend ran it."""
+
+    def __init__(self, progress: Progress, observer: Observer | None) -> None:
+        self.progress, self.observer = progress, observer
+        self.records: list[StageProvenance] = []
+
+    @contextmanager
+    def stage(self, stage: str, backend: Any) -> Iterator[None]:
+        name = backend.name
+        self.progress(f"{stage}: {name} ...")
+        if self.observer:
+            self.observer(stage, "start")
+        start = time.perf_counter()
+        yield
+        seconds = time.perf_counter() - start
+        if self.observer:
+            self.observer(stage, "end")
+        self.records.append(StageProvenance(stage, name, backend.version, backend.description,
+                                            round(seconds, 3)))
+        self.progress(f"{stage}: done in {seconds:.2f} s")
+
+
+def _checked(settings: PipelineSettings | None) -> PipelineSettings:
+    settings = settings or PipelineSettings()
+    problems = settings.validate()
+    if problems:
+        raise ValueError("invalid pipeline settings: " + "; ".join(problems))
+    return settings
+
+
+def run_series(paths: Sequence[Path | str], settings: PipelineSettings | None = None,
+               hemodynamic_status: str | None = None, progress: Progress = lambda _: None,
+               observer: Observer | None = None) -> Findings:
+    """Load the files of one CT series and run every stage (raises VolumeError on bad input)."""
+    settings = _checked(settings)
+    stages = _Stages(progress, observer)
+    with stages.stage("volume", LOADER):
+        volume = load_volume(paths, settings.min_slices, settings.gap_tolerance)
+    progress(f"volume: {volume.hu.shape[0]} slices of {volume.hu.shape[1]}x{volume.hu.shape[2]}, "
+             f"spacing {volume.spacing[0]:.2f} x {volume.spacing[1]:.3f} x {volume.spacing[2]:.3f} mm")
+    return run_volume(volume, settings, hemodynamic_status, progress, observer, stages)
+
+
+def run_volume(volume: Volume, settings: PipelineSettings | None = None,
+               hemodynamic_status: str | None = None, progress: Progress = lambda _: None,
+               observer: Observer | None = None, stages: _Stages | None = None) -> Findings:
+    """Run every stage on a loaded volume."""
+    settings = _checked(settings)
+    stages = stages or _Stages(progress, observer)
+    status = hemodynamic_status or settings.hemodynamic_status
+    if status not in ("stable", "unstable", "unknown"):
+        raise ValueError(f"hemodynamic status must be stable, unstable or unknown, not {status!r}")
+    chosen = {stage: backends.create(stage, settings) for stage in backends.BACKENDS}
+    with stages.stage("anatomy", ANATOMY):
+        anatomy = build_anatomy(volume, settings)
+    context = StageContext(volume, settings, anatomy, status, list(anatomy.notes))
+    with stages.stage("triage", chosen["triage"]):
+        triage = chosen["triage"].run(context)
+    with stages.stage("segmentation", chosen["segmentation"]):
+        labels = chosen["segmentation"].run(context)
+    with stages.stage("quantification", chosen["quantification"]):
+        quantification = chosen["quantification"].run(context, labels)
+    progress(f"quantification: hemorrhage {quantification.volumes_ml['hemorrhage']:.1f} mL, "
+             f"active extravasation {quantification.volumes_ml['active_extravasation']:.1f} mL")
+    with stages.stage("reading", chosen["reading"]):
+        reading = chosen["reading"].run(context, triage, quantification)
+    with stages.stage("grading", chosen["grading"]):
+        grading = chosen["grading"].run(context, quantification)
+    del context.anatomy, anatomy  # the working grid is not needed any more
+
+    series = volume.geometry_dict()
+    series["slices"] = [{"sop_instance_uid": s.sop_instance_uid, "frame": s.frame,
+                         "position": list(s.position)} for s in volume.slices]
+    findings = Findings(
+        research_use=RESEARCH_USE, series=series, triage=triage,
+        volumes_ml={k: round(float(v), 3) for k, v in quantification.volumes_ml.items()},
+        volumes_by_region_ml={k: round(float(v), 3) for k, v in quantification.by_region_ml.items()},
+        components=quantification.components, organs=grading.organs, reading=reading,
+        risk_tier=grading.risk_tier, risk_tier_reasons=grading.risk_tier_reasons,
+        recommendation=grading.recommendation, report="",
+        provenance=Provenance(PIPELINE_VERSION, _backend_summary(chosen), stages.records,
+                              asdict(settings), context.notes),
+        labels=labels)
+    with stages.stage("report", chosen["report"]):
+        findings.report = chosen["report"].run(findings)
+    return findings
+
+
+def _backend_summary(chosen: dict[str, Any]) -> str:
+    """Names every backend; says 'embedded CPU baseline' when the model stages all are."""
+    names = ", ".join(f"{stage}={b.name}" for stage, b in chosen.items())
+    model_stages = ("triage", "segmentation", "reading", "report")
+    embedded = all(EMBEDDED in chosen[stage].description for stage in model_stages)
+    return f"{EMBEDDED} ({names})" if embedded else names

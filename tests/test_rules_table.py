@@ -1,0 +1,145 @@
+"""The rule table: AAST grade estimates, risk tiers, EAST-aligned recommendations, settings checks."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline import rules
+from pipeline.findings import BloodComponent
+from pipeline.grading import organ_evidence, recommend, risk_tier
+from pipeline.quantification import Quantification
+from pipeline.settings import PipelineSettings, RiskTierSettings
+
+
+def component(ml: float, region: str, touched: list[str], inside: str | None = None,
+              blush: float = 0.0, extent: float = 30.0) -> BloodComponent:
+    return BloodComponent(id=1, volume_ml=ml, active_extravasation_ml=blush, region=region,
+                          organs_touched=touched, inside_organ=inside, max_extent_mm=extent,
+                          slices=[0, 1], centroid_mm=[0.0, 0.0, 0.0])
+
+
+def quantification(*components: BloodComponent) -> Quantification:
+    blood = sum(c.volume_ml for c in components)
+    blush = sum(c.active_extravasation_ml for c in components)
+    by_region: dict[str, float] = {}
+    for c in components:
+        by_region[c.region] = by_region.get(c.region, 0.0) + c.volume_ml
+    return Quantification({"hemorrhage": blood, "active_extravasation": blush}, {}, 1.0, by_region,
+                          list(components))
+
+
+def evidence(organ: str, **changes) -> rules.OrganEvidence:
+    base = dict(organ=organ, located=True, adjacent_blood_ml=0.0, intraparenchymal_blood_ml=0.0,
+                largest_intraparenchymal_mm=0.0, blush_inside=False, blush_outside_adjacent=False)
+    return rules.OrganEvidence(**{**base, **changes})
+
+
+@pytest.mark.parametrize("organ, changes, grade, rule", [
+    ("spleen", dict(blush_outside_adjacent=True), 5, "AAST-SPLEEN-V-BLEED-BEYOND"),
+    ("spleen", dict(blush_inside=True), 4, "AAST-SPLEEN-IV-BLEED-CONTAINED"),
+    ("spleen", dict(largest_intraparenchymal_mm=50.0), 3, "AAST-SPLEEN-III-HEMATOMA-5CM"),
+    ("spleen", dict(largest_intraparenchymal_mm=20.0), 2, "AAST-SPLEEN-II-HEMATOMA"),
+    ("liver", dict(blush_outside_adjacent=True), 4, "AAST-LIVER-IV-BLEED-BEYOND"),
+    ("liver", dict(blush_inside=True), 3, "AAST-LIVER-III-BLEED-CONTAINED"),
+    ("liver", dict(largest_intraparenchymal_mm=120.0), 3, "AAST-LIVER-III-HEMATOMA-10CM"),
+    ("liver", dict(largest_intraparenchymal_mm=60.0), 2, "AAST-LIVER-II-HEMATOMA"),
+])
+def test_each_grade_rule(organ, changes, grade, rule):
+    got, fired = rules.grade(evidence(organ, **changes))
+    assert got == grade
+    assert rule in [r.id for r in fired]
+
+
+def test_no_grade_without_evidence_and_every_rule_has_a_source():
+    assert rules.grade(evidence("spleen", adjacent_blood_ml=80.0)) == (None, [])
+    assert rules.grade(evidence("kidney_left", blush_inside=True)) == (None, [])
+    for rule in (*rules.GRADE_RULES, *rules.DECISION_RULES):
+        assert rule.source and rule.statement
+
+
+def test_highest_grade_wins():
+    got, fired = rules.grade(evidence("spleen", blush_inside=True, largest_intraparenchymal_mm=60.0))
+    assert got == 4 and len(fired) == 2
+
+
+def test_organ_evidence_attributes_a_blush_to_the_collections_own_organ():
+    q = quantification(component(60.0, "perisplenic", ["spleen", "kidney_left"], blush=0.6))
+    assert organ_evidence("spleen", True, q).blush_outside_adjacent
+    assert not organ_evidence("kidney_left", True, q).blush_outside_adjacent
+    inside = quantification(component(5.0, "intrasplenic", ["spleen"], inside="spleen", extent=40.0))
+    e = organ_evidence("spleen", True, inside)
+    assert e.intraparenchymal_blood_ml == 5.0 and e.largest_intraparenchymal_mm == 40.0
+
+
+TIERS = RiskTierSettings()  # 200 / 500 mL, 2 / 3 spaces, blush is high
+
+
+@pytest.mark.parametrize("components, tier", [
+    ((), "none"),
+    ((component(30.0, "perihepatic", ["liver"]),), "low"),
+    ((component(250.0, "perihepatic", ["liver"]),), "moderate"),
+    ((component(30.0, "perihepatic", ["liver"]), component(20.0, "pelvic", [])), "moderate"),
+    ((component(600.0, "perihepatic", ["liver"]),), "high"),
+    ((component(10.0, "perihepatic", ["liver"]), component(10.0, "pelvic", []),
+      component(10.0, "perisplenic", ["spleen"])), "high"),
+    ((component(5.0, "perisplenic", ["spleen"], blush=0.5),), "high"),
+])
+def test_risk_tiers(components, tier):
+    got, reasons = risk_tier(quantification(*components), TIERS)
+    assert got == tier and reasons
+
+
+def test_risk_tier_thresholds_are_configurable():
+    q = quantification(component(30.0, "perihepatic", ["liver"]))
+    assert risk_tier(q, RiskTierSettings(moderate_ml=10.0, high_ml=20.0))[0] == "high"
+    blush = quantification(component(5.0, "perisplenic", ["spleen"], blush=0.5))
+    assert risk_tier(blush, RiskTierSettings(blush_is_high=False))[0] == "low"
+
+
+def case(blood=50.0, blush=0.0, tier="low", spleen=False) -> rules.CaseEvidence:
+    return rules.CaseEvidence(blood, blush, tier, spleen)
+
+
+def fired(recommendation) -> set[str]:
+    return {r.id for r in recommendation.rules_fired if r.branch is None}
+
+
+def test_stable_blush_points_to_angiography():
+    r = recommend(case(blush=0.5, tier="high", spleen=True), "stable")
+    assert fired(r) == {"EAST-STABLE-NONOPERATIVE", "EAST-STABLE-BLUSH-ANGIOGRAPHY",
+                        "EAST-HEMOPERITONEUM-AMOUNT"}
+    assert not r.branches
+
+
+def test_unstable_goes_to_operation():
+    r = recommend(case(blood=300.0, tier="moderate"), "unstable")
+    assert fired(r) == {"EAST-UNSTABLE-OPERATIVE"}
+    assert "laparotomy" in r.summary
+
+
+def test_unknown_status_says_what_each_branch_means_and_no_more():
+    r = recommend(case(blush=0.5, tier="high"), "unknown")
+    assert fired(r) == {"STATUS-UNKNOWN"}
+    assert set(r.branches) == {"stable", "unstable"}
+    assert "angiography" in r.branches["stable"] and "laparotomy" in r.branches["unstable"]
+    assert {x.branch for x in r.rules_fired if x.branch} == {"stable", "unstable"}
+    assert not any("laparotomy" in a or "angiography" in a for a in r.actions)
+
+
+def test_no_blood_says_it_does_not_exclude_injury():
+    for status in ("stable", "unstable", "unknown"):
+        r = recommend(case(blood=0.0, tier="none"), status)
+        assert fired(r) == {"NO-BLOOD-DETECTED"}
+        assert "does not exclude" in r.summary
+
+
+def test_settings_validate_cross_field_checks():
+    assert PipelineSettings().validate() == []
+    s = PipelineSettings()
+    s.risk_tiers.high_ml = 100.0
+    s.hu.blood_max = 20.0
+    s.backends.segmentation = "u-net"
+    problems = s.validate()
+    assert "pipeline.risk_tiers.high_ml must be > moderate_ml" in problems
+    assert "pipeline.hu.blood_max must be > blood_min" in problems
+    assert any("pipeline.backends.segmentation" in p and "hu-baseline" in p for p in problems)
