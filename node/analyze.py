@@ -4,29 +4,20 @@ Writes to OUTDIR:
 - findings.json: the Findings record (see pipeline/README.md), label volume left out;
 - labels.npy: the label volume (uint8, slices x rows x columns, in the order of
   findings.json's series.slices; 1 = hemorrhage, 2 = active extravasation);
-- report.txt: the report text, also printed.
+- report.txt: the report text, also printed;
+- seg.dcm and sr.dcm: the DICOM SEG and TID 1500 SR, as the node sends them to the PACS.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
-from typing import BinaryIO, Callable
-
-import numpy as np
+from typing import Callable
 
 from pipeline import Findings, PipelineSettings, run_series
 from pipeline.series import pick_ct_series, scan_folder
 from pipeline.volume import VolumeError
 
-
-def _write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Readers never see a half-written file: write aside, then rename."""
-    temporary = path.with_name(path.name + ".tmp")
-    with temporary.open("wb") as handle:
-        write(handle)
-    os.replace(temporary, path)
+from .results import write_outputs
 
 
 def analyze(input_dir: Path, out_dir: Path, settings: PipelineSettings | None = None,
@@ -41,14 +32,8 @@ def analyze(input_dir: Path, out_dir: Path, settings: PipelineSettings | None = 
              f"{series.images} images in {len(series.paths)} files")
     findings = run_series(series.paths, settings, progress=progress)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if findings.labels is not None:
-        labels = findings.labels
-        _write_atomically(out_dir / "labels.npy", lambda h: np.save(h, labels, allow_pickle=False))
-        findings.labels_file = "labels.npy"
-    document = json.dumps(findings.to_json_dict(), indent=2).encode()
-    _write_atomically(out_dir / "findings.json", lambda h: h.write(document))
-    _write_atomically(out_dir / "report.txt", lambda h: h.write(findings.report.encode()))
+    objects = write_outputs(findings, series.paths, out_dir, series_version=1)
     progress(findings.report)
-    progress(f"wrote {out_dir / 'findings.json'}, {out_dir / 'labels.npy'}, {out_dir / 'report.txt'}")
+    names = ["findings.json", "labels.npy", "report.txt"] + [p.name for p in objects.values()]
+    progress(f"wrote {', '.join(names)} to {out_dir}")
     return findings

@@ -1,18 +1,38 @@
-"""What a worker does with one series version: the pipeline, Findings as a dict.
+"""What a worker does with one series version.
 
-The returned dict is findings.json (pipeline/README.md): JSON-ready, the
-label volume left out. A bad series raises pipeline.VolumeError, whose
-message names the problem (gap, duplicate positions, mixed orientations or
-sizes, missing pixel data); the worker marks the job failed with it.
+The pipeline turns the series into Findings; the SEG and SR are built and
+written with findings.json beside them (node.results); one outbox row per
+object and destination queues them for delivery. The returned dict is
+findings.json plus where its outputs went; it is stored as the job's result.
+A bad series raises pipeline.VolumeError, whose message names the problem;
+the worker marks the job failed with it.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-from pipeline import PipelineSettings, run_series
+from pipeline import run_series
+
+from .config import Settings
+from .index import Index
+from .jobs import ClaimedJob
+from .results import queue_delivery, results_dir, write_outputs
+
+log = logging.getLogger("trauma_node.worker")
 
 
-def run_job_step(paths: list[Path], settings: PipelineSettings | None = None) -> dict:
-    findings = run_series(paths, settings)
-    return findings.to_json_dict()
+def run_job(settings: Settings, index: Index, job: ClaimedJob, paths: list[Path]) -> dict:
+    findings = run_series(paths, settings.pipeline)
+    out_dir = results_dir(settings, job.study_uid, job.series_uid, job.series_version)
+    objects = write_outputs(findings, paths, out_dir, job.series_version)
+    queued = queue_delivery(settings, index, job.study_uid, job.series_uid, job.series_version,
+                            objects)
+    log.info("job %d: %s risk, %.1f mL blood; %s written, %d deliveries queued", job.id,
+             findings.risk_tier, findings.volumes_ml.get("hemorrhage", 0.0),
+             "+".join(sorted(objects)) or "no objects", queued)
+    result = findings.to_json_dict()
+    result["outputs"] = {"directory": str(out_dir),
+                         "objects": {kind: path.name for kind, path in objects.items()}}
+    return result

@@ -14,7 +14,7 @@ import time
 import traceback
 from multiprocessing.synchronize import Event as EventType
 
-from . import jobs
+from . import jobs, outbox  # noqa: F401  (outbox: its table, for job results)
 from .config import Settings
 from .index import Index
 from .logs import setup_logging
@@ -27,14 +27,14 @@ def run_one(index: Index, settings: Settings, name: str) -> bool:
     job = jobs.claim(index, name)
     if job is None:
         return False
-    from .job_step import run_job_step  # imported late: may load models
+    from .job_step import run_job  # imported late: may load models
 
     log.info("job %d running: series %s v%d (attempt %d)", job.id, job.series_uid,
              job.series_version, job.attempts)
     started = time.monotonic()
     try:
         paths = [settings.spool_dir / p for p in jobs.instance_paths(index, job)]
-        result = run_job_step(paths, settings.pipeline)
+        result = run_job(settings, index, job, paths)
     except Exception as exc:  # a bad series fails its job, never the worker
         log.warning("job %d failed after %.1f s: %s", job.id, time.monotonic() - started, exc)
         log.debug("job %d traceback:\n%s", job.id, traceback.format_exc())

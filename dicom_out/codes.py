@@ -1,0 +1,81 @@
+"""The coded concepts of the SEG and the SR, in one place.
+
+Standard codes (SNOMED CT, DCM, LOINC, UMLS, UCUM) wherever one exists; the few
+concepts with no standard code live in a private coding scheme that each object
+declares in its CodingSchemeIdentificationSequence.
+"""
+
+from __future__ import annotations
+
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from pydicom.sr.coding import Code
+
+# --- anatomy (SNOMED CT) -----------------------------------------------------
+PERITONEAL_CAVITY = Code("83670000", "SCT", "Peritoneal cavity")
+LIVER = Code("10200004", "SCT", "Liver")
+SPLEEN = Code("78961009", "SCT", "Spleen")
+KIDNEY = Code("64033007", "SCT", "Kidney")
+INTESTINE = Code("113276009", "SCT", "Intestine")
+RIGHT = Code("24028007", "SCT", "Right")
+LEFT = Code("7771000", "SCT", "Left")
+
+# Organ keys of pipeline OrganFinding -> (name for people, structure, laterality).
+ORGAN_SITES: dict[str, tuple[str, Code, Code | None]] = {
+    "liver": ("Liver", LIVER, None),
+    "spleen": ("Spleen", SPLEEN, None),
+    "kidney_right": ("Right kidney", KIDNEY, RIGHT),
+    "kidney_left": ("Left kidney", KIDNEY, LEFT),
+    "bowel": ("Bowel", INTESTINE, None),
+}
+
+
+def organ_site(organ: str) -> tuple[str, Code, Code | None]:
+    """An organ the table does not know yet is reported in the peritoneal cavity."""
+    return ORGAN_SITES.get(organ, (organ.replace("_", " ").capitalize(), PERITONEAL_CAVITY, None))
+
+# --- what was found ----------------------------------------------------------
+MORPHOLOGICALLY_ABNORMAL_STRUCTURE = Code("49755003", "SCT", "Morphologically Abnormal Structure")
+HEMORRHAGE = Code("50960005", "SCT", "Hemorrhage")  # in CID 7151 (segmentation property types)
+EXTRAVASATION = Code("111428", "DCM", "Extravasation")  # no SNOMED code in CID 7151 for a blush
+TRAUMATIC_INJURY = Code("417746004", "SCT", "Traumatic injury")
+PRESENT = Code("52101004", "SCT", "Present")
+ABSENT = Code("272519000", "SCT", "Absent")
+
+# --- measurements ------------------------------------------------------------
+VOLUME = Code("118565006", "SCT", "Volume")
+CUBIC_CENTIMETRE = Code("cm3", "UCUM", "cubic centimeter")  # = mL
+GRADE_UNIT = Code("{grade}", "UCUM", "grade")  # a UCUM annotation: a dimensionless ordinal
+
+# --- the report --------------------------------------------------------------
+# CID 100 offers no CT abdomen/pelvis code; this is its CT entry. The anatomy is
+# carried by the finding sites and the SEG's anatomic region.
+CT_PROCEDURE = Code("25045-6", "LN", "CT unspecified body region")
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")  # TID 1500 row 12
+IMPRESSION = Code("121073", "DCM", "Impression")
+RECOMMENDATION = Code("121075", "DCM", "Recommendation")
+FINDINGS_TEXT = Code("121070", "DCM", "Findings")
+COMMENT = Code("121106", "DCM", "Comment")
+
+# Risk tier values of Findings.risk_tier (SNOMED CT qualifier values).
+RISK_TIER_VALUES: dict[str, Code] = {
+    "none": Code("260413007", "SCT", "None"),
+    "low": Code("62482003", "SCT", "Low"),
+    "moderate": Code("6736007", "SCT", "Moderate"),
+    "high": Code("75540009", "SCT", "High"),
+}
+
+# --- private concepts (no standard code found) -------------------------------
+PRIVATE_SCHEME = "99TRAUMANODE"
+RISK_TIER = Code("RISK-TIER", PRIVATE_SCHEME, "Hemorrhage risk tier")
+AAST_GRADE_LOWER_BOUND = Code("AAST-GRADE-MIN", PRIVATE_SCHEME,
+                              "AAST injury grade estimate, lower bound")
+ADJACENT_BLOOD_VOLUME = Code("ADJ-BLOOD-VOL", PRIVATE_SCHEME, "Volume of blood adjacent to organ")
+INTRAPARENCHYMAL_BLOOD_VOLUME = Code("IPH-BLOOD-VOL", PRIVATE_SCHEME,
+                                     "Volume of intraparenchymal blood")
+
+
+def private_coding_scheme() -> CodingSchemeIdentificationItem:
+    """Declares the private scheme, so that a reader can tell where its codes come from."""
+    return CodingSchemeIdentificationItem(
+        designator=PRIVATE_SCHEME, name="trauma-node private concepts",
+        responsible_organization="trauma-node project (research use only)")

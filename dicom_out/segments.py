@@ -1,0 +1,79 @@
+"""Which segments a SEG holds, and their masks, from the pipeline's label volume.
+
+Shared by the SEG (pixels, descriptions) and the SR (one measurement group per
+segment, referencing it by number).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pydicom.sr.coding import Code
+
+from dicom_out import codes
+from pipeline.findings import Findings
+from pipeline.labels import ACTIVE_EXTRAVASATION, HEMORRHAGE
+
+
+@dataclass(frozen=True)
+class FindingType:
+    key: str  # the key of Findings.volumes_ml, and of tracking UIDs
+    label: str  # SegmentLabel and SR Tracking Identifier
+    description: str  # SegmentDescription: what the voxels hold
+    property_type: Code
+    rgb: tuple[int, int, int]  # display colour, stored as CIELab
+    label_values: tuple[int, ...]  # label volume values that belong to it
+
+
+HEMORRHAGE_FINDING = FindingType(
+    "hemorrhage", "Hemorrhage", "Blood-density material (hemoperitoneum, hematoma, clot), "
+    "contrast blush included", codes.HEMORRHAGE, (200, 30, 30),
+    (HEMORRHAGE, ACTIVE_EXTRAVASATION))  # blush is blood too, as in Findings.volumes_ml
+ACTIVE_EXTRAVASATION_FINDING = FindingType(
+    "active_extravasation", "Active extravasation", "Contrast-density focus (blush) within "
+    "blood: suspected active bleeding", codes.EXTRAVASATION, (255, 220, 0),
+    (ACTIVE_EXTRAVASATION,))
+
+
+@dataclass(frozen=True)
+class Segment:
+    number: int  # 1-based Segment Number
+    finding: FindingType
+    mask: np.ndarray | None  # bool (slices, rows, columns) in volume order; None without labels
+    volume_ml: float  # from Findings.volumes_ml, the number the report states
+
+    @property
+    def empty(self) -> bool:
+        return not self.mask.any() if self.mask is not None else self.volume_ml <= 0
+
+    @property
+    def is_extravasation(self) -> bool:
+        return self.finding is ACTIVE_EXTRAVASATION_FINDING
+
+
+def planned_segments(findings: Findings, masks: bool = True) -> list[Segment]:
+    """Hemorrhage always (empty when none was found: an explicit negative result the
+    viewer shows), active extravasation only when the pipeline found some.
+
+    Presence comes from the label volume when there is one (a tiny volume can
+    round to 0.0 mL), else from Findings.volumes_ml; masks only from labels, and
+    only when asked (the SR needs none).
+    """
+    labels = findings.labels
+    if labels is not None and list(labels.shape) != list(findings.series["shape"]):
+        raise ValueError(f"label volume shape {labels.shape} differs from the series "
+                         f"shape {findings.series['shape']}")
+    if labels is not None:
+        blush = bool(np.any(labels == ACTIVE_EXTRAVASATION))
+    else:
+        blush = findings.volumes_ml.get(ACTIVE_EXTRAVASATION_FINDING.key, 0.0) > 0
+    found = [HEMORRHAGE_FINDING, *([ACTIVE_EXTRAVASATION_FINDING] if blush else [])]
+
+    def mask(finding: FindingType) -> np.ndarray | None:
+        if not masks or labels is None:
+            return None
+        return np.isin(labels, finding.label_values, kind="table")
+
+    return [Segment(n, f, mask(f), float(findings.volumes_ml.get(f.key, 0.0)))
+            for n, f in enumerate(found, start=1)]

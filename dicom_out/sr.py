@@ -1,0 +1,185 @@
+"""TID 1500 Measurement Report in a Comprehensive 3D SR, built with highdicom.
+
+Structure (why: OHIF and most PACS viewers only treat an SR as a measurement
+report when it is TID 1500 with tracking identifiers and an image library; text
+placed in TID 1500's own containers is shown by every SR tree renderer, so one
+SR carries everything and no second, text-only SR is needed):
+
+  Imaging Measurement Report (TID 1500)
+    observer: device (algorithm name, version); procedure reported
+    Image Library: every source image
+    Imaging Measurements
+      one TID 1411 group per SEG segment: tracking id + UID (the segment's),
+        referenced segment, finding, finding site, Volume (cm3); the hemorrhage
+        group also holds Extravasation present/absent and the risk tier
+      one TID 1501 group per organ with injury evidence: Traumatic injury at
+        the organ, adjacent/intraparenchymal blood volumes, AAST grade lower bound
+    Qualitative Evaluations (TID 1500 row 12): TEXT Impression, Recommendation
+      (EAST-aligned), Findings (the full report), Comment (research-use notice)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sr.coding import Code
+
+from dicom_out import codes, sr_text, uids
+from dicom_out.device import MANUFACTURER, SR_SERIES_NUMBER_BASE, Algorithm, series_description
+from dicom_out.image_library import fill_image_library, library_header
+from dicom_out.segments import Segment, planned_segments
+from dicom_out.source import source_images
+from pipeline.findings import Findings, OrganFinding
+
+RelationshipType = hd.sr.RelationshipTypeValues
+MeasurementGroup = (hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+                    | hd.sr.MeasurementsAndQualitativeEvaluations)
+
+
+@dataclass(frozen=True)
+class _Report:
+    """What every measurement group of one report shares."""
+
+    algorithm: Algorithm
+    series_uid: str  # of the source series
+    series_version: int
+
+    def tracking(self, label: str, key: str) -> hd.sr.TrackingIdentifier:
+        return hd.sr.TrackingIdentifier(
+            uid=uids.tracking_uid(self.series_uid, self.series_version, key), identifier=label)
+
+
+def build_sr(findings: Findings, source_datasets: Sequence[Dataset], seg: Dataset | None, *,
+             series_version: int, algorithm_name: str, algorithm_version: str) -> Dataset:
+    """The Comprehensive 3D SR of the findings; seg is the SEG it describes (from build_seg).
+
+    Without a SEG (seg=None) the segment groups become TID 1501 groups with the
+    same content and no referenced segment. Returns a plain pydicom Dataset.
+    """
+    algorithm = Algorithm.of(findings, algorithm_name, algorithm_version)
+    source = source_images(findings, source_datasets)
+    report = _Report(algorithm, findings.series["series_instance_uid"], series_version)
+    segments = planned_segments(findings, masks=False)
+    if seg is not None and len(seg.SegmentSequence) != len(segments):
+        raise ValueError(f"the SEG has {len(seg.SegmentSequence)} segment(s), these findings "
+                         f"{len(segments)}: was it built from other findings?")
+    overall = _overall_evaluations(findings, segments)
+    groups: list[MeasurementGroup] = [
+        _segment_group(s, [] if s.is_extravasation else overall, report, seg) for s in segments]
+    groups += [_organ_group(o, report) for o in findings.organs.values() if _has_injury_evidence(o)]
+    content = hd.sr.MeasurementReport(
+        observation_context=algorithm.observer_context(uids.device_uid(algorithm.name)),
+        procedure_reported=codes.CT_PROCEDURE,
+        imaging_measurements=groups,
+        referenced_images=[library_header(source.datasets[0])],  # the rest is added below, fast
+    )
+    content[0].ContentSequence.append(_text_evaluations(findings, algorithm))
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[*source.datasets, *([seg] if seg is not None else [])],
+        content=content,
+        series_instance_uid=uids.output_uid(report.series_uid, series_version, uids.SR_SERIES),
+        series_number=SR_SERIES_NUMBER_BASE + series_version,
+        sop_instance_uid=uids.output_uid(report.series_uid, series_version, uids.SR_INSTANCE),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        is_final=False,  # PRELIMINARY and UNVERIFIED: no person has signed it
+        is_verified=False,
+        series_description=series_description("SR", series_version),
+        coding_schemes=[codes.private_coding_scheme()],
+    )
+    fill_image_library(sr, [library_header(ds) for ds in source.datasets])
+    return _plain(sr)
+
+
+def _plain(sr: hd.sr.Comprehensive3DSR) -> Dataset:
+    """A plain pydicom Dataset: the highdicom object's parsed content cache would
+    not show the library filled in afterwards (use hd.sr.srread to get one back)."""
+    plain = Dataset({element.tag: element for element in sr})
+    plain.file_meta = sr.file_meta
+    plain.preamble = sr.preamble  # so that a plain save_as() writes a DICOM file (DICM prefix)
+    return plain
+
+
+def _volume(name: Code, millilitres: float) -> hd.sr.Measurement:
+    return hd.sr.Measurement(name=name, value=round(float(millilitres), 3),
+                             unit=codes.CUBIC_CENTIMETRE)
+
+
+def _present(flag: bool) -> Code:
+    return codes.PRESENT if flag else codes.ABSENT
+
+
+def _segment_group(segment: Segment, evaluations: list[hd.sr.QualitativeEvaluation],
+                   report: _Report, seg: Dataset | None) -> MeasurementGroup:
+    finding = segment.finding
+    common = dict(
+        tracking_identifier=report.tracking(finding.label, finding.key),
+        finding_type=finding.property_type,
+        finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+        algorithm_id=report.algorithm.sr_identification(),
+        finding_sites=[hd.sr.FindingSite(codes.PERITONEAL_CAVITY)],
+        measurements=[_volume(codes.VOLUME, segment.volume_ml)],
+        qualitative_evaluations=evaluations or None,
+    )
+    if seg is None:
+        return hd.sr.MeasurementsAndQualitativeEvaluations(**common)
+    # Built directly: ReferencedSegment.from_segmentation fails on one-segment SEGs
+    # (see shared/REFERENCES.md).
+    referenced = hd.sr.ReferencedSegment(
+        sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID,
+        segment_number=segment.number,
+        source_series=hd.sr.SourceSeriesForSegmentation(report.series_uid))
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        referenced_segment=referenced, **common)
+
+
+def _overall_evaluations(findings: Findings,
+                         segments: list[Segment]) -> list[hd.sr.QualitativeEvaluation]:
+    """Blush present/absent and the risk tier, stated once, in the hemorrhage group."""
+    tier = codes.RISK_TIER_VALUES.get(findings.risk_tier)
+    if tier is None:
+        raise ValueError(f"unknown risk tier {findings.risk_tier!r}")
+    blush = any(s.is_extravasation for s in segments)
+    return [hd.sr.QualitativeEvaluation(codes.EXTRAVASATION, _present(blush)),
+            hd.sr.QualitativeEvaluation(codes.RISK_TIER, tier)]
+
+
+def _has_injury_evidence(organ: OrganFinding) -> bool:
+    return bool(organ.adjacent_blood_ml > 0 or organ.intraparenchymal_blood_ml > 0
+                or organ.blush_inside or organ.blush_outside_adjacent or organ.aast_grade)
+
+
+def _organ_group(organ: OrganFinding,
+                 report: _Report) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    name, structure, laterality = codes.organ_site(organ.organ)
+    measurements = [_volume(codes.ADJACENT_BLOOD_VOLUME, organ.adjacent_blood_ml),
+                    _volume(codes.INTRAPARENCHYMAL_BLOOD_VOLUME, organ.intraparenchymal_blood_ml)]
+    if organ.aast_grade is not None:
+        measurements.append(hd.sr.Measurement(
+            name=codes.AAST_GRADE_LOWER_BOUND, value=int(organ.aast_grade), unit=codes.GRADE_UNIT))
+    blush = organ.blush_inside or organ.blush_outside_adjacent
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=report.tracking(f"{name} injury", f"organ/{organ.organ}"),
+        finding_type=codes.TRAUMATIC_INJURY,
+        algorithm_id=report.algorithm.sr_identification(),
+        finding_sites=[hd.sr.FindingSite(structure, laterality=laterality)],
+        measurements=measurements,
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.EXTRAVASATION, _present(blush))],
+    )
+
+
+def _text_evaluations(findings: Findings, algorithm: Algorithm) -> hd.sr.ContainerContentItem:
+    """TID 1500's own Qualitative Evaluations container, holding the texts."""
+    container = hd.sr.ContainerContentItem(name=codes.QUALITATIVE_EVALUATIONS,
+                                           relationship_type=RelationshipType.CONTAINS)
+    container.ContentSequence = hd.sr.ContentSequence([
+        hd.sr.TextContentItem(name, text, relationship_type=RelationshipType.CONTAINS)
+        for name, text in ((codes.IMPRESSION, sr_text.impression(findings)),
+                           (codes.RECOMMENDATION, sr_text.recommendation(findings)),
+                           (codes.FINDINGS_TEXT, sr_text.report(findings, algorithm)),
+                           (codes.COMMENT, algorithm.notice()))])
+    return container

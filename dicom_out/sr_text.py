@@ -1,0 +1,36 @@
+"""The SR's TEXT content: impression, recommendation, report, research-use notice."""
+
+from __future__ import annotations
+
+from dicom_out.device import RESEARCH_USE, Algorithm
+from pipeline.findings import Findings
+
+TAG = f"[{RESEARCH_USE} - AI-generated] "  # leads every text a viewer may show on its own
+
+
+def impression(findings: Findings) -> str:
+    pattern = str(findings.reading.get("injury_pattern") or "no intra-abdominal blood detected")
+    volumes = findings.volumes_ml
+    reasons = "; ".join(findings.risk_tier_reasons)
+    return (f"{TAG}{pattern[:1].upper()}{pattern[1:]}. "
+            f"Hemorrhage {volumes.get('hemorrhage', 0.0):.1f} mL, active extravasation "
+            f"{volumes.get('active_extravasation', 0.0):.1f} mL. "
+            f"Risk tier: {findings.risk_tier.upper()}" + (f" ({reasons})." if reasons else "."))
+
+
+def recommendation(findings: Findings) -> str:
+    """The EAST-aligned decision support, with the rules that fired and their sources."""
+    rec = findings.recommendation
+    lines = [f"{TAG}Decision support (EAST-aligned); hemodynamic status: {rec.hemodynamic_status}.",
+             rec.summary]
+    lines += [f"- {action}" for action in rec.actions if action != rec.summary]
+    lines += [f"If {status}: {text}" for status, text in rec.branches.items()]
+    lines += [f"Rule {r.id}" + (f" [if {r.branch}]" if r.branch else "") + f": {r.source}"
+              for r in rec.rules_fired]
+    return "\n".join(lines)
+
+
+def report(findings: Findings, algorithm: Algorithm) -> str:
+    """The pipeline's report; the notice is added when a report backend left it out."""
+    text = findings.report.strip()
+    return text if RESEARCH_USE in text.upper() else f"{algorithm.notice()}\n\n{text}"

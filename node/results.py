@@ -1,0 +1,86 @@
+"""A job's results on disk and in the outbox.
+
+For series version N: data/results/<study>/<series>/v<N>/ holds findings.json,
+labels.npy, report.txt, seg.dcm and sr.dcm (`trauma-node analyze` writes the
+same files to its --out folder). The DICOM objects get UIDs derived from the
+series version (dicom_out), so writing them again replaces rather than
+duplicates, and each is queued once per destination that wants its kind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+import numpy as np
+import pydicom
+
+from dicom_out import build_outputs
+from pipeline.findings import Findings
+
+from . import __version__, outbox
+from .config import Settings
+from .index import Index
+from .spool import check_uid
+
+log = logging.getLogger("trauma_node.results")
+
+ALGORITHM_NAME = "trauma-node"
+
+
+def results_dir(settings: Settings, study_uid: str, series_uid: str, version: int) -> Path:
+    return (settings.data_dir / "results" / check_uid(study_uid, "Study Instance UID")
+            / check_uid(series_uid, "Series Instance UID") / f"v{version}")
+
+
+def _write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Readers never see a half-written file: write aside, then rename."""
+    temporary = path.with_name(path.name + ".tmp")
+    with temporary.open("wb") as handle:
+        write(handle)
+    os.replace(temporary, path)
+
+
+def write_outputs(findings: Findings, source_paths: list[Path], out_dir: Path,
+                  series_version: int) -> dict[str, Path]:
+    """findings.json, labels.npy, report.txt, seg.dcm and sr.dcm in out_dir.
+
+    Returns the DICOM objects written, {"seg": path, "sr": path}.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if findings.labels is not None:
+        labels = findings.labels
+        _write_atomically(out_dir / "labels.npy", lambda h: np.save(h, labels, allow_pickle=False))
+        findings.labels_file = "labels.npy"
+    # dicom_out needs the source headers only.
+    sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in source_paths]
+    outputs = build_outputs(findings, sources, series_version=series_version,
+                            algorithm_name=ALGORITHM_NAME, algorithm_version=__version__)
+    written: dict[str, Path] = {}
+    for kind, dataset in (("seg", outputs.seg), ("sr", outputs.sr)):
+        if dataset is not None:
+            written[kind] = out_dir / f"{kind}.dcm"
+            _write_atomically(written[kind], lambda h, ds=dataset: ds.save_as(h))
+    document = json.dumps(findings.to_json_dict(), indent=2).encode()
+    _write_atomically(out_dir / "findings.json", lambda h: h.write(document))
+    _write_atomically(out_dir / "report.txt", lambda h: h.write(findings.report.encode()))
+    return written
+
+
+def queue_delivery(settings: Settings, index: Index, study_uid: str, series_uid: str,
+                   version: int, objects: dict[str, Path]) -> int:
+    """One outbox row per object and destination that wants that kind of object."""
+    items: list[dict[str, Any]] = []
+    for kind, path in objects.items():
+        sop_uid = str(pydicom.dcmread(path, stop_before_pixels=True,
+                                      specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
+        for dest in settings.destinations:
+            if kind in dest.objects:
+                items.append({"study_uid": study_uid, "series_uid": series_uid,
+                              "series_version": version, "kind": kind,
+                              "sop_instance_uid": sop_uid, "path": str(path),
+                              "destination": dest.name})
+    return outbox.enqueue(index, items)
