@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import shutil
 
+import highdicom as hd
 import numpy as np
 import pytest
 
 from phantom import make_volume
 from node.analyze import analyze
-from node.job_step import run_job_step
 from pipeline import PipelineSettings, run_series
 from pipeline.findings import Findings
 from pipeline.volume import VolumeError
@@ -159,17 +159,22 @@ def test_analyze_folder_writes_findings_labels_and_report(analysed, phantom_fact
     assert document["label_volume"]["file"] == "labels.npy"
     assert (tmp_path / "out" / "report.txt").read_text() == findings.report
     assert any("segmentation" in line for line in lines) and findings.report in lines
+    # The same SEG and SR the node sends to the PACS.
+    seg = hd.seg.segread(tmp_path / "out" / "seg.dcm")
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == truth.spec.series_uid
+    sr = hd.sr.srread(tmp_path / "out" / "sr.dcm")
+    assert sr.StudyInstanceUID == truth.spec.study_uid
 
 
-def test_job_step_returns_the_findings_document(analysed):
+def test_findings_document_is_json(analysed):
     truth, _ = analysed["none"]
-    document = run_job_step(truth.paths, None)
+    document = run_series(truth.paths, None).to_json_dict()
     json.dumps(document)
     assert document["risk_tier"] == "none" and document["volumes_ml"]["hemorrhage"] == 0
 
 
-def test_job_step_fails_with_the_problem_named(analysed):
+def test_a_gap_fails_with_the_problem_named(analysed):
     truth, _ = analysed["none"]
     middle = truth.paths[truth.z_positions.index(sorted(truth.z_positions)[30])]
     with pytest.raises(VolumeError, match="gap"):
-        run_job_step([p for p in truth.paths if p != middle], None)
+        run_series([p for p in truth.paths if p != middle], None)
