@@ -108,7 +108,8 @@ def test_enhanced_ct_multiframe_is_received_and_analysed(node_factory, tmp_path)
     truth = write_enhanced_series(PhantomSpec(slices=24, rows=128, cols=128),
                                   tmp_path / "enhanced" / "ct.dcm")
     node = node_factory(FAST)
-    storescu(truth.paths, node.dicom_port)
+    # -R: propose the file's own SOP class (not in storescu's default list).
+    storescu(truth.paths, node.dicom_port, extra=["-R"])
     s = node.wait_series_state(truth.spec.series_uid, {"done"}, timeout=60)
     assert s["instances"] == 1 and processed_slices(s) == 24
     stored = spool_file(node, truth.spec.study_uid, truth.spec.series_uid,

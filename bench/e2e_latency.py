@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""End-to-end latency: last instance acknowledged -> SEG and SR stored in Orthanc.
+
+    .venv/bin/python bench/e2e_latency.py [--repeat 3] [--write-results]
+
+A 300-slice 512x512 phantom series (large hemoperitoneum and a blush) is sent
+by DCMTK storescu (TCP_NODELAY=1) to the node, whose destination is a real
+Orthanc on loopback. Measured per run, from the node's index (microsecond
+timestamps) and Orthanc's REST API:
+
+  quiet    last instance acknowledged -> series complete (the completion rule)
+  queue    series complete -> job claimed by a worker
+  pipeline job claimed -> job done (pipeline, SEG and SR written)
+  delivery job done -> SEG and SR both in Orthanc
+  total    last instance acknowledged -> SEG and SR both in Orthanc
+
+Two cases: the series states its size (ImagesInAcquisition), so completion
+needs no quiet period; and it does not, so the default 5 s quiet period runs.
+The embedded CPU baseline backends run the analysis (no model weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from conftest import NodeProcess, free_port, storescu, wait_for  # noqa: E402
+from orthanc import Orthanc  # noqa: E402
+from phantom import PhantomSpec, write_series  # noqa: E402
+
+RESULTS = ROOT / "bench" / "RESULTS.md"
+SEG_AND_SR = {"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34"}
+
+
+def node_config(pacs: Orthanc, quiet_s: float) -> str:
+    return f"""
+[completion]
+quiet_period_s = {quiet_s}
+[storage]
+min_free_disk_mb = 100
+[delivery]
+check_interval_s = 0.1
+[[destinations]]
+name = "pacs"
+ae_title = "{pacs.aet}"
+host = "127.0.0.1"
+port = {pacs.dicom_port}
+"""
+
+
+def _epoch(value: str) -> float:
+    return dt.datetime.fromisoformat(value).replace(tzinfo=dt.timezone.utc).timestamp()
+
+
+def one_run(workdir: Path, series_dir: Path, study_uid: str, series_uid: str,
+            quiet_s: float) -> dict[str, float]:
+    pacs = Orthanc(workdir / "orthanc", free_port(), free_port()).start()
+    (workdir / "node").mkdir(parents=True, exist_ok=True)
+    node = NodeProcess(workdir / "node", node_config(pacs, quiet_s))
+    try:
+        node.start()
+        storescu([series_dir], node.dicom_port)
+        acked = time.time()  # storescu exits once the last instance is acknowledged
+
+        def arrived() -> float | None:
+            classes = {pacs.get(f"/instances/{i}/simplified-tags").get("SOPClassUID")
+                       for i in pacs.get("/instances")}
+            return time.time() if SEG_AND_SR <= classes else None
+
+        delivered = wait_for(arrived, timeout=300, interval=0.05, what="SEG and SR in Orthanc")
+        with sqlite3.connect(node.data_dir / "index.sqlite") as db:
+            completed, = db.execute("SELECT completed_at FROM series WHERE series_uid = ?",
+                                    (series_uid,)).fetchone()
+            started, finished = db.execute(
+                "SELECT started_at, finished_at FROM jobs ORDER BY id DESC LIMIT 1").fetchone()
+        completed, started, finished = (_epoch(v) for v in (completed, started, finished))
+        return {"quiet": completed - acked, "queue": started - completed,
+                "pipeline": finished - started, "delivery": delivered - finished,
+                "total": delivered - acked}
+    finally:
+        node.stop()
+        pacs.stop()
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+               platform.processor())
+    return f"{platform.machine()}, {os.cpu_count()} cores ({cpu}), Python {platform.python_version()}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--write-results", action="store_true")
+    args = parser.parse_args()
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="e2e-bench-") as tmp:
+        root = Path(tmp)
+        for label, stated, quiet in (("size stated (ImagesInAcquisition)", True, 5.0),
+                                     ("size not stated, quiet period 5 s", False, 5.0)):
+            runs = []
+            for r in range(args.repeat):
+                spec = PhantomSpec(slices=args.slices, blood="large", blush=True, seed=r,
+                                   images_in_acquisition=stated)
+                series_dir = root / f"series-{stated}-{r}"
+                write_series(spec, series_dir)
+                runs.append(one_run(root / f"run-{stated}-{r}", series_dir, spec.study_uid,
+                                    spec.series_uid, quiet))
+                print(label, {k: round(v, 2) for k, v in runs[-1].items()}, flush=True)
+            rows.append((label, {k: statistics.median(run[k] for run in runs)
+                                 for k in runs[0]}))
+
+    table = ["| case | quiet s | queue s | pipeline s | delivery s | total s |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for label, m in rows:
+        table.append(f"| {label} | {m['quiet']:.2f} | {m['queue']:.2f} | {m['pipeline']:.2f} "
+                     f"| {m['delivery']:.2f} | {m['total']:.2f} |")
+    print("\n".join(table))
+    if args.write_results:
+        section = "\n".join([
+            "## End-to-end latency", "",
+            f"`.venv/bin/python bench/e2e_latency.py --repeat {args.repeat} --write-results`, "
+            f"{dt.date.today().isoformat()}, {machine()}. A {args.slices}-slice 512x512 phantom "
+            "(large hemoperitoneum + blush) sent by DCMTK storescu to the node on the embedded "
+            "CPU baseline; results delivered to Orthanc 1.10 on loopback. Medians of "
+            f"{args.repeat} runs; the time runs from the last instance acknowledged.", "",
+            *table, ""])
+        write_section(section)
+    return 0
+
+
+def write_section(section: str) -> None:
+    """Replace (or append) this benchmark's section of bench/RESULTS.md."""
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    head = "## End-to-end latency"
+    if head in text:
+        start = text.index(head)
+        nxt = text.find("\n## ", start + len(head))
+        text = text[:start] + section + (text[nxt + 1:] if nxt != -1 else "")
+    else:
+        text = text.rstrip() + "\n\n" + section
+    RESULTS.write_text(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
