@@ -26,6 +26,16 @@ What it changes, nothing else:
   `IDLE_WAIT_S`, as the stock loop does every millisecond.
 - The socket reads a PDU with recv_into() into a buffer of its full length.
 - TCP_NODELAY on accepted sockets (responses are small; never wait for Nagle).
+- C-STORE only (FastDIMSE): the request's command set is decoded and the
+  response's encoded by hand instead of through pydicom Datasets, and data
+  fragments are appended without slicing; anything else takes the stock path.
+- The supported presentation contexts are copied per association without
+  deepcopy (~90 ms of CPU per association for the node's 170 x 16).
+- pynetdicom's "standard" per-PDU/per-message log handlers are not bound.
+
+Measured with bench/ingest.py (bench/RESULTS.md): the DUL thread's CPU per
+instance fell from ~2 ms to ~1 ms; with the node's other changes a 300-slice
+series goes in about twice as fast as before.
 
 The loops mirror `DULServiceProvider.run_reactor` and `Association._run_reactor`
 of pynetdicom 3.0.4 line for line except for the waiting. With any other
@@ -39,20 +49,31 @@ import logging
 import queue
 import select
 import socket
+import struct
 import threading
 import time
-from copy import deepcopy
+from io import BytesIO
+from copy import copy, deepcopy
 from datetime import datetime
 from typing import Any, cast
 
 import pynetdicom
-from pynetdicom import evt
+from pynetdicom import _config, evt
 from pynetdicom._globals import MODE_ACCEPTOR
+from pynetdicom._handlers import (
+    standard_dimse_recv_handler,
+    standard_dimse_sent_handler,
+    standard_pdu_recv_handler,
+    standard_pdu_sent_handler,
+)
 from pynetdicom.association import LOGGER as _ASSOC_LOG
 from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import LOGGER as _DUL_LOG
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import (
     AssociationSocket,
     RequestHandler,
@@ -68,6 +89,15 @@ COMPATIBLE = pynetdicom.__version__ == PINNED_VERSION
 # Longest wait of an idle loop before it looks at its timers and flags again.
 IDLE_WAIT_S = 0.01
 
+# pynetdicom's "standard" log handlers format every PDU and DIMSE message for
+# its INFO/DEBUG log, which the node silences (node/logs.py): not bound here.
+_LOG_HANDLERS = (
+    (evt.EVT_DIMSE_RECV, standard_dimse_recv_handler),
+    (evt.EVT_DIMSE_SENT, standard_dimse_sent_handler),
+    (evt.EVT_PDU_RECV, standard_pdu_recv_handler),
+    (evt.EVT_PDU_SENT, standard_pdu_sent_handler),
+)
+
 
 class _WakingQueue(queue.Queue):
     """A queue that sets an event whenever something is put in it."""
@@ -79,6 +109,158 @@ class _WakingQueue(queue.Queue):
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         super().put(item, block, timeout)
         self._wake.set()
+
+
+def _ui(tag_element: int, value: Any) -> bytes:
+    data = str(value).encode("ascii")
+    if len(data) % 2:
+        data += b"\x00"
+    return struct.pack("<HHI", 0x0000, tag_element, len(data)) + data
+
+
+def encode_store_rsp(rsp: C_STORE) -> bytes:
+    """The command set of a C-STORE-RSP without Offending Element or Error Comment,
+    Implicit VR Little Endian, as pynetdicom encodes it (PS3.7 9.3.1.2)."""
+    body = b"".join((
+        _ui(0x0002, rsp.AffectedSOPClassUID) if rsp.AffectedSOPClassUID else b"",
+        struct.pack("<HHIH", 0x0000, 0x0100, 2, 0x8001),  # Command Field: C-STORE-RSP
+        struct.pack("<HHIH", 0x0000, 0x0120, 2, rsp.MessageIDBeingRespondedTo),
+        struct.pack("<HHIH", 0x0000, 0x0800, 2, 0x0101),  # no data set
+        struct.pack("<HHIH", 0x0000, 0x0900, 2, rsp.Status),
+        _ui(0x1000, rsp.AffectedSOPInstanceUID) if rsp.AffectedSOPInstanceUID else b"",
+    ))
+    return struct.pack("<HHII", 0x0000, 0x0000, 4, len(body)) + body
+
+
+# Elements a C-STORE-RQ command set may hold (PS3.7 9.3.1.1).
+_STORE_RQ_ELEMENTS = {0x0000, 0x0002, 0x0100, 0x0110, 0x0700, 0x0800, 0x1000, 0x1030, 0x1031}
+
+
+def decode_store_rq(command: bytes, context_id: int) -> C_STORE | None:
+    """A C-STORE-RQ primitive from its command set (Implicit VR Little Endian),
+    its DataSet an empty BytesIO; None for anything else or anything unusual."""
+    elements: dict[int, bytes] = {}
+    pos, end = 0, len(command)
+    while pos < end:
+        if pos + 8 > end:
+            return None
+        group, element, length = struct.unpack_from("<HHI", command, pos)
+        pos += 8
+        if group != 0x0000 or element not in _STORE_RQ_ELEMENTS or pos + length > end:
+            return None
+        elements[element] = command[pos:pos + length]
+        pos += length
+
+    def us(element: int) -> int | None:
+        value = elements.get(element)
+        return struct.unpack("<H", value)[0] if value is not None and len(value) == 2 else None
+
+    def text(element: int) -> str | None:
+        value = elements.get(element)
+        return value.rstrip(b"\x00 ").decode("ascii") if value is not None else None
+
+    if us(0x0100) != 0x0001 or us(0x0800) in (None, 0x0101) or us(0x0110) is None:
+        return None
+    sop_class, sop_instance = text(0x0002), text(0x1000)
+    if not sop_class or not sop_instance:
+        return None
+    rq = C_STORE()
+    rq.MessageID = us(0x0110)
+    rq.AffectedSOPClassUID = sop_class
+    rq.AffectedSOPInstanceUID = sop_instance
+    priority = us(0x0700)
+    if priority is not None:
+        rq.Priority = priority
+    if 0x1030 in elements:
+        rq.MoveOriginatorApplicationEntityTitle = text(0x1030)
+    if 0x1031 in elements:
+        rq.MoveOriginatorMessageID = us(0x1031)
+    rq.DataSet = BytesIO()
+    rq._context_id = context_id
+    return rq
+
+
+class FastDIMSE(DIMSEServiceProvider):
+    """Assembles C-STORE requests and encodes their responses with less work.
+
+    Per received instance pynetdicom decodes the command set into a pydicom
+    Dataset, converts it to a primitive element by element, copies each data
+    fragment twice (a slice, then into a BytesIO), and builds and encodes a
+    pydicom Dataset for the response twice (once to measure its length): most
+    of the CPU time of the DUL thread. Here, only for C-STORE:
+    - a C-STORE-RQ command set is decoded by hand (decode_store_rq) and its
+      data fragments are appended to the request's BytesIO without slicing;
+    - a C-STORE-RSP without optional elements, a fixed layout, is encoded by
+      hand (encode_store_rsp).
+    Any other message, anything unusual, pynetdicom's chunked-dataset mode,
+    or a handler bound to EVT_DIMSE_RECV / EVT_DIMSE_SENT: the stock code.
+    """
+
+    def __init__(self, assoc: Association) -> None:
+        super().__init__(assoc)
+        self._command = bytearray()
+        # (context id, request) while the request's data set arrives
+        self._store: tuple[int, C_STORE] | None = None
+
+    def receive_primitive(self, primitive: P_DATA) -> None:
+        for context_id, data in primitive.presentation_data_value_list:
+            self._receive_pdv(context_id, data)
+
+    def _stock(self, context_id: int, data: bytes) -> None:
+        single = P_DATA()
+        single.presentation_data_value_list = [[context_id, data]]
+        super().receive_primitive(single)
+
+    def _receive_pdv(self, context_id: int, data: bytes) -> None:
+        control = data[0]  # message control header, PS3.8 E.2
+        if self._store is not None:
+            store_context, rq = self._store
+            if control & 1:  # a command before the data set ended: stock decides
+                self._store = None
+                self._stock(context_id, data)
+                return
+            cast(BytesIO, rq.DataSet).write(memoryview(data)[1:])
+            if control & 2:
+                self._store = None
+                self.msg_queue.put((store_context, rq))
+            return
+        if self.message is not None or not control & 1:  # stock has a message under way
+            self._stock(context_id, data)
+            return
+        self._command += memoryview(data)[1:]
+        if not control & 2:
+            return
+        command = bytes(self._command)
+        self._command.clear()
+        rq = None
+        if (not _config.STORE_RECV_CHUNKED_DATASET
+                and not self.assoc.get_handlers(evt.EVT_DIMSE_RECV)):
+            try:
+                rq = decode_store_rq(command, context_id)
+            except Exception:  # unusual values: the stock decoder reports them
+                rq = None
+        if rq is None:
+            self._stock(context_id, b"\x03" + command)
+            return
+        self._store = (context_id, rq)
+
+    def send_msg(self, primitive: Any, context_id: int) -> None:
+        if (type(primitive) is C_STORE and primitive.MessageIDBeingRespondedTo is not None
+                and primitive.Status is not None and primitive.OffendingElement is None
+                and primitive.ErrorComment is None
+                and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT)):
+            try:
+                command = encode_store_rsp(primitive)
+            except (UnicodeError, struct.error, TypeError):  # unusual values: stock
+                command = None
+            max_pdu = self.maximum_pdu_size
+            if command is not None and (not max_pdu or len(command) + 7 <= max_pdu):
+                pdata = P_DATA()
+                # Message control header 0x03: command, last fragment (PS3.8 E.2).
+                pdata.presentation_data_value_list = [[context_id, b"\x03" + command]]
+                self.dul.send_pdu(pdata)
+                return
+        super().send_msg(primitive, context_id)
 
 
 class FastSocket(AssociationSocket):
@@ -211,7 +393,10 @@ class FastAssociation(Association):
         # The timeouts were applied to the DUL made by Association.__init__.
         self.acse_timeout = self.acse_timeout
         self.network_timeout = self.network_timeout
+        self.dimse = FastDIMSE(self)
         self.dimse.msg_queue = _WakingQueue(self._wake)
+        for event, handler in _LOG_HANDLERS:
+            self.unbind(event, handler)
 
     def kill(self) -> None:
         self._wake.set()
@@ -236,10 +421,14 @@ class FastAssociation(Association):
                 self._wake.set()
 
             if self.is_established and self.acse.is_release_requested():
-                self.acse.send_release(is_response=True)
-                _ASSOC_LOG.info("Association Released")
+                # Changed: the flags are set before the response is queued, not
+                # after. The DUL thread, now woken at once, sends it and may see
+                # the peer close the connection (EVT_CONN_CLOSE) before this
+                # thread runs again; handlers then must see "released".
                 self.is_released = True
                 self.is_established = False
+                self.acse.send_release(is_response=True)
+                _ASSOC_LOG.info("Association Released")
                 evt.trigger(self, evt.EVT_RELEASED, {})
                 self.kill()
                 return
@@ -274,6 +463,24 @@ class FastAssociation(Association):
                 return
 
 
+_CONTEXT_FIELDS = {"_context_id", "_abstract_syntax", "_transfer_syntax", "result",
+                   "_scu_role", "_scp_role", "_as_scp", "_as_scu"}
+
+
+def _copy_contexts(contexts: list) -> list:
+    """deepcopy(contexts), in a millisecond instead of ~90 ms for the node's 170
+    storage contexts x 16 transfer syntaxes (every field but the list of
+    transfer syntaxes is immutable)."""
+    copies = []
+    for cx in contexts:
+        if vars(cx).keys() != _CONTEXT_FIELDS:  # not the class we know: the safe way
+            return deepcopy(contexts)
+        twin = copy(cx)
+        twin._transfer_syntax = list(cx._transfer_syntax)
+        copies.append(twin)
+    return copies
+
+
 class FastRequestHandler(RequestHandler):
     def _create_association(self) -> Association:
         """RequestHandler._create_association of 3.0.4 with the fast classes."""
@@ -295,7 +502,7 @@ class FastRequestHandler(RequestHandler):
         assoc.acceptor.address_info = self.local
         assoc.acceptor.implementation_class_uid = self.ae.implementation_class_uid
         assoc.acceptor.implementation_version_name = self.ae.implementation_version_name
-        assoc.acceptor.supported_contexts = deepcopy(self.server.contexts)
+        assoc.acceptor.supported_contexts = _copy_contexts(self.server.contexts)
 
         assoc.requestor.address_info = self.remote
 
@@ -316,11 +523,16 @@ def start_server(ae: Any, address: tuple[str, int], evt_handlers: list,
     if not COMPATIBLE:
         log.warning("pynetdicom %s is not %s: using its stock (slower) acceptor",
                     pynetdicom.__version__, PINNED_VERSION)
-        return ae.start_server(address, block=False, evt_handlers=evt_handlers,
-                               ssl_context=ssl_context)
+        server = ae.start_server(address, block=False, evt_handlers=evt_handlers,
+                                 ssl_context=ssl_context)
+        for event, handler in _LOG_HANDLERS:
+            server.unbind(event, handler)
+        return server
     server = ae.make_server(address, ssl_context=ssl_context, evt_handlers=evt_handlers,
                             server_class=ThreadedAssociationServer,
                             request_handler=FastRequestHandler)
+    for event, handler in _LOG_HANDLERS:
+        server.unbind(event, handler)
     timestamp = datetime.strftime(datetime.now(), "%Y%m%d%H%M%S")
     thread = threading.Thread(target=make_target(server.serve_forever),
                               name=f"AcceptorServer@{timestamp}", daemon=True)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import sqlite3
+import threading
 import time
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -139,6 +142,31 @@ class Index:
         self.engine = make_engine(url, durable)
         Base.metadata.create_all(self.engine)
         self.session = sessionmaker(self.engine, expire_on_commit=False)
+        self._hot_lock = threading.Lock()
+        self._hot: Any = None
+        self._hot_fairy: Any = None
+
+    def hot_connection(self) -> sqlite3.Connection | None:
+        """One long-lived sqlite3 connection for the receiver's per-instance
+        statements, or None where the index is not a SQLite file.
+
+        It comes from the engine's pool, so the pragmas are those of every
+        connection; SQLAlchemy opens file databases with check_same_thread=False,
+        and its one user serialises on Receiver.lock.
+        """
+        url = self.engine.url
+        if (url.get_backend_name() != "sqlite" or self.engine.dialect.driver != "pysqlite"
+                or url.database in (None, "", ":memory:") or "memory" in str(url.query)):
+            return None
+        with self._hot_lock:
+            if self._hot is None:
+                self._hot_fairy = self.engine.raw_connection()
+                self._hot = self._hot_fairy.driver_connection
+            return self._hot
 
     def close(self) -> None:
+        with self._hot_lock:
+            if self._hot_fairy is not None:
+                self._hot_fairy.close()
+            self._hot = self._hot_fairy = None
         self.engine.dispose()

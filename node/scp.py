@@ -36,9 +36,11 @@ from pynetdicom import AE, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 
+from . import fast_dul
 from .config import Settings
 from .headers import extract
 from .policy import AssociationPolicy
+from .received import file_meta_prefix, pixel_data_truncated, read_header
 from .receiver import Receiver
 from .spool import InvalidUID
 from .tls import server_context
@@ -80,18 +82,6 @@ class _AssociationStats:
     duplicates: int = 0
     failed: int = 0
     bytes: int = 0
-
-
-def _pixel_data_truncated(ds: Dataset, transfer_syntax: UID) -> bool:
-    """For native (uncompressed) pixel data, is there less than the header promises?"""
-    if "PixelData" not in ds or transfer_syntax.is_compressed:
-        return False
-    try:
-        expected = (int(ds.Rows) * int(ds.Columns) * int(ds.get("NumberOfFrames", 1) or 1)
-                    * int(ds.get("SamplesPerPixel", 1)) * int(ds.BitsAllocated) // 8)
-    except (AttributeError, TypeError, ValueError):
-        return True
-    return len(ds.PixelData) < expected
 
 
 class StorageSCP:
@@ -178,10 +168,14 @@ class StorageSCP:
                       self.settings.storage.min_free_disk_mb)
             return _failure(OUT_OF_RESOURCES, "Out of resources: disk space low")
         request = event.request
-        transfer_syntax = event.context.transfer_syntax
+        transfer_syntax = UID(event.context.transfer_syntax)
+        # Only the header is parsed (up to Pixel Data): see node/received.py.
         try:
-            ds = event.dataset
-            header = extract(ds)
+            if transfer_syntax.is_deflated:
+                ds = event.dataset
+                header, truncated = extract(ds), pixel_data_truncated(ds, transfer_syntax)
+            else:
+                header, truncated = read_header(request.DataSet, transfer_syntax)
         except Exception as exc:  # any decode failure: refuse this object, keep serving
             log.warning("C-STORE failed: dataset cannot be decoded (%s)", type(exc).__name__)
             return _failure(CANNOT_UNDERSTAND, "Cannot understand: dataset cannot be decoded")
@@ -190,14 +184,17 @@ class StorageSCP:
             return _failure(CANNOT_UNDERSTAND, "SOP Instance UID differs from the request")
         header.sop_uid = sop_uid
         header.sop_class_uid = str(request.AffectedSOPClassUID)
-        if _pixel_data_truncated(ds, UID(transfer_syntax)):
+        if truncated:
             log.warning("C-STORE failed: pixel data truncated (SOP %s)", sop_uid)
             return _failure(CANNOT_UNDERSTAND, "Pixel data shorter than Rows x Columns")
         try:
-            data = event.encoded_dataset()
+            # What Event.encoded_dataset() returns, without its two copies of the
+            # data set: the File Meta prefix, then the receive buffer itself.
+            prefix = file_meta_prefix(request.AffectedSOPClassUID, sop_uid, transfer_syntax)
             calling = stats.calling_ae if stats else ""
-            result = self.receiver.store(header, data, str(transfer_syntax), calling,
-                                         id(event.assoc))
+            with request.DataSet.getbuffer() as body:
+                result = self.receiver.store(header, (prefix, body), str(transfer_syntax),
+                                             calling, id(event.assoc))
         except InvalidUID as exc:
             log.warning("C-STORE failed: %s", exc)
             return _failure(CANNOT_UNDERSTAND, str(exc))
@@ -210,7 +207,7 @@ class StorageSCP:
         if stats is not None:
             if result.stored:
                 stats.stored += 1
-                stats.bytes += len(data)
+                stats.bytes += result.size
             else:
                 stats.duplicates += 1
         return SUCCESS
@@ -229,8 +226,10 @@ class StorageSCP:
     def start(self) -> None:
         node = self.settings.node
         context = server_context(self.settings.tls) if self.settings.tls.enabled else None
-        self.server = self.ae.start_server((node.dicom_bind, node.dicom_port), block=False,
-                                           evt_handlers=self.handlers(), ssl_context=context)
+        # pynetdicom's acceptor with event-driven waiting instead of 1 ms polling
+        # (node/fast_dul.py); falls back to the stock one on another pynetdicom.
+        self.server = fast_dul.start_server(self.ae, (node.dicom_bind, node.dicom_port),
+                                            self.handlers(), ssl_context=context)
         log.info("DICOM SCP %r listening on %s:%d%s", node.ae_title, node.dicom_bind,
                  node.dicom_port, " (TLS)" if context else "")
 

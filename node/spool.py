@@ -11,7 +11,11 @@ import itertools
 import os
 import re
 import shutil
+import threading
 from pathlib import Path
+from typing import Iterable, Union
+
+Buffer = Union[bytes, bytearray, memoryview]
 
 _tmp_names = itertools.count()  # thread-safe in CPython: unique temp names per process
 
@@ -47,6 +51,12 @@ class Spool:
         self.tmp = self.root / ".incoming"
         self.fsync = fsync
         self.tmp.mkdir(parents=True, exist_ok=True)
+        self._tmp_prefix = f"{self.tmp}{os.sep}{os.getpid()}."
+        # Series folders known to exist: saves two stat calls and a mkdir per
+        # instance. If one is removed behind our back, the rename fails and
+        # the folder is made again.
+        self._dirs: set[str] = set()
+        self._dirs_lock = threading.Lock()
 
     def relative_path(self, study_uid: str, series_uid: str, sop_uid: str) -> str:
         parts = (check_uid(study_uid, "Study Instance UID"),
@@ -57,23 +67,50 @@ class Spool:
     def path(self, relative: str) -> Path:
         return self.root / relative
 
-    def write(self, relative: str, data: bytes | memoryview) -> int:
-        """Write data under relative atomically; return the number of bytes."""
-        final = self.root / relative
-        new_dirs = [d for d in (final.parent.parent, final.parent) if not d.exists()]
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.tmp / f"{os.getpid()}.{next(_tmp_names)}.part"
-        with open(tmp, "wb") as fh:
-            fh.write(data)
+    def write(self, relative: str, data: Buffer | Iterable[Buffer]) -> int:
+        """Write data (one buffer, or several written one after the other) under
+        relative atomically; return the number of bytes."""
+        chunks = [data] if isinstance(data, (bytes, bytearray, memoryview)) else list(data)
+        final = f"{self.root}{os.sep}{relative}"
+        parent = os.path.dirname(final)
+        new_dirs = [] if parent in self._dirs else self._make_dirs(parent)
+        tmp = f"{self._tmp_prefix}{next(_tmp_names)}.part"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
+                     0o666)
+        try:
+            size = _write_all(fd, chunks)
             if self.fsync:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, final)
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            _unlink(tmp)
+            raise
+        os.close(fd)
+        try:
+            os.replace(tmp, final)
+        except FileNotFoundError:  # the series folder was removed meanwhile
+            with self._dirs_lock:
+                self._dirs.discard(parent)
+            new_dirs = self._make_dirs(parent)
+            try:
+                os.replace(tmp, final)
+            except BaseException:
+                _unlink(tmp)
+                raise
         if self.fsync:
             # The rename and any new directories must reach the disk too.
-            for directory in [final.parent, *(d.parent for d in new_dirs)]:
+            for directory in [Path(parent), *(d.parent for d in new_dirs)]:
                 _fsync_dir(directory)
-        return len(data)
+        return size
+
+    def _make_dirs(self, parent: str) -> list[Path]:
+        """Make the study and series folders; return those that were new."""
+        series_dir = Path(parent)
+        new_dirs = [d for d in (series_dir.parent, series_dir) if not d.exists()]
+        series_dir.mkdir(parents=True, exist_ok=True)
+        with self._dirs_lock:
+            self._dirs.add(parent)
+        return new_dirs
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
@@ -85,6 +122,29 @@ class Spool:
             part.unlink(missing_ok=True)
             removed += 1
         return removed
+
+
+def _write_all(fd: int, chunks: list[Buffer]) -> int:
+    """Write every chunk to fd (one writev call when the kernel takes it all)."""
+    views = [memoryview(c).cast("B") for c in chunks if len(c)]
+    total = sum(len(v) for v in views)
+    while views:
+        n = os.writev(fd, views)
+        while n and views:
+            if n >= len(views[0]):
+                n -= len(views[0])
+                views.pop(0)
+            else:
+                views[0] = views[0][n:]
+                n = 0
+    return total
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _fsync_dir(path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import threading
 import time
 import traceback
 from multiprocessing.synchronize import Event as EventType
@@ -45,8 +46,24 @@ def run_one(index: Index, settings: Settings, name: str) -> bool:
     return True
 
 
+def _exit_with_parent() -> None:
+    """A worker must not outlive `serve` (e.g. killed with SIGKILL): its job would run
+    twice, once here and once after the restart requeues it."""
+    parent = mp.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        while parent.is_alive():
+            time.sleep(0.5)
+        os._exit(1)  # the interrupted job is requeued when the node starts again
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def worker_main(settings: Settings, stop: EventType, name: str) -> None:
     """Entry point of a worker process."""
+    _exit_with_parent()
     setup_logging(settings.node.log_level)
     index = Index(settings.database_url, durable=settings.storage.fsync)
     log.info("worker %s started (pid %d)", name, os.getpid())

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import sqlite3
+from pathlib import Path
 
 import pydicom
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
@@ -38,9 +41,14 @@ def acknowledged_until_killed(node, paths, kill_after: int) -> list[str]:
 def test_sigkill_mid_series_loses_nothing_acknowledged(node_factory, phantom_factory):
     truth = phantom_factory("crash", slices=60, rows=128, cols=128)
     node = node_factory(FAST)
+    workers = [int(pid) for pid in wait_for(lambda: re.findall(
+        r"worker worker-\d+ started \(pid (\d+)\)", node.log()), what="worker start")]
     acked = acknowledged_until_killed(node, truth.paths, kill_after=25)
     assert len(acked) == 25
     node.stop()
+    # Its worker processes do not outlive it.
+    assert workers and wait_for(lambda: not any(_alive(pid) for pid in workers), timeout=10,
+                                what="orphaned workers to exit")
 
     node.start()  # same data directory and ports
     series = node.wait_series_state(truth.spec.series_uid, {"done"}, timeout=60)
@@ -62,6 +70,14 @@ def test_sigkill_mid_series_loses_nothing_acknowledged(node_factory, phantom_fac
     series = node.wait_series_state(truth.spec.series_uid, {"done"}, timeout=60)
     assert series["instances"] == 60
     assert len(series["jobs"][-1]["result"]["series"]["slices"]) == 60
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"  # zombies are gone
 
 
 def test_sigterm_stops_cleanly(node_factory, phantom_factory):
