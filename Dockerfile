@@ -1,7 +1,11 @@
-# trauma-node image. CPU by default; for a GPU host build with
-#   docker build --build-arg BASE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 -t trauma-node:cuda .
+# trauma-node image. CPU by default, with the embedded backends (no model weights).
+# For a GPU host with the model backends (MedSigLIP, MedGemma, U-Net):
+#   docker build --build-arg BASE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 \
+#                --build-arg EXTRAS=models -t trauma-node:cuda .
+# and mount the weights (or a Hugging Face cache with HF_TOKEN) into the container.
 ARG BASE=python:3.11-slim-bookworm
 FROM ${BASE}
+ARG EXTRAS=""
 
 ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1 \
     TRAUMA_NODE_DATA_DIR=/data TRAUMA_NODE_HTTP_BIND=0.0.0.0
@@ -16,7 +20,8 @@ COPY node ./node
 COPY pipeline ./pipeline
 COPY dicom_out ./dicom_out
 COPY config ./config
-RUN python3 -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir .
+RUN python3 -m venv /opt/venv && \
+    /opt/venv/bin/pip install --no-cache-dir ".${EXTRAS:+[$EXTRAS]}"
 ENV PATH=/opt/venv/bin:$PATH
 
 # Run as an unprivileged user; /data holds the spool and the database.

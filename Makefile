@@ -4,38 +4,50 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# What is installed: the node alone for `make run` (the embedded default needs no
+# torch); with the test tools and the model backends' packages for `make test`.
+RUN_STAMP := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# Debian packages the tests use: DCMTK (storescu, dsrdump), dicom3tools (dciodvfy), Orthanc.
-TEST_TOOLS := /usr/bin/storescu /usr/bin/dciodvfy /usr/sbin/Orthanc
+# Debian packages the tests use: DCMTK (storescu, dsrdump), dicom3tools (dciodvfy), Orthanc,
+# Chromium and its driver (the page test, headless).
+TEST_TOOLS := /usr/bin/storescu /usr/bin/dciodvfy /usr/sbin/Orthanc /usr/bin/chromium /usr/bin/chromedriver
 
-.PHONY: run test install system-deps bench clean
+.PHONY: run test install install-test system-deps bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(BIN)/python
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	$(BIN)/pip install --quiet -e .
+	touch $(RUN_STAMP)
 
-install: $(STAMP)
+$(TEST_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,models]'
+	touch $(TEST_STAMP)
+
+install: $(RUN_STAMP)
+
+install-test: $(TEST_STAMP)
 
 system-deps:
 	@missing=0; for t in $(TEST_TOOLS); do [ -x $$t ] || missing=1; done; \
 	if [ $$missing = 1 ]; then \
-		echo "installing dcmtk dicom3tools orthanc (Debian packages)"; \
+		echo "installing dcmtk dicom3tools orthanc chromium chromium-driver (Debian packages)"; \
 		$(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dcmtk dicom3tools orthanc >/dev/null; \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dcmtk dicom3tools orthanc \
+			chromium chromium-driver >/dev/null; \
 	fi
 
 run: install
 	$(BIN)/trauma-node serve
 
-test: install system-deps
+test: install-test system-deps
 	$(BIN)/python -m pytest
 
-bench: install system-deps
+bench: install-test system-deps
 	$(BIN)/python bench/ingest.py
 
 clean:

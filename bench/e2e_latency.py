@@ -74,13 +74,21 @@ def one_run(workdir: Path, series_dir: Path, study_uid: str, series_uid: str,
         storescu([series_dir], node.dicom_port)
         acked = time.time()  # storescu exits once the last instance is acknowledged
 
-        def arrived() -> float | None:
-            classes = {pacs.get(f"/instances/{i}/simplified-tags").get("SOPClassUID")
-                       for i in pacs.get("/instances")}
-            return time.time() if SEG_AND_SR <= classes else None
+        db_path = node.data_dir / "index.sqlite"
 
-        delivered = wait_for(arrived, timeout=300, interval=0.05, what="SEG and SR in Orthanc")
-        with sqlite3.connect(node.data_dir / "index.sqlite") as db:
+        def delivered_at() -> float | None:
+            """When Orthanc acknowledged both objects (C-STORE Success: stored)."""
+            with sqlite3.connect(db_path) as db:
+                rows = db.execute("SELECT state, sent_at FROM outbox").fetchall()
+            if len(rows) == 2 and all(state == "sent" for state, _ in rows):
+                return max(_epoch(sent) for _, sent in rows)
+            return None
+
+        delivered = wait_for(delivered_at, timeout=300, interval=0.05, what="delivery")
+        classes = {pacs.get(f"/instances/{i}/simplified-tags").get("SOPClassUID")
+                   for i in pacs.get("/instances")}
+        assert SEG_AND_SR <= classes, "Orthanc does not hold the SEG and the SR"
+        with sqlite3.connect(db_path) as db:
             completed, = db.execute("SELECT completed_at FROM series WHERE series_uid = ?",
                                     (series_uid,)).fetchone()
             started, finished = db.execute(

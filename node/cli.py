@@ -29,9 +29,15 @@ def _settings(args: argparse.Namespace) -> Settings:
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     setup_logging(settings.node.log_level)
+    from pipeline.models import ModelUnavailable
+
     from .service import Node
 
-    Node(settings).serve_forever()
+    try:
+        Node(settings).serve_forever()
+    except ModelUnavailable as exc:
+        print(f"trauma-node: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -71,6 +77,22 @@ def cmd_retry(args: argparse.Namespace) -> int:
     finally:
         index.close()
     print(f"{count} dead letters re-queued for delivery")
+    return 0
+
+
+def cmd_api_token(args: argparse.Namespace) -> int:
+    from .auth import resolve_tokens
+
+    settings = _settings(args)
+    resolved = resolve_tokens(settings)  # with none configured: the stored one, or a new one
+    if resolved.source == "config":
+        print(f"{len(resolved.tokens)} API token(s) configured (api.tokens or "
+              "TRAUMA_NODE_API_TOKENS)")
+    else:
+        print(f"API token file: {resolved.path}"
+              + (" (generated now)" if resolved.source == "generated" else ""))
+        if args.show:
+            print(resolved.tokens[0])
     return 0
 
 
@@ -115,8 +137,14 @@ def cmd_send(args: argparse.Namespace) -> int:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from .analyze import analyze
 
+    from pipeline import VolumeError
+
     settings = _settings(args)
-    analyze(Path(args.dir), Path(args.out), settings.pipeline)
+    try:
+        analyze(Path(args.dir), Path(args.out), settings.pipeline)
+    except VolumeError as exc:
+        print(f"analyze: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -148,6 +176,11 @@ def parser() -> argparse.ArgumentParser:
 
     retry = with_config(sub.add_parser("retry", help="re-queue results whose delivery gave up"))
     retry.set_defaults(func=cmd_retry)
+
+    token = with_config(sub.add_parser("api-token", help="where the HTTP API token is "
+                                       "(generated when none is configured)"))
+    token.add_argument("--show", action="store_true", help="also print the token itself")
+    token.set_defaults(func=cmd_api_token)
 
     echo = sub.add_parser("echo", help="C-ECHO a DICOM node")
     echo.add_argument("host")

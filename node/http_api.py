@@ -1,27 +1,270 @@
-"""The node's HTTP API: health and the studies it holds."""
+"""The node's HTTP API: health, studies, their Findings and per-study Q&A, and the page.
+
+Every endpoint but ``/healthz`` and the page's static files (``/``, ``/static/``)
+needs ``Authorization: Bearer <token>`` (node.auth). The OpenAPI document is at
+``/openapi.json`` (with a token too). Questions and answers are stored in the
+node's database (node.conversations) and never logged.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import contextlib
+import logging
+import re
+from pathlib import Path
+from typing import Any, Literal
 
-from fastapi import FastAPI
+import anyio
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from . import __version__, status
+from pipeline.answering import Answerer, Question, create_answerer
+from pipeline.findings import Findings
+
+from . import __version__, conversations, outbox, status, study_findings
+from .auth import BearerAuth, resolve_tokens
 from .config import Settings
 from .index import Index
+from .qa import AnswerStream
+
+log = logging.getLogger("trauma_node.http")
+
+STATIC = Path(__file__).resolve().parent / "static"
+MAX_QUESTION_CHARS = 2000
+PURGE_INTERVAL_S = 3600.0
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
-def create_app(settings: Settings, index: Index) -> FastAPI:
-    app = FastAPI(title="trauma-node", version=__version__,
-                  description="DICOM node for abdominal trauma CT (research use only)")
+class QuestionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"question": "How much blood is there, and where?",
+                      "hemodynamic_status": "stable"}]})
+    question: str = Field(description="The question, plain text "
+                          f"(1 to {MAX_QUESTION_CHARS} characters).")
+    hemodynamic_status: Literal["stable", "unstable", "unknown"] | None = Field(
+        None, description="The patient's hemodynamic status, when the decision support "
+        "should assume one other than the one the study was analysed with.")
 
-    @app.get("/healthz")
+    @field_validator("question")
+    @classmethod
+    def _question(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("the question must not be empty")
+        if len(value) > MAX_QUESTION_CHARS:
+            raise ValueError(f"the question is too long ({len(value)} characters, at most "
+                             f"{MAX_QUESTION_CHARS})")
+        if "\0" in value:
+            raise ValueError("the question must not contain NUL characters")
+        return value
+
+
+def _check_uid(study_uid: str) -> str:
+    if len(study_uid) > 64 or not _UID.match(study_uid):
+        raise HTTPException(422, f"study_uid: {study_uid[:80]!r} is not a DICOM UID (digits and "
+                                 "dots, at most 64 characters)")
+    return study_uid
+
+
+def _validation_message(errors: list[dict[str, Any]]) -> str:
+    parts = []
+    for e in errors:
+        loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
+        msg = e.get("msg", "invalid")
+        if e.get("type") == "json_invalid":
+            loc, msg = "body", "not valid JSON: send {\"question\": \"...\"}"
+        elif e.get("type") == "missing" and loc == "question":
+            msg = "required: send {\"question\": \"...\"}"
+        elif e.get("type") == "extra_forbidden":
+            msg = "unknown field (allowed: question, hemodynamic_status)"
+        elif e.get("type") == "model_attributes_type":
+            msg = "expected a JSON object such as {\"question\": \"...\"}"
+        parts.append(f"{loc}: {msg.removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
+def create_app(settings: Settings, index: Index, answerer: Answerer | None = None,
+               tokens: list[str] | None = None) -> FastAPI:
+    """The API. answerer: None builds the one chosen in the pipeline settings;
+    tokens: None resolves them from the settings (generating one at first start)."""
+    if tokens is None:
+        resolved = resolve_tokens(settings)
+        tokens = resolved.tokens
+        if resolved.source == "generated":
+            log.warning("no API token configured: generated one and stored it in %s (mode "
+                        "0600); send it as 'Authorization: Bearer <token>'", resolved.path)
+        elif resolved.source == "file":
+            log.info("API token read from %s", resolved.path)
+    auth = Depends(BearerAuth(tokens))
+    answerer = answerer or create_answerer(settings.pipeline)
+    retention_days = settings.api.conversation_retention_days
+
+    async def purge_once() -> None:
+        try:
+            removed = await anyio.to_thread.run_sync(
+                conversations.purge, index, retention_days)
+            if removed:
+                log.info("purged %d questions and answers older than %s days", removed,
+                         retention_days)
+        except Exception as exc:  # noqa: BLE001 - retried at the next interval
+            log.warning("conversation purge failed: %s", exc)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        await purge_once()
+
+        async def every_interval() -> None:
+            while True:
+                await asyncio.sleep(PURGE_INTERVAL_S)
+                await purge_once()
+
+        task = asyncio.create_task(every_interval())
+        try:
+            yield
+        finally:
+            task.cancel()
+
+    app = FastAPI(
+        title="trauma-node", version=__version__, lifespan=lifespan,
+        description=("DICOM node for abdominal trauma CT (research use only): studies, their "
+                     "Findings, report and deliveries, and per-study questions answered as "
+                     "Server-Sent Events. Every endpoint but /healthz needs "
+                     "'Authorization: Bearer <token>'."),
+        openapi_url=None, docs_url=None, redoc_url=None)
+    app.state.answerer = answerer
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{k: v for k, v in e.items() if k in ("type", "loc", "msg")}
+                  for e in exc.errors()]
+        return JSONResponse(status_code=422, content=jsonable_encoder(
+            {"detail": _validation_message(errors), "errors": errors}))
+
+    def study_pk_or_404(study_uid: str) -> int:
+        pk = conversations.study_id(index, _check_uid(study_uid))
+        if pk is None:
+            raise HTTPException(404, f"unknown study {study_uid}")
+        return pk
+
+    def findings_or_409(study_uid: str, checked: bool = False) -> study_findings.StudyFindings:
+        if not checked:
+            study_pk_or_404(study_uid)
+        found = study_findings.latest_findings(index, study_uid)
+        if found is None:
+            detail = study_findings.study_detail(index, study_uid, False) or {}
+            raise HTTPException(409, f"study {study_uid} has no Findings yet (state: "
+                                     f"{detail.get('state', 'unknown')}); ask again when it is done")
+        return found
+
+    # --- open: health and the page ------------------------------------------------------
+
+    @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, Any]:
+        """Liveness; needs no token."""
         return {"status": "ok", "ae_title": settings.node.ae_title, "version": __version__}
 
-    @app.get("/studies")
-    def studies() -> list[dict[str, Any]]:
-        """Every study with its series, their states, skip reasons and jobs."""
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[auth])
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    # --- studies -------------------------------------------------------------------------
+
+    @app.get("/studies", tags=["studies"], dependencies=[auth])
+    def studies(summary: bool = False) -> list[dict[str, Any]]:
+        """Every study with its series, their states, skip reasons, jobs and deliveries;
+        ``?summary=true``: one line per study (state, risk tier, volumes, grades, questions)."""
+        if summary:
+            return study_findings.studies_overview(index, conversations.counts(index))
         return status.studies(index)
+
+    @app.get("/studies/{study_uid}", tags=["studies"], dependencies=[auth])
+    def study(study_uid: str) -> dict[str, Any]:
+        """One study: its state, series, a summary of its Findings and its deliveries."""
+        study_pk_or_404(study_uid)
+        found = study_findings.latest_findings(index, study_uid)
+        detail = study_findings.study_detail(index, study_uid, found is not None)
+        if detail is None:
+            raise HTTPException(404, f"unknown study {study_uid}")
+        detail["findings"] = ({**found.meta(), **study_findings.summary(found.findings)}
+                              if found else None)
+        detail["deliveries"] = outbox.items_for_study(index, study_uid)
+        return detail
+
+    @app.get("/studies/{study_uid}/findings", tags=["studies"], dependencies=[auth])
+    def findings(study_uid: str) -> dict[str, Any]:
+        """The Findings (findings.json, pipeline/README.md) of the latest analysis of the
+        study's current series version. 409 while there are none yet."""
+        found = findings_or_409(study_uid)
+        return {**found.meta(), "findings": found.findings}
+
+    @app.get("/studies/{study_uid}/report", tags=["studies"], dependencies=[auth])
+    def report(study_uid: str) -> dict[str, Any]:
+        """The report text of the study's Findings."""
+        found = findings_or_409(study_uid)
+        return {**found.meta(), "research_use": found.findings.get("research_use"),
+                "report": found.findings.get("report", "")}
+
+    @app.get("/studies/{study_uid}/deliveries", tags=["studies"], dependencies=[auth])
+    def deliveries(study_uid: str) -> dict[str, Any]:
+        """Where each result object (SEG, SR) stands with each destination."""
+        study_pk_or_404(study_uid)
+        return {"study_uid": study_uid, "deliveries": outbox.items_for_study(index, study_uid)}
+
+    # --- questions and answers -----------------------------------------------------------
+
+    @app.get("/studies/{study_uid}/conversation", tags=["questions"], dependencies=[auth])
+    def conversation(study_uid: str) -> dict[str, Any]:
+        """Every stored question and answer of the study, oldest first."""
+        pk = study_pk_or_404(study_uid)
+        return {"study_uid": study_uid, "retention_days": retention_days,
+                "messages": conversations.messages(index, pk)}
+
+    @app.post("/studies/{study_uid}/questions", tags=["questions"], dependencies=[auth],
+              response_class=StreamingResponse, responses={
+                  200: {"description": "The answer as Server-Sent Events: `start`, `token` "
+                        "(each line of the text on its own `data:` line), then `done` with "
+                        "the stored `message_id` (or `error`).",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                  404: {"description": "Unknown study"},
+                  409: {"description": "The study has no Findings yet"},
+                  422: {"description": "Malformed request (the message says what)"}})
+    async def ask(study_uid: str, body: QuestionIn) -> StreamingResponse:
+        """Ask a question about one study; the answer streams as Server-Sent Events and
+        the question and answer are stored with the study (earlier turns are context)."""
+
+        def prepare() -> tuple[int, study_findings.StudyFindings, Question, int]:
+            pk = study_pk_or_404(study_uid)
+            found = findings_or_409(study_uid, checked=True)
+            try:
+                record = Findings.from_json_dict(found.findings)
+            except (KeyError, TypeError, ValueError) as exc:
+                log.error("study %s: the Findings of job %d cannot be read: %s", study_uid,
+                          found.job_id, type(exc).__name__)
+                raise HTTPException(500, f"the Findings of job {found.job_id} cannot be read "
+                                         f"({type(exc).__name__}: {exc})") from None
+            history = conversations.history(index, pk)
+            images = (study_findings.chosen_images(index, settings.spool_dir, found.findings)
+                      if getattr(app.state.answerer, "uses_images", False) else [])
+            question_id = conversations.add_question(index, pk, body.question,
+                                                     body.hemodynamic_status)
+            return pk, found, Question(body.question, record, history,
+                                       body.hemodynamic_status, images), question_id
+
+        pk, found, question, question_id = await anyio.to_thread.run_sync(prepare)
+        stream = AnswerStream(index, app.state.answerer, question, study_uid, pk, question_id,
+                              found.job_id)
+        return StreamingResponse(stream.events(), media_type="text/event-stream", headers={
+            "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return app

@@ -8,6 +8,8 @@ import threading
 
 import uvicorn
 
+from pipeline.models import preflight
+
 from . import jobs
 from .completion import CompletionMonitor
 from .config import Settings
@@ -44,6 +46,10 @@ class Node:
 
     def start(self) -> None:
         s = self.settings
+        # A missing or gated model fails here, with what to do, not at the first study.
+        models = preflight(s.pipeline, load=False)
+        if models:
+            log.info("model backends available: %s", ", ".join(models))
         removed = self.spool.clean_incoming()
         if removed:
             log.info("start-up: removed %d partial files (never acknowledged)", removed)

@@ -67,6 +67,15 @@ def worker_main(settings: Settings, stop: EventType, name: str) -> None:
     setup_logging(settings.node.log_level)
     index = Index(settings.database_url, durable=settings.storage.fsync)
     log.info("worker %s started (pid %d)", name, os.getpid())
+    from pipeline.models import preflight
+
+    try:  # load the configured models once, before the first job
+        loaded = preflight(settings.pipeline, load=True)
+    except Exception as exc:  # jobs will fail with the reason; receiving goes on
+        log.error("worker %s could not load its models: %s", name, exc)
+    else:
+        if loaded:
+            log.info("worker %s loaded %s", name, ", ".join(loaded))
     try:
         while not stop.is_set():
             if not run_one(index, settings, name):

@@ -111,6 +111,8 @@ class Findings:
     schema_version: str = SCHEMA_VERSION
     labels: np.ndarray | None = field(default=None, repr=False)  # uint8, volume shape
     labels_file: str | None = None  # where the caller saved the labels, if it did
+    # Reading vs segmentation (pipeline.reconcile): both kept, disagreements stated.
+    reconciliation: dict[str, Any] = field(default_factory=dict)
 
     def to_json_dict(self) -> dict[str, Any]:
         out = {f.name: _plain(getattr(self, f.name))
@@ -140,7 +142,8 @@ class Findings:
             risk_tier_reasons=data["risk_tier_reasons"],
             recommendation=Recommendation(**recommendation), report=data["report"],
             provenance=Provenance(**provenance), schema_version=data["schema_version"],
-            labels_file=data.get("label_volume", {}).get("file"))
+            labels_file=data.get("label_volume", {}).get("file"),
+            reconciliation=data.get("reconciliation", {}))
 
 
 def _plain(value: Any) -> Any:

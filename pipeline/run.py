@@ -18,6 +18,7 @@ import pydicom
 from pipeline import backends
 from pipeline.anatomy import build_anatomy
 from pipeline.findings import RESEARCH_USE, Findings, Provenance, StageProvenance
+from pipeline.reconcile import reconcile
 from pipeline.settings import PipelineSettings
 from pipeline.stages import StageContext
 from pipeline.volume import Volume, load_volume
@@ -101,6 +102,7 @@ def run_volume(volume: Volume, settings: PipelineSettings | None = None,
     context = StageContext(volume, settings, anatomy, status, list(anatomy.notes))
     with stages.stage("triage", chosen["triage"]):
         triage = chosen["triage"].run(context)
+    context.triage = triage
     with stages.stage("segmentation", chosen["segmentation"]):
         labels = chosen["segmentation"].run(context)
     with stages.stage("quantification", chosen["quantification"]):
@@ -112,6 +114,8 @@ def run_volume(volume: Volume, settings: PipelineSettings | None = None,
     with stages.stage("grading", chosen["grading"]):
         grading = chosen["grading"].run(context, quantification)
     del context.anatomy, anatomy  # the working grid is not needed any more
+    reconciliation = reconcile(reading, quantification.volumes_ml, grading.organs, grading.risk_tier)
+    context.notes.extend(f"reading vs segmentation: {d}" for d in reconciliation["disagreements"])
 
     series = volume.geometry_dict()
     series["slices"] = [{"sop_instance_uid": s.sop_instance_uid, "frame": s.frame,
@@ -125,7 +129,7 @@ def run_volume(volume: Volume, settings: PipelineSettings | None = None,
         recommendation=grading.recommendation, report="",
         provenance=Provenance(PIPELINE_VERSION, _backend_summary(chosen), stages.records,
                               asdict(settings), context.notes),
-        labels=labels)
+        labels=labels, reconciliation=reconciliation)
     with stages.stage("report", chosen["report"]):
         findings.report = chosen["report"].run(findings)
     return findings

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 HemodynamicStatus = Literal["stable", "unstable", "unknown"]
+QUANTIZATIONS = ("auto", "4bit", "8bit", "bf16", "fp32")
 
 
 @dataclass
@@ -24,6 +25,8 @@ class BackendSettings:
     reading: str = "rules-baseline"
     grading: str = "rule-table"
     report: str = "template"
+    # Q&A answerer (pipeline.answering.ANSWERERS): grounded (embedded) or medgemma.
+    answering: str = "grounded"
 
 
 @dataclass
@@ -109,6 +112,147 @@ class RiskTierSettings:
     blush_is_high: bool = True
 
 
+# Texts MedSigLIP scores each slice against (zero-shot). Two classes, each the
+# log-mean-exp of its candidates' logits, so that the number of candidates in a
+# class does not move the score (the hackathon app summed four "abnormal"
+# softmax labels out of five, so a slice with no signal already scored 0.8).
+DEFAULT_ABNORMAL_TEXTS = [
+    "an axial abdominal CT slice showing hemoperitoneum",
+    "an axial abdominal CT slice showing active contrast extravasation",
+    "an axial abdominal CT slice showing a solid organ laceration with hematoma",
+]
+DEFAULT_NORMAL_TEXTS = [
+    "an axial abdominal CT slice with no acute traumatic injury",
+    "a normal axial abdominal CT slice",
+]
+
+
+@dataclass
+class MedSiglipSettings:
+    """MedSigLIP zero-shot triage (backend ``medsiglip``)."""
+
+    # Hub id or local directory (save_pretrained layout).
+    model: str = "google/medsiglip-448"
+    abnormal_texts: list[str] = field(default_factory=lambda: list(DEFAULT_ABNORMAL_TEXTS))
+    normal_texts: list[str] = field(default_factory=lambda: list(DEFAULT_NORMAL_TEXTS))
+    # score = sigmoid(scale * (abnormal - normal) + bias), the two class logits
+    # each the log-mean-exp of their candidates: Platt scaling. With the
+    # defaults 0.5 means "scores the abnormal texts above the normal ones";
+    # fit scale and bias on labelled slices to make the score a probability.
+    calibration_scale: float = 1.0
+    calibration_bias: float = 0.0
+    # Slices scoring at least this go on to reading (at most triage.max_slices,
+    # the best ones, in anatomical order).
+    threshold: float = 0.5
+    batch_size: int = 32
+
+
+@dataclass
+class MedGemmaSettings:
+    """MedGemma reading (backend ``medgemma``) and report (backend ``medgemma``)."""
+
+    model: str = "google/medgemma-1.5-4b-it"
+    # A PEFT LoRA adapter (e.g. RSNA-trained) by local directory or hub id; "" for none.
+    adapter: str = ""
+    adapter_in_reading: bool = True
+    adapter_in_report: bool = True
+    # auto: 4-bit NF4 (bf16 compute) on CUDA, fp32 on the CPU; or 4bit, 8bit, bf16, fp32.
+    quantization: str = "auto"
+    # Slices sent to the model in one reading. 0: from the GPU memory free once
+    # the model is loaded, (free - reserve_gib) / gib_per_slice, between
+    # slice_cap_min and slice_cap_max (slice_cap_max on the CPU).
+    slice_cap: int = 0
+    slice_cap_min: int = 1
+    slice_cap_max: int = 16
+    # Per slice: 256 image tokens of KV cache (34 layers x 2 x 4 KV heads x 256 x 2 bytes
+    # = 139 KB a token, about 36 MB) plus the vision tower's activations at 896 px, which
+    # run for all images at once: 0.25 GiB leaves headroom.
+    gib_per_slice: float = 0.25
+    reserve_gib: float = 1.5
+    # 2.5D: each image's red and blue channels are the slices this far above
+    # and below (0: the slice alone, grey).
+    context_slices: int = 0
+    max_new_tokens: int = 512
+    report_max_new_tokens: int = 768
+    # An invalid JSON reply is repaired when it can be, else asked again once.
+    reask: bool = True
+
+
+@dataclass
+class UnetSettings:
+    """U-Net segmentation (backend ``unet``, segmentation-models-pytorch)."""
+
+    # A torch checkpoint (state dict, or {"state_dict": ..., "classes": ...});
+    # required: the backend refuses to run with random weights.
+    checkpoint: str = ""
+    encoder: str = "resnet34"
+    # One name per output channel; hemorrhage and active_extravasation become
+    # labels, any other name (background, organs) is ignored.
+    classes: list[str] = field(default_factory=lambda: ["background", "hemorrhage",
+                                                        "active_extravasation"])
+    # 2.5D: 2 * context_slices + 1 input channels (adjacent slices).
+    context_slices: int = 1
+    batch_size: int = 8
+    # auto: every slice on CUDA, the triaged slices (and context_slices around
+    # them) on the CPU; or all, triaged.
+    slices: str = "auto"
+    # Tests only: run without a checkpoint (honoured only under pytest).
+    allow_random_weights: bool = False
+
+
+@dataclass
+class ModelSettings:
+    """The model backends: where the weights are and how they run."""
+
+    # auto (CUDA when available), cuda or cpu.
+    device: str = "auto"
+    # Soft-tissue window for every image given to a model (centre 50, width 400 HU).
+    window_center: float = 50.0
+    window_width: float = 400.0
+    medsiglip: MedSiglipSettings = field(default_factory=MedSiglipSettings)
+    medgemma: MedGemmaSettings = field(default_factory=MedGemmaSettings)
+    unet: UnetSettings = field(default_factory=UnetSettings)
+
+    def validate(self) -> list[str]:
+        problems: list[str] = []
+
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                problems.append(message)
+
+        sig, gem, unet = self.medsiglip, self.medgemma, self.unet
+        key = "pipeline.models"
+        need(self.device in ("auto", "cuda", "cpu"), f"{key}.device must be auto, cuda or cpu")
+        need(self.window_width > 0, f"{key}.window_width must be > 0")
+        need(bool(sig.model.strip()), f"{key}.medsiglip.model must name a hub id or a directory")
+        need(bool(sig.abnormal_texts) and bool(sig.normal_texts),
+             f"{key}.medsiglip: abnormal_texts and normal_texts each need at least one text")
+        need(all(t.strip() for t in sig.abnormal_texts + sig.normal_texts),
+             f"{key}.medsiglip: candidate texts must not be empty")
+        need(0 < sig.threshold < 1, f"{key}.medsiglip.threshold must be in (0, 1)")
+        need(sig.calibration_scale > 0, f"{key}.medsiglip.calibration_scale must be > 0")
+        need(sig.batch_size >= 1, f"{key}.medsiglip.batch_size must be >= 1")
+        need(bool(gem.model.strip()), f"{key}.medgemma.model must name a hub id or a directory")
+        need(gem.quantization in QUANTIZATIONS,
+             f"{key}.medgemma.quantization must be one of {', '.join(QUANTIZATIONS)}")
+        need(gem.slice_cap >= 0, f"{key}.medgemma.slice_cap must be >= 0 (0: from GPU memory)")
+        need(1 <= gem.slice_cap_min <= gem.slice_cap_max,
+             f"{key}.medgemma: need 1 <= slice_cap_min <= slice_cap_max")
+        need(gem.gib_per_slice > 0 and gem.reserve_gib >= 0,
+             f"{key}.medgemma: gib_per_slice must be > 0 and reserve_gib >= 0")
+        need(0 <= gem.context_slices <= 5, f"{key}.medgemma.context_slices must be in 0..5")
+        need(gem.max_new_tokens >= 16 and gem.report_max_new_tokens >= 16,
+             f"{key}.medgemma: max_new_tokens and report_max_new_tokens must be >= 16")
+        need(bool(unet.encoder.strip()), f"{key}.unet.encoder must be set (e.g. resnet34)")
+        need(len(unet.classes) >= 2, f"{key}.unet.classes needs a name per output channel (>= 2)")
+        need(bool({"hemorrhage", "active_extravasation"} & set(unet.classes)),
+             f"{key}.unet.classes must include hemorrhage or active_extravasation")
+        need(0 <= unet.context_slices <= 5, f"{key}.unet.context_slices must be in 0..5")
+        need(unet.batch_size >= 1, f"{key}.unet.batch_size must be >= 1")
+        need(unet.slices in ("auto", "all", "triaged"), f"{key}.unet.slices must be auto, all or triaged")
+        return problems
+
+
 @dataclass
 class PipelineSettings:
     backends: BackendSettings = field(default_factory=BackendSettings)
@@ -116,6 +260,7 @@ class PipelineSettings:
     segmentation: SegmentationSettings = field(default_factory=SegmentationSettings)
     triage: TriageSettings = field(default_factory=TriageSettings)
     risk_tiers: RiskTierSettings = field(default_factory=RiskTierSettings)
+    models: ModelSettings = field(default_factory=ModelSettings)
     # Stable / unstable / unknown; the Q&A request may override it per study.
     hemodynamic_status: HemodynamicStatus = "unknown"
     # Series with fewer slices are refused as not a volume.
@@ -134,8 +279,10 @@ class PipelineSettings:
                 problems.append(message)
 
         hu, seg, tiers = self.hu, self.segmentation, self.risk_tiers
+        from pipeline.answering import ANSWERERS
+
         for stage, name in vars(self.backends).items():
-            known = sorted(BACKENDS.get(stage, {}))
+            known = sorted(ANSWERERS if stage == "answering" else BACKENDS.get(stage, {}))
             need(name in known, f"pipeline.backends.{stage} = {name!r} is not one of {known}")
         need(hu.blood_min < hu.blood_max, "pipeline.hu.blood_max must be > blood_min")
         need(hu.blood_max < hu.blush_min, "pipeline.hu.blush_min must be > blood_max")
@@ -157,4 +304,5 @@ class PipelineSettings:
              "pipeline.hemodynamic_status must be stable, unstable or unknown")
         need(self.min_slices >= 2, "pipeline.min_slices must be >= 2")
         need(0 < self.gap_tolerance < 1, "pipeline.gap_tolerance must be in (0, 1)")
+        problems += self.models.validate()
         return problems

@@ -32,6 +32,8 @@ class StageContext:
     anatomy: "Anatomy"
     hemodynamic_status: str
     notes: list[str] = field(default_factory=list)
+    # Set once the triage stage has run (the U-Net backend segments the triaged slices on the CPU).
+    triage: "TriageResult | None" = None
 
 
 class Backend(Protocol):

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, free_port
 from node.config import DEFAULT_CONFIG, Settings, load_settings
 from node.settings_loader import ConfigError
 
@@ -97,3 +97,16 @@ def test_serve_refuses_to_start_with_bad_config(tmp_path):
 
 def test_defaults_need_no_file():
     assert isinstance(load_settings("/dev/null", env={}), Settings)
+
+
+def test_serve_fails_at_start_up_when_a_configured_model_is_missing(tmp_path):
+    config = tmp_path / "node.toml"
+    config.write_text('[pipeline.backends]\ntriage = "medsiglip"\n'
+                      f'[pipeline.models.medsiglip]\nmodel = "{tmp_path / "no-such-model"}"\n')
+    result = subprocess.run([sys.executable, "-m", "node.cli", "serve", "--config", str(config),
+                             "--data-dir", str(tmp_path / "d"), "--dicom-port", str(free_port())],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 2
+    assert "pipeline.models.medsiglip.model" in result.stderr
+    assert "DICOM SCP" not in result.stderr  # refused before listening

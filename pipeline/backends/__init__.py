@@ -5,20 +5,26 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.backends.hu_segmentation import HuSegmentation
+from pipeline.backends import medgemma_answering  # noqa: F401 - registers the "medgemma" answerer
 from pipeline.backends.hu_triage import HuTriage
+from pipeline.backends.medgemma_reading import MedGemmaReading
+from pipeline.backends.medgemma_report import MedGemmaReport
+from pipeline.backends.medsiglip_triage import MedSiglipTriage
 from pipeline.backends.rules_reading import RulesReading
 from pipeline.backends.template_report import TemplateReport
+from pipeline.backends.unet_segmentation import UnetSegmentation
 from pipeline.grading import RuleTableGrading
 from pipeline.quantification import VoxelQuantification
 from pipeline.settings import PipelineSettings
 
+# The model backends (medsiglip, unet, medgemma) import torch only when they run.
 BACKENDS: dict[str, dict[str, type]] = {
-    "triage": {HuTriage.name: HuTriage},
-    "segmentation": {HuSegmentation.name: HuSegmentation},
+    "triage": {HuTriage.name: HuTriage, MedSiglipTriage.name: MedSiglipTriage},
+    "segmentation": {HuSegmentation.name: HuSegmentation, UnetSegmentation.name: UnetSegmentation},
     "quantification": {VoxelQuantification.name: VoxelQuantification},
-    "reading": {RulesReading.name: RulesReading},
+    "reading": {RulesReading.name: RulesReading, MedGemmaReading.name: MedGemmaReading},
     "grading": {RuleTableGrading.name: RuleTableGrading},
-    "report": {TemplateReport.name: TemplateReport},
+    "report": {TemplateReport.name: TemplateReport, MedGemmaReport.name: MedGemmaReport},
 }
 
 

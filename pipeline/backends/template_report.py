@@ -72,8 +72,12 @@ class TemplateReport:
             f"- Rules fired: {', '.join(r.id + (f' [if {r.branch}]' if r.branch else '') for r in rec.rules_fired) or 'none'}.",
             "",
             "LIMITATIONS",
-            "- HU thresholds and morphology only: lacerations, capsule integrity, bowel and mesenteric",
-            "  injury are not assessed; the grades above are lower bounds.",
+            *(["- HU thresholds and morphology only: lacerations, capsule integrity, bowel and mesenteric",
+               "  injury are not assessed; the grades above are lower bounds."]
+              if self.settings.backends.segmentation == "hu-baseline" else
+              [f"- Segmentation by the {self.settings.backends.segmentation} backend: the volumes depend on "
+               "its training; lacerations, capsule integrity, bowel and mesenteric injury are not",
+               "  measured; the grades above are lower bounds."]),
             *[f"- {note[:1].upper()}{note[1:]}." for note in f.provenance.notes],
         ]
         return "\n".join(lines) + "\n"

@@ -1,0 +1,220 @@
+"""GPU benchmark: the pipeline with every model backend at full size, random weights.
+
+    .venv/bin/python bench/gpu_pipeline.py [--slices 300] [--quantization 4bit] [--workdir DIR]
+                                           [--reading-tokens 256] [--report-tokens 300] [--runs 2]
+
+Builds MedGemma 1.5 4B (Gemma 3 4B: 34 layers, hidden 2560, SigLIP-400M vision tower at
+896 px, 256 tokens per image, 262k vocabulary) and MedSigLIP-448 (SigLIP-400M image and
+text towers at 448 px) from their configurations with random weights, a random
+ResNet34 U-Net checkpoint, saves them like the real ones and loads them through the
+pipeline's own loading code (4-bit NF4 by default), then runs a 300-slice 512x512
+phantom series through run_series. No weights are downloaded: the tokenizer is the
+byte-fallback one of tests/tiny_models.py padded to the real vocabulary size.
+
+Prints the load time, per-stage latency and peak GPU memory of each stage (the
+second run: the first warms the CUDA kernels up), and MedGemma's tokens per second
+for the reading and the report. Random weights never stop early, so every generation
+runs to its token limit (a real reply stops at its end of turn): the figures are an
+upper bound for the generation part. Needs a CUDA GPU; not run by CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+GEMMA_VOCAB = 262_208
+SIGLIP_VOCAB = 32_000
+
+
+def padded_tokenizer(size: int, **kwargs):
+    """The tests' byte-fallback tokenizer with filler tokens up to the real vocabulary size."""
+    from transformers import GemmaTokenizer
+
+    import tiny_models
+
+    vocab = {tok: i for i, tok in enumerate(tiny_models.SPECIAL + tiny_models.BYTE_TOKENS)}
+    for ch in tiny_models.CHARS:
+        vocab.setdefault(ch, len(vocab))
+    for i in range(len(vocab), size):
+        vocab[f"<unused{i}>"] = i
+    return GemmaTokenizer(vocab=vocab, merges=[], **kwargs)
+
+
+def build_medgemma_4b(out: Path) -> None:
+    import torch
+    from transformers import (Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessor,
+                              Gemma3Processor, Gemma3TextConfig, SiglipVisionConfig)
+
+    import tiny_models
+
+    tok = padded_tokenizer(GEMMA_VOCAB, extra_special_tokens={
+        "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"})
+    tok.chat_template = tiny_models.CHAT_TEMPLATE
+    processor = Gemma3Processor(image_processor=Gemma3ImageProcessor(size={"height": 896, "width": 896}),
+                                tokenizer=tok, chat_template=tiny_models.CHAT_TEMPLATE, image_seq_length=256)
+    ids = tok.convert_tokens_to_ids
+    layers = 34
+    config = Gemma3Config(
+        text_config=Gemma3TextConfig(
+            hidden_size=2560, intermediate_size=10240, num_hidden_layers=layers, num_attention_heads=8,
+            num_key_value_heads=4, head_dim=256, query_pre_attn_scalar=256, sliding_window=1024,
+            layer_types=["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(layers)],
+            vocab_size=GEMMA_VOCAB, rope_theta=1_000_000.0, max_position_embeddings=131_072,
+            pad_token_id=ids("<pad>"), bos_token_id=ids("<bos>"), eos_token_id=ids("<eos>")),
+        vision_config=SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
+                                         num_attention_heads=16, image_size=896, patch_size=14,
+                                         vision_use_head=False),
+        mm_tokens_per_image=256, boi_token_index=ids("<start_of_image>"),
+        eoi_token_index=ids("<end_of_image>"), image_token_index=ids("<image_soft_token>"))
+    with torch.device("cuda"):
+        model = Gemma3ForConditionalGeneration(config).to(torch.bfloat16).eval()
+    gen = model.generation_config
+    gen.eos_token_id = [ids("<eos>"), ids("<end_of_turn>")]
+    gen.pad_token_id = ids("<pad>")
+    gen.do_sample = False
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    del model
+    torch.cuda.empty_cache()
+
+
+def build_medsiglip_448(out: Path) -> None:
+    import torch
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor
+
+    tok = padded_tokenizer(SIGLIP_VOCAB, add_eos_token=True, model_max_length=64, padding_side="right")
+    processor = SiglipProcessor(SiglipImageProcessor(size={"height": 448, "width": 448}), tok)
+    config = SiglipConfig(
+        text_config=dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
+                         num_attention_heads=16, max_position_embeddings=64, vocab_size=SIGLIP_VOCAB),
+        vision_config=dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
+                           num_attention_heads=16, image_size=448, patch_size=14))
+    with torch.device("cuda"):
+        model = SiglipModel(config).eval()
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    del model
+    torch.cuda.empty_cache()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--quantization", default="4bit", choices=["4bit", "8bit", "bf16"])
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--reading-tokens", type=int, default=256)
+    parser.add_argument("--report-tokens", type=int, default=300)
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args()
+
+    import torch
+
+    if not torch.cuda.is_available():
+        sys.exit("bench/gpu_pipeline.py needs a CUDA GPU")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="gpu-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+
+    import tiny_models
+    from phantom import PhantomSpec, write_series
+    from pipeline import PipelineSettings, run_series
+    from pipeline.models import preflight
+    from pipeline.models.medgemma import MedGemma
+
+    t0 = time.perf_counter()
+    if not (work / "medgemma" / "config.json").exists():
+        build_medgemma_4b(work / "medgemma")
+    if not (work / "medsiglip" / "config.json").exists():
+        build_medsiglip_448(work / "medsiglip")
+    if not (work / "unet.pt").exists():
+        tiny_models.build_unet_checkpoint(work / "unet.pt")
+    series_dir = work / f"series-{args.slices}"
+    if not series_dir.exists():
+        write_series(PhantomSpec(slices=args.slices, slice_spacing=300.0 / args.slices, blood="large",
+                                 blush=True), series_dir)
+    paths = sorted(series_dir.glob("*.dcm"))
+    print(f"built models and a {len(paths)}-slice series in {time.perf_counter() - t0:.1f} s ({work})")
+
+    s = PipelineSettings()
+    s.backends.triage, s.backends.segmentation = "medsiglip", "unet"
+    s.backends.reading, s.backends.report = "medgemma", "medgemma"
+    m = s.models
+    m.device = "cuda"
+    m.medsiglip.model = str(work / "medsiglip")
+    m.medsiglip.threshold = 0.01  # random weights: let the cap decide how many slices are read
+    m.medgemma.model = str(work / "medgemma")
+    m.medgemma.quantization = args.quantization
+    m.medgemma.max_new_tokens = args.reading_tokens
+    m.medgemma.report_max_new_tokens = args.report_tokens
+    m.medgemma.reask = False  # random weights never give JSON; a real reply parses first time
+    m.unet.checkpoint = str(work / "unet.pt")
+
+    t0 = time.perf_counter()
+    lines = preflight(s, load=True)
+    load_s = time.perf_counter() - t0
+    print(f"loaded in {load_s:.1f} s: " + "; ".join(lines))
+    print(f"GPU memory after loading: {torch.cuda.memory_allocated() / 2**30:.2f} GiB allocated")
+
+    generations: list[tuple[int, int, float]] = []  # (images, new tokens, seconds)
+    original = MedGemma.generate_locked
+
+    def recording(self, messages, images=(), max_new_tokens=512, adapter=True):
+        result = original(self, messages, images, max_new_tokens, adapter)
+        torch.cuda.synchronize()
+        generations.append((len(images), result.new_tokens, result.seconds))
+        return result
+
+    MedGemma.generate_locked = recording
+    peaks: dict[str, float] = {}
+
+    def observer(stage: str, event: str) -> None:
+        torch.cuda.synchronize()
+        if event == "start":
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            peaks[stage] = torch.cuda.max_memory_allocated() / 2**30
+
+    results = []
+    for run in range(args.runs):
+        generations.clear()
+        peaks.clear()
+        t0 = time.perf_counter()
+        findings = run_series(paths, s, observer=observer)
+        total = time.perf_counter() - t0
+        stages = {p.stage: p.seconds for p in findings.provenance.stages}
+        results.append({"run": run + 1, "total_s": round(total, 2), "stages_s": stages,
+                        "peak_gib": {k: round(v, 2) for k, v in peaks.items()},
+                        "slices_read": len(findings.reading.get("slices_considered", [])),
+                        "slice_cap": findings.reading.get("slice_cap"),
+                        "generations": [{"images": i, "new_tokens": n, "seconds": round(sec, 2),
+                                         "tokens_per_s": round(n / sec, 1) if sec else 0.0}
+                                        for i, n, sec in generations]})
+    device = torch.cuda.get_device_name(0)
+    print(f"\n{device}, {args.quantization}, {len(paths)} slices 512x512, torch {torch.__version__}")
+    for r in results:
+        print(f"run {r['run']}: total {r['total_s']:.2f} s; slices read by MedGemma {r['slices_read']} "
+              f"(cap {r['slice_cap']})")
+        print("  stage            seconds   peak GPU GiB")
+        for stage, sec in r["stages_s"].items():
+            print(f"  {stage:<15} {sec:>8.2f}   {r['peak_gib'].get(stage, 0.0):>8.2f}")
+        for g in r["generations"]:
+            print(f"  generation: {g['images']} images, {g['new_tokens']} tokens in {g['seconds']} s "
+                  f"= {g['tokens_per_s']} tokens/s")
+    if args.json:
+        args.json.write_text(json.dumps({"device": device, "quantization": args.quantization,
+                                         "slices": len(paths), "load_s": round(load_s, 1),
+                                         "runs": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""The questions and answers of each study, stored with it in the node's database.
+
+One row per message: a question, then the answer it got (linked by
+question_id). Earlier turns are given to the answerer as context; everything
+survives a restart; messages older than api.conversation_retention_days are
+purged. Import this module before creating the Index so its table is created.
+Text is stored, never logged.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from typing import Any
+
+from sqlalchemy import DateTime, ForeignKey, Integer, String, Text, delete, func, or_, select
+from sqlalchemy.orm import Mapped, mapped_column
+
+from pipeline.answering import Turn
+
+from .index import Base, Index, Study, utcnow
+
+# Earlier turns handed to the answerer: enough for follow-ups, bounded for prompts.
+HISTORY_TURNS = 20
+
+
+class MessageState(str, enum.Enum):
+    COMPLETE = "complete"
+    INTERRUPTED = "interrupted"  # the client went away; the text so far is kept
+    FAILED = "failed"  # the answerer raised; the text so far is kept
+
+
+class QaMessage(Base):
+    __tablename__ = "qa_messages"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    role: Mapped[str] = mapped_column(String(8))  # question | answer
+    text: Mapped[str] = mapped_column(Text)
+    # For an answer: the question it answers.
+    question_id: Mapped[int | None] = mapped_column(
+        ForeignKey("qa_messages.id", ondelete="CASCADE"), index=True)
+    state: Mapped[str] = mapped_column(String(12), default=MessageState.COMPLETE.value)
+    hemodynamic_status: Mapped[str | None] = mapped_column(String(8))
+    answerer: Mapped[str | None] = mapped_column(String(64))
+    # The job whose Findings grounded the answer (series version at the time).
+    job_id: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+
+
+def study_id(index: Index, study_uid: str) -> int | None:
+    with index.session() as session:
+        return session.execute(select(Study.id).where(Study.study_uid == study_uid)).scalar()
+
+
+def add_question(index: Index, study_pk: int, text: str,
+                 hemodynamic_status: str | None = None) -> int:
+    with index.session() as session, session.begin():
+        row = QaMessage(study_id=study_pk, role="question", text=text,
+                        hemodynamic_status=hemodynamic_status)
+        session.add(row)
+        session.flush()
+        return row.id
+
+
+def add_answer(index: Index, study_pk: int, question_id: int, text: str, state: str,
+               answerer: str, job_id: int | None) -> int:
+    with index.session() as session, session.begin():
+        row = QaMessage(study_id=study_pk, role="answer", text=text, question_id=question_id,
+                        state=state, answerer=answerer, job_id=job_id)
+        session.add(row)
+        session.flush()
+        return row.id
+
+
+def history(index: Index, study_pk: int, before_id: int | None = None,
+            turns: int = HISTORY_TURNS) -> list[Turn]:
+    """The last answered turns of a study, oldest first (failed answers left out)."""
+    with index.session() as session:
+        query = select(QaMessage).where(QaMessage.study_id == study_pk)
+        if before_id is not None:
+            query = query.where(QaMessage.id < before_id)
+        rows = session.execute(query.order_by(QaMessage.id)).scalars().all()
+    questions = {r.id: r for r in rows if r.role == "question"}
+    out = [Turn(questions[r.question_id].text, r.text) for r in rows
+           if r.role == "answer" and r.question_id in questions
+           and r.state != MessageState.FAILED.value]
+    return out[-turns:] if turns else out
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat(timespec="milliseconds") + "Z" if value is not None else None
+
+
+def as_dict(row: QaMessage) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": row.id, "role": row.role, "text": row.text,
+                           "created_at": _iso(row.created_at)}
+    if row.role == "question":
+        out["hemodynamic_status"] = row.hemodynamic_status
+    else:
+        out.update(question_id=row.question_id, state=row.state, answerer=row.answerer,
+                   job_id=row.job_id)
+    return out
+
+
+def messages(index: Index, study_pk: int) -> list[dict[str, Any]]:
+    with index.session() as session:
+        rows = session.execute(select(QaMessage).where(QaMessage.study_id == study_pk)
+                               .order_by(QaMessage.id)).scalars().all()
+        return [as_dict(r) for r in rows]
+
+
+def counts(index: Index) -> dict[int, int]:
+    """Questions asked per study (primary key)."""
+    with index.session() as session:
+        return dict(session.execute(
+            select(QaMessage.study_id, func.count()).where(QaMessage.role == "question")
+            .group_by(QaMessage.study_id)).all())
+
+
+def purge(index: Index, retention_days: float, now: dt.datetime | None = None) -> int:
+    """Delete the messages older than the retention period (an answer goes with its
+    question). Returns the number of messages deleted."""
+    cutoff = (now or utcnow()) - dt.timedelta(days=retention_days)
+    with index.engine.begin() as conn:
+        old_questions = select(QaMessage.id).where(QaMessage.role == "question",
+                                                   QaMessage.created_at < cutoff)
+        answers = conn.execute(delete(QaMessage).where(
+            QaMessage.role == "answer",
+            or_(QaMessage.created_at < cutoff, QaMessage.question_id.in_(old_questions))))
+        questions = conn.execute(delete(QaMessage).where(QaMessage.role == "question",
+                                                         QaMessage.created_at < cutoff))
+        return answers.rowcount + questions.rowcount
