@@ -61,10 +61,12 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def worker_main(settings: Settings, stop: EventType, name: str) -> None:
-    """Entry point of a worker process."""
-    _exit_with_parent()
-    setup_logging(settings.node.log_level)
+def worker_main(settings: Settings, stop: EventType | threading.Event, name: str,
+                own_process: bool = True) -> None:
+    """Entry point of a worker process (or thread, own_process=False)."""
+    if own_process:
+        _exit_with_parent()
+        setup_logging(settings.node.log_level)
     index = Index(settings.database_url, durable=settings.storage.fsync)
     log.info("worker %s started (pid %d)", name, os.getpid())
     from pipeline.models import preflight
@@ -88,27 +90,45 @@ def worker_main(settings: Settings, stop: EventType, name: str) -> None:
 
 
 class WorkerPool:
+    """Worker processes; threads of `serve` instead when model backends are configured.
+
+    Processes keep analysis from slowing the receiving threads. A model, though,
+    is loaded once per process: with model backends the workers run as threads
+    of the serve process, so that the pipeline and the Q&A share one copy of each
+    model (one GPU's memory), taking turns under its lock. The heavy work then
+    runs on the GPU, outside Python's lock.
+    """
+
     def __init__(self, settings: Settings):
+        from pipeline.models import needed
+
         self.settings = settings
+        self.in_process = bool(needed(settings.pipeline))
         self.ctx = mp.get_context("spawn")  # no forked copies of the SCP's threads
-        self.stop_event = self.ctx.Event()
-        self.processes: list[mp.process.BaseProcess] = []
+        self.stop_event = threading.Event() if self.in_process else self.ctx.Event()
+        self.workers: list[mp.process.BaseProcess | threading.Thread] = []
 
     def start(self) -> None:
         for i in range(self.settings.workers.count):
             name = f"worker-{i + 1}"
-            proc = self.ctx.Process(target=worker_main, name=name,
-                                    args=(self.settings, self.stop_event, name), daemon=True)
-            proc.start()
-            self.processes.append(proc)
+            args = (self.settings, self.stop_event, name)
+            if self.in_process:
+                worker = threading.Thread(target=worker_main, name=name, args=(*args, False),
+                                          daemon=True)
+            else:
+                worker = self.ctx.Process(target=worker_main, name=name, args=args, daemon=True)
+            worker.start()
+            self.workers.append(worker)
+        if self.in_process:
+            log.info("model backends configured: %d worker threads share the models with "
+                     "the Q&A", len(self.workers))
 
     def stop(self, grace_s: float = 10.0) -> None:
         """Let running jobs finish within grace_s; a job cut off is requeued at next start."""
         self.stop_event.set()
         deadline = time.monotonic() + grace_s
-        for proc in self.processes:
-            proc.join(timeout=max(0.1, deadline - time.monotonic()))
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(timeout=5)
-
+        for worker in self.workers:
+            worker.join(timeout=max(0.1, deadline - time.monotonic()))
+            if worker.is_alive() and isinstance(worker, mp.process.BaseProcess):
+                worker.terminate()
+                worker.join(timeout=5)

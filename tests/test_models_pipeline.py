@@ -141,3 +141,48 @@ def test_medgemma_answerer_streams_with_history_and_shares_the_model(series):
     assert model.lock.locked()  # one generation at a time: the reading would wait
     stream.close()
     assert not model.lock.locked()
+
+
+def test_with_model_backends_the_workers_share_the_models_with_the_qa(tmp_path):
+    """Workers run as threads of `serve` then: one MedGemma in memory, one lock, for
+    the pipeline's reading and the Q&A answerer alike."""
+    import dataclasses
+    import time
+
+    from node.config import Settings
+    from node.worker import WorkerPool
+    from pipeline.models.medgemma import medgemma
+
+    pipeline = tiny_models.model_settings(reading="medgemma", answering="medgemma")
+    settings = dataclasses.replace(Settings(), pipeline=pipeline)
+    settings.node.data_dir = str(tmp_path / "data")
+    settings.data_dir.mkdir(parents=True)
+    from node import outbox  # noqa: F401  (its table)
+    from node.index import Index
+
+    Index(settings.database_url).close()
+    from pipeline.models import shared
+
+    shared.clear()  # nothing loaded: the worker thread's warm-up must load it
+    pool = WorkerPool(settings)
+    assert pool.in_process
+    pool.start()
+    try:
+        assert all(w.is_alive() for w in pool.workers)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any(k[0] == "medgemma" for k in shared.loaded()):
+            time.sleep(0.1)
+        (key,) = [k for k in shared.loaded() if k[0] == "medgemma"]
+        loaded_by_worker = shared.shared(key, lambda: None)
+        # What the Q&A answerer asks for in this process is that same object.
+        assert loaded_by_worker is not None and medgemma(pipeline.models) is loaded_by_worker
+    finally:
+        pool.stop(grace_s=5)
+    assert not any(w.is_alive() for w in pool.workers)
+
+
+def test_embedded_default_workers_are_processes():
+    from node.config import Settings
+    from node.worker import WorkerPool
+
+    assert not WorkerPool(Settings()).in_process
