@@ -14,7 +14,10 @@ ORTHANC = "/usr/sbin/Orthanc"
 
 
 class Orthanc:
-    def __init__(self, workdir: Path, dicom_port: int, http_port: int, aet: str = "PACS"):
+    def __init__(self, workdir: Path, dicom_port: int, http_port: int, aet: str = "PACS",
+                 tls: dict[str, str] | None = None):
+        """tls: {"certificate", "private_key", "trusted"} PEM paths for DICOM TLS;
+        the calling node must then present a certificate signed by "trusted"."""
         self.workdir = workdir
         self.dicom_port = dicom_port
         self.http_port = http_port
@@ -35,6 +38,11 @@ class Orthanc:
             "DicomAlwaysAllowStore": True,
             "Plugins": [],
             "StableAge": 3600,
+            **({"DicomTlsEnabled": True,
+                "DicomTlsCertificate": tls["certificate"],
+                "DicomTlsPrivateKey": tls["private_key"],
+                "DicomTlsTrustedCertificates": tls["trusted"],
+                "DicomTlsRemoteCertificateRequired": True} if tls else {}),
         }))
 
     @property

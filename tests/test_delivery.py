@@ -83,3 +83,40 @@ def test_exponential_backoff_is_capped():
 
     policy = DeliverySection(base_delay_s=2, max_delay_s=60)
     assert [outbox.backoff_s(n, policy) for n in range(1, 8)] == [2, 4, 8, 16, 32, 60, 60]
+
+
+def test_delivery_over_dicom_tls(tmp_path, phantom_factory):
+    from test_tls import make_ca, make_leaf
+
+    ca_key, ca_cert, ca_path = make_ca(tmp_path, "hospital-ca")
+    pacs_key, pacs_cert = make_leaf(tmp_path, "pacs", ca_key, ca_cert)
+    node_key, node_cert = make_leaf(tmp_path, "trauma-node", ca_key, ca_cert)
+    pacs = Orthanc(tmp_path / "orthanc", free_port(), free_port(), tls={
+        "certificate": str(pacs_cert), "private_key": str(pacs_key), "trusted": str(ca_path)})
+    env = {"TRAUMA_NODE_DESTINATIONS": f'[{{"name": "pacs", "ae_title": "PACS", "host": '
+           f'"127.0.0.1", "port": {pacs.dicom_port}, "tls": true}}]'}
+    settings = load_settings("/dev/null", env=env, overrides={
+        "node.data_dir": str(tmp_path / "data"), "tls.certificate": str(node_cert),
+        "tls.private_key": str(node_key), "tls.ca_certificates": str(ca_path)})
+    settings.data_dir.mkdir(parents=True)
+    index = Index(settings.database_url)
+    truth = phantom_factory("delivery", slices=3, rows=32, cols=32)
+    outbox.enqueue(index, [{"study_uid": truth.spec.study_uid, "series_uid": truth.spec.series_uid,
+                            "series_version": 1, "kind": "sr",
+                            "sop_instance_uid": truth.sop_instance_uids[0],
+                            "path": str(truth.paths[0]), "destination": "pacs"}])
+    pacs.start()
+    try:
+        assert Delivery(settings, index).deliver_due() == 1
+        assert pacs.instance_uids() == {truth.sop_instance_uids[0]}
+        # Without our client certificate the PACS refuses the connection.
+        settings.tls.certificate = settings.tls.private_key = ""
+        outbox.enqueue(index, [{"study_uid": truth.spec.study_uid,
+                                "series_uid": truth.spec.series_uid, "series_version": 1,
+                                "kind": "sr", "sop_instance_uid": truth.sop_instance_uids[1],
+                                "path": str(truth.paths[1]), "destination": "pacs"}])
+        assert Delivery(settings, index).deliver_due() == 0
+        assert pacs.instance_uids() == {truth.sop_instance_uids[0]}
+    finally:
+        pacs.stop()
+        index.close()
