@@ -15,9 +15,11 @@ ORTHANC = "/usr/sbin/Orthanc"
 
 class Orthanc:
     def __init__(self, workdir: Path, dicom_port: int, http_port: int, aet: str = "PACS",
-                 tls: dict[str, str] | None = None):
+                 tls: dict[str, str] | None = None,
+                 modalities: dict[str, list] | None = None):
         """tls: {"certificate", "private_key", "trusted"} PEM paths for DICOM TLS;
-        the calling node must then present a certificate signed by "trusted"."""
+        the calling node must then present a certificate signed by "trusted".
+        modalities: Orthanc's DicomModalities, e.g. {"trauma": ["TRAUMA_AI", host, port]}."""
         self.workdir = workdir
         self.dicom_port = dicom_port
         self.http_port = http_port
@@ -38,6 +40,7 @@ class Orthanc:
             "DicomAlwaysAllowStore": True,
             "Plugins": [],
             "StableAge": 3600,
+            "DicomModalities": modalities or {},
             **({"DicomTlsEnabled": True,
                 "DicomTlsCertificate": tls["certificate"],
                 "DicomTlsPrivateKey": tls["private_key"],
@@ -80,6 +83,12 @@ class Orthanc:
         response = httpx.get(f"{self.url}{path}", timeout=10)
         response.raise_for_status()
         return response.json()
+
+    def upload(self, path: Path) -> str:
+        """Store a file through the REST API; returns Orthanc's instance id."""
+        response = httpx.post(f"{self.url}/instances", content=path.read_bytes(), timeout=30)
+        response.raise_for_status()
+        return response.json()["ID"]
 
     def instance_uids(self) -> set[str]:
         """SOP Instance UIDs of every instance Orthanc holds."""

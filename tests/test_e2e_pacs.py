@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import highdicom as hd
+import httpx
 import numpy as np
 import pydicom
 from pydicom.filebase import DicomBytesIO
@@ -131,5 +132,25 @@ def test_a_pacs_that_is_down_gets_the_results_after_a_node_restart(node_factory,
         found = wait_for(lambda: (r := results_in_orthanc(pacs, truth.spec.study_uid))
                          and len(r) == 2 and r, timeout=60, what="results after restart")
         assert set(found) == {SEG_STORAGE, COMPREHENSIVE_3D_SR}
+    finally:
+        pacs.stop()
+
+
+def test_a_pacs_forwarding_a_whole_study_to_the_node(node_factory, phantom_factory, tmp_path):
+    """Orthanc as the sender (C-STORE SCU): the way a PACS auto-forwards a study."""
+    truth = phantom_factory("forwarded", slices=40, rows=128, cols=128, blood="small")
+    node = node_factory(FAST)
+    pacs = Orthanc(tmp_path / "orthanc", free_port(), free_port(),
+                   modalities={"trauma": ["TRAUMA_AI", "127.0.0.1", node.dicom_port]}).start()
+    try:
+        for path in truth.paths:
+            pacs.upload(path)
+        study = pacs.get("/studies")[0]
+        response = httpx.post(f"{pacs.url}/modalities/trauma/store", json={
+            "Resources": [study], "Synchronous": True}, timeout=120)
+        assert response.status_code == 200, response.text
+        series = node.wait_series_state(truth.spec.series_uid, {"done"}, timeout=60)
+        assert series["instances"] == 40
+        assert "association accepted: calling 'PACS'" in node.log()
     finally:
         pacs.stop()
