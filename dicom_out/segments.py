@@ -40,7 +40,9 @@ ACTIVE_EXTRAVASATION_FINDING = FindingType(
 class Segment:
     number: int  # 1-based Segment Number
     finding: FindingType
-    mask: np.ndarray | None  # bool (slices, rows, columns) in volume order; None without labels
+    # bool (slices, rows, columns) in volume order, or the slices planned_segments was
+    # asked for, in that order; None without labels
+    mask: np.ndarray | None
     volume_ml: float  # from Findings.volumes_ml, the number the report states
 
     @property
@@ -52,13 +54,16 @@ class Segment:
         return self.finding is ACTIVE_EXTRAVASATION_FINDING
 
 
-def planned_segments(findings: Findings, masks: bool = True) -> list[Segment]:
+def planned_segments(findings: Findings, masks: bool = True,
+                     slices: np.ndarray | None = None) -> list[Segment]:
     """Hemorrhage always (empty when none was found: an explicit negative result the
     viewer shows), active extravasation only when the pipeline found some.
 
     Presence comes from the label volume when there is one (a tiny volume can
     round to 0.0 mL), else from Findings.volumes_ml; masks only from labels, and
-    only when asked (the SR needs none).
+    only when asked (the SR needs none). slices: the volume slice indices the
+    masks cover, in that order (default: all); they must include every slice
+    with a label, or Segment.empty would be wrong.
     """
     labels = findings.labels
     if labels is not None and list(labels.shape) != list(findings.series["shape"]):
@@ -73,7 +78,10 @@ def planned_segments(findings: Findings, masks: bool = True) -> list[Segment]:
     def mask(finding: FindingType) -> np.ndarray | None:
         if not masks or labels is None:
             return None
-        return np.isin(labels, finding.label_values, kind="table")
+        picked = labels if slices is None else labels[slices]
+        if len(finding.label_values) == 1:
+            return picked == finding.label_values[0]
+        return np.isin(picked, finding.label_values, kind="table")
 
     return [Segment(n, f, mask(f), float(findings.volumes_ml.get(f.key, 0.0)))
             for n, f in enumerate(found, start=1)]

@@ -7,7 +7,8 @@ SR carries everything and no second, text-only SR is needed):
 
   Imaging Measurement Report (TID 1500)
     observer: device (algorithm name, version); procedure reported
-    Image Library: every source image
+    Image Library: every source image (one IMAGE entry each; the descriptors all
+      images share stated once for the group: see image_library.py)
     Imaging Measurements
       one TID 1411 group per SEG segment: tracking id + UID (the segment's),
         referenced segment, finding, finding site, Volume (cm3); the hemorrhage

@@ -8,6 +8,7 @@ compared with its label volume, its volumes and the source series.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 import subprocess
@@ -21,7 +22,9 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+import dicom_out.seg
 from dicom_out import build_outputs, build_seg, build_sr
+from dicom_out.source import source_images
 from pipeline import PipelineSettings, run_series
 from pipeline.findings import Findings
 from pipeline.labels import ACTIVE_EXTRAVASATION
@@ -202,6 +205,40 @@ def test_seg_references_resolve_to_the_source_instances(built):
         assert group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID in source_uids
 
 
+# Attributes highdicom fills from the clock or at random: they differ between any two builds.
+VOLATILE = {"00080012", "00080013", "00080023", "00080033",  # instance creation, content date/time
+            "0018A002",  # Contribution DateTime
+            "00209164"}  # Dimension Organization UID
+
+
+def _stable(value):
+    """A to_json_dict() without the volatile attributes, at any depth."""
+    if isinstance(value, dict):
+        return {k: _stable(v) for k, v in value.items() if k not in VOLATILE}
+    if isinstance(value, list):
+        return [_stable(v) for v in value]
+    return value
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["bleed", "every_other_slice"])
+def test_seg_from_the_labelled_slices_equals_the_seg_from_every_image(bleed, monkeypatch, sparse):
+    """build_seg gives highdicom only the source images whose slice has a label (and
+    the first): the SEG must be the one highdicom builds from every source image."""
+    findings = bleed.findings
+    if sparse:  # the images given are then not regularly spaced: Spacing Between Slices
+        labels = findings.labels.copy()
+        labels[1::2] = 0
+        findings = dataclasses.replace(findings, labels=labels)
+    picked = dicom_out.seg._frames_with_labels(findings.labels,
+                                               source_images(findings, bleed.sources))
+    assert picked is not None and 1 < len(picked) < len(bleed.sources)  # the fast path is tested
+    fast = build_seg(findings, bleed.sources, series_version=1, **ALGORITHM)
+    monkeypatch.setattr(dicom_out.seg, "_frames_with_labels", lambda labels, source: None)
+    every = build_seg(findings, bleed.sources, series_version=1, **ALGORITHM)
+    assert int(every.NumberOfFrames) < 2 * len(bleed.sources)  # empty frames omitted there too
+    assert _stable(fast.to_json_dict()) == _stable(every.to_json_dict())
+
+
 # --- SR ----------------------------------------------------------------------
 
 def _items(item: Dataset):
@@ -247,6 +284,14 @@ def test_sr_image_library_and_evidence_are_the_source_instances(built):
     library = _named(sr.ContentSequence, "Image Library")[0]
     entries = [i for i in _items(library) if i.ValueType == "IMAGE"]
     assert [e.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for e in entries] == built.instance_uids
+    assert [e.ReferencedSOPSequence[0].ReferencedSOPClassUID for e in entries] == [
+        built.sources[0].SOPClassUID] * len(entries)
+    # The descriptors all images share, once for the group (TID 1600 row 3).
+    (group,) = library.ContentSequence
+    frame_of_reference = _named(group.ContentSequence, "Frame of Reference UID")
+    assert [i.UID for i in frame_of_reference] == [built.sources[0].FrameOfReferenceUID]
+    modality = _named(group.ContentSequence, "Modality")
+    assert [i.ConceptCodeSequence[0].CodeValue for i in modality] == ["CT"]
     (evidence,) = [s for s in sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
                    if s.SeriesInstanceUID == built.sources[0].SeriesInstanceUID]
     assert sorted(i.ReferencedSOPInstanceUID for i in evidence.ReferencedSOPSequence) == sorted(
