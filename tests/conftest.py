@@ -70,7 +70,9 @@ class NodeProcess:
         self.config_path = tmp / "node.toml"
         self.config_path.write_text(config)
         self.log_path = tmp / "node.log"
-        self.env = {**os.environ, "TRAUMA_NODE_API_TOKENS": API_TOKEN, **(env or {})}
+        # Loopback only: the tests never listen on other interfaces.
+        self.env = {**os.environ, "TRAUMA_NODE_API_TOKENS": API_TOKEN,
+                    "TRAUMA_NODE_DICOM_BIND": "127.0.0.1", **(env or {})}
         self.proc: subprocess.Popen | None = None
 
     @property

@@ -30,7 +30,8 @@ OUT_OF_RESOURCES = 0xA700
 class InProcessNode:
     def __init__(self, tmp: Path):
         self.settings = load_settings("/dev/null", env={}, overrides={
-            "node.data_dir": str(tmp / "data"), "node.dicom_port": free_port()})
+            "node.data_dir": str(tmp / "data"), "node.dicom_port": free_port(),
+            "node.dicom_bind": "127.0.0.1"})
         self.free = [10**12]
         self.spool = Spool(self.settings.spool_dir)
         self.index = Index(self.settings.database_url)
