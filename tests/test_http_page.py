@@ -6,25 +6,21 @@ volumes, and shows the answer to a question while it streams.
 
 from __future__ import annotations
 
-import os
 
 import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 from conftest import API_TOKEN
 from qa_support import ApiServer, SlowAnswerer, findings_dict, insert_study
 
+# Debian's chromium and chromium-driver, which `make test` installs (system-deps):
+# without them this test fails; it is never skipped.
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-
-webdriver = pytest.importorskip("selenium.webdriver")
-if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
-    pytest.skip("needs Debian's chromium and chromium-driver (make system-deps)",
-                allow_module_level=True)
-
-from selenium.webdriver.chrome.options import Options  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 
 @pytest.fixture
