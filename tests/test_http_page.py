@@ -6,7 +6,6 @@ volumes, and shows the answer to a question while it streams.
 
 from __future__ import annotations
 
-
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
