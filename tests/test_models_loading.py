@@ -10,15 +10,12 @@ import time
 import numpy as np
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("transformers")
-
-import tiny_models  # noqa: E402
-from pipeline import PipelineSettings  # noqa: E402
-from pipeline.models import ModelUnavailable, needed, preflight  # noqa: E402
-from pipeline.models import loading  # noqa: E402
-from pipeline.models.medgemma import MedGemma, medgemma, slice_cap_for_memory  # noqa: E402
-from pipeline.settings import MedGemmaSettings  # noqa: E402
+import tiny_models
+from pipeline import PipelineSettings
+from pipeline.models import ModelUnavailable, needed, preflight
+from pipeline.models import loading
+from pipeline.models.medgemma import MedGemma, medgemma, slice_cap_for_memory
+from pipeline.settings import MedGemmaSettings
 
 GIB = 2**30
 MESSAGES = [{"role": "user", "content": [{"type": "text", "text": "Slice 3 (z = 10.0 mm):"},
@@ -196,7 +193,6 @@ def test_one_generation_at_a_time_and_streaming():
 
 @pytest.mark.parametrize("quantization", ["4bit", "8bit", "bf16"])
 def test_quantised_loads_run_on_the_cpu(quantization):
-    pytest.importorskip("bitsandbytes")
     s = tiny_models.model_settings(reading="medgemma")
     s.models.medgemma.quantization = quantization
     model = MedGemma(s.models)

@@ -8,14 +8,10 @@ import json
 
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip("segmentation_models_pytorch")
-
-import tiny_models  # noqa: E402
-from pipeline import run_series  # noqa: E402
-from pipeline.findings import Findings  # noqa: E402
-from pipeline.models.medgemma import Generation, medgemma  # noqa: E402
+import tiny_models
+from pipeline import run_series
+from pipeline.findings import Findings
+from pipeline.models.medgemma import Generation, medgemma
 
 EVERY_MODEL = dict(triage="medsiglip", segmentation="unet", reading="medgemma", report="medgemma")
 SPEC = dict(slices=20, rows=96, cols=96, pixel_spacing=(4.2, 4.2), slice_spacing=6.0, blood="large",
@@ -60,6 +56,24 @@ def test_every_model_backend_end_to_end(series):
     back = Findings.from_json_dict(document)
     assert back.reading == document["reading"] and back.reconciliation == document["reconciliation"]
     assert findings.labels.shape == tuple(document["series"]["shape"])
+
+
+def test_the_report_uses_the_adapter_on_or_off_as_configured(series):
+    from pipeline.backends.medgemma_report import MedGemmaReport
+
+    settings = tiny_models.model_settings(adapter=True, report="medgemma")
+    findings = run_series(series.paths, settings)
+    assert "adapter on" in findings.report
+    settings.models.medgemma.adapter_in_report = False
+    off = MedGemmaReport(settings).run(findings)
+    assert "adapter off" in off
+
+    def narrative(report: str) -> str:
+        return report.split("NARRATIVE BRIEFING", 1)[1].split("\n", 1)[1]
+
+    assert narrative(off).strip() and narrative(off) != narrative(findings.report)
+    # The measured record above the briefing does not depend on the model.
+    assert off.split("NARRATIVE BRIEFING")[0] == findings.report.split("NARRATIVE BRIEFING")[0]
 
 
 def test_a_parsed_reading_is_reconciled_with_the_segmentation(series, monkeypatch):

@@ -7,21 +7,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("transformers")
-
-import tiny_models  # noqa: E402
-from phantom import PhantomSpec, make_volume  # noqa: E402
-from pipeline.anatomy import build_anatomy  # noqa: E402
-from pipeline.backends.medgemma_reading import MedGemmaReading, pick_slices, reading_messages  # noqa: E402
-from pipeline.findings import OrganFinding, TriageResult  # noqa: E402
-from pipeline.models.imaging import slice_rgb  # noqa: E402
-from pipeline.models.medgemma import Generation, medgemma  # noqa: E402
-from pipeline.quantification import VoxelQuantification  # noqa: E402
-from pipeline.reading_json import parse_reading  # noqa: E402
-from pipeline.reconcile import reconcile  # noqa: E402
-from pipeline.stages import StageContext  # noqa: E402
-from pipeline.volume import SliceRef, Volume  # noqa: E402
+import tiny_models
+from phantom import PhantomSpec, make_volume
+from pipeline.anatomy import build_anatomy
+from pipeline.backends.medgemma_reading import MedGemmaReading, pick_slices, reading_messages
+from pipeline.findings import OrganFinding, TriageResult
+from pipeline.models.imaging import slice_rgb
+from pipeline.models.medgemma import Generation, medgemma
+from pipeline.quantification import VoxelQuantification
+from pipeline.reading_json import parse_reading
+from pipeline.reconcile import reconcile
+from pipeline.stages import StageContext
+from pipeline.volume import SliceRef, Volume
 
 VALID = ('{"injury_pattern": "splenic laceration with hemoperitoneum", "organs_involved": ["spleen"], '
          '"bleeding_description": "perisplenic hematoma and blood in the pelvis", '
@@ -123,6 +120,8 @@ def test_real_tiny_model_end_to_end_records_raw_text(study, monkeypatch):
     assert any("not valid JSON" in n for n in notes)
     assert [s["index"] for s in reading["slices_sent"]] == [3, 7, 11, 15, 19]
     assert reading["generation"]["new_tokens"] > 0
+    # Both attempts' prompts, each with five images of GEMMA_TOKENS soft tokens.
+    assert reading["generation"]["prompt_tokens"] > 2 * 5 * tiny_models.GEMMA_TOKENS
 
 
 def test_valid_reply_parses_first_time(study, monkeypatch):

@@ -6,20 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip("segmentation_models_pytorch")
-
-import tiny_models  # noqa: E402
-from pipeline.backends.medsiglip_triage import calibrated_scores, log_mean_exp  # noqa: E402
-from pipeline.backends.unet_segmentation import UnetSegmentation  # noqa: E402
-from pipeline.findings import TriageResult  # noqa: E402
-from pipeline.labels import ACTIVE_EXTRAVASATION, HEMORRHAGE  # noqa: E402
-from pipeline.models import ModelUnavailable  # noqa: E402
-from pipeline.models.imaging import slice_rgb, stack_25d, window_uint8  # noqa: E402
-from pipeline.models.medsiglip import medsiglip  # noqa: E402
-from pipeline.models.unet import Unet  # noqa: E402
-from pipeline.stages import StageContext  # noqa: E402
+import tiny_models
+from pipeline.backends.medsiglip_triage import calibrated_scores, log_mean_exp
+from pipeline.backends.unet_segmentation import UnetSegmentation
+from pipeline.findings import TriageResult
+from pipeline.labels import ACTIVE_EXTRAVASATION, HEMORRHAGE
+from pipeline.models import ModelUnavailable
+from pipeline.models.imaging import slice_rgb, stack_25d, window_uint8
+from pipeline.models.medsiglip import medsiglip
+from pipeline.models.unet import Unet
+from pipeline.stages import StageContext
 
 
 @pytest.fixture(autouse=True)

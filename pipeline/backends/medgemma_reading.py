@@ -129,6 +129,7 @@ class MedGemmaReading:
         raw = generation.text
         result = parse_reading(raw)
         attempts, total_tokens, total_seconds = 1, generation.new_tokens, generation.seconds
+        prompt_tokens = generation.prompt_tokens
         raw_texts = [raw]
         if not result.parsed and s.reask:
             again = model.generate(reask_messages(messages, raw, result.error or "invalid"), images,
@@ -136,6 +137,7 @@ class MedGemmaReading:
             attempts += 1
             total_tokens += again.new_tokens
             total_seconds += again.seconds
+            prompt_tokens += again.prompt_tokens
             raw_texts.append(again.text)
             retry = parse_reading(again.text)
             if retry.parsed:
@@ -172,7 +174,8 @@ class MedGemmaReading:
             "slices_requested": requested,
             "slice_cap": cap,
             "slice_reduction": reduction,
-            "generation": {"new_tokens": total_tokens, "seconds": round(total_seconds, 3),
+            "generation": {"prompt_tokens": prompt_tokens, "new_tokens": total_tokens,
+                           "seconds": round(total_seconds, 3),
                            "tokens_per_second": round(total_tokens / total_seconds, 2)
                            if total_seconds > 0 else 0.0},
         })
@@ -189,5 +192,6 @@ class MedGemmaReading:
                         "repaired": False, "attempts": 0, "parse_error": None, "slices_sent": [],
                         "slices_requested": requested, "slice_cap": model.slice_cap,
                         "slice_reduction": reduction,
-                        "generation": {"new_tokens": 0, "seconds": 0.0, "tokens_per_second": 0.0}})
+                        "generation": {"prompt_tokens": 0, "new_tokens": 0, "seconds": 0.0,
+                                       "tokens_per_second": 0.0}})
         return reading

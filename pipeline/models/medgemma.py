@@ -45,6 +45,7 @@ class Generation:
     text: str
     new_tokens: int
     seconds: float
+    prompt_tokens: int = 0  # images included (each is mm_tokens_per_image tokens)
 
     @property
     def tokens_per_second(self) -> float:
@@ -156,7 +157,7 @@ class MedGemma:
         seconds = time.perf_counter() - start
         new = out[0, batch["input_ids"].shape[1]:]
         text = self.tokenizer.decode(new, skip_special_tokens=True)
-        return Generation(text, int(new.shape[0]), seconds)
+        return Generation(text, int(new.shape[0]), seconds, int(batch["input_ids"].shape[1]))
 
     def stream(self, messages: Sequence[Message], images: Sequence[np.ndarray] = (),
                max_new_tokens: int = 512, adapter: bool = True) -> Iterator[str]:
