@@ -54,11 +54,14 @@ class _Report:
 
 
 def build_sr(findings: Findings, source_datasets: Sequence[Dataset], seg: Dataset | None, *,
-             series_version: int, algorithm_name: str, algorithm_version: str) -> Dataset:
+             series_version: int, algorithm_name: str, algorithm_version: str,
+             previous_sr: Dataset | None = None) -> Dataset:
     """The Comprehensive 3D SR of the findings; seg is the SEG it describes (from build_seg).
 
     Without a SEG (seg=None) the segment groups become TID 1501 groups with the
-    same content and no referenced segment. Returns a plain pydicom Dataset.
+    same content and no referenced segment. previous_sr, the report of an earlier
+    version of the series, goes in PredecessorDocumentsSequence, so that a viewer
+    can tell the newer report supersedes it. Returns a plain pydicom Dataset.
     """
     algorithm = Algorithm.of(findings, algorithm_name, algorithm_version)
     source = source_images(findings, source_datasets)
@@ -67,6 +70,8 @@ def build_sr(findings: Findings, source_datasets: Sequence[Dataset], seg: Datase
     if seg is not None and len(seg.SegmentSequence) != len(segments):
         raise ValueError(f"the SEG has {len(seg.SegmentSequence)} segment(s), these findings "
                          f"{len(segments)}: was it built from other findings?")
+    if previous_sr is not None and previous_sr.StudyInstanceUID != findings.series["study_instance_uid"]:
+        raise ValueError("the previous SR belongs to another study")
     overall = _overall_evaluations(findings, segments)
     groups: list[MeasurementGroup] = [
         _segment_group(s, [] if s.is_extravasation else overall, report, seg) for s in segments]
@@ -91,6 +96,7 @@ def build_sr(findings: Findings, source_datasets: Sequence[Dataset], seg: Datase
         is_verified=False,
         series_description=series_description("SR", series_version),
         coding_schemes=[codes.private_coding_scheme()],
+        previous_versions=[previous_sr] if previous_sr is not None else None,
     )
     fill_image_library(sr, [library_header(ds) for ds in source.datasets])
     return _plain(sr)

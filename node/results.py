@@ -17,6 +17,7 @@ from typing import Any, BinaryIO, Callable
 
 import numpy as np
 import pydicom
+from pydicom.errors import InvalidDicomError
 
 from dicom_out import build_outputs
 from pipeline.findings import Findings
@@ -58,7 +59,8 @@ def write_outputs(findings: Findings, source_paths: list[Path], out_dir: Path,
     # dicom_out needs the source headers only.
     sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in source_paths]
     outputs = build_outputs(findings, sources, series_version=series_version,
-                            algorithm_name=ALGORITHM_NAME, algorithm_version=__version__)
+                            algorithm_name=ALGORITHM_NAME, algorithm_version=__version__,
+                            previous_sr=previous_sr(out_dir, series_version))
     written: dict[str, Path] = {}
     for kind, dataset in (("seg", outputs.seg), ("sr", outputs.sr)):
         if dataset is not None:
@@ -68,6 +70,24 @@ def write_outputs(findings: Findings, source_paths: list[Path], out_dir: Path,
     _write_atomically(out_dir / "findings.json", lambda h: h.write(document))
     _write_atomically(out_dir / "report.txt", lambda h: h.write(findings.report.encode()))
     return written
+
+
+def previous_sr(out_dir: Path, series_version: int) -> pydicom.Dataset | None:
+    """The SR of the latest earlier version of this series (sibling v<N> folders), if one was made.
+
+    A version that was never reported (it failed, or was superseded before it
+    ran) is passed over: the new SR's predecessor is the report a reader may have seen.
+    """
+    for version in range(series_version - 1, 0, -1):
+        path = out_dir.parent / f"v{version}" / "sr.dcm"
+        if path.is_file():
+            try:
+                return pydicom.dcmread(path, specific_tags=[
+                    "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID"])
+            except (OSError, InvalidDicomError) as exc:
+                log.warning("series version %d: earlier report unreadable (%s); not referenced",
+                            series_version, exc)
+    return None
 
 
 def queue_delivery(settings: Settings, index: Index, study_uid: str, series_uid: str,

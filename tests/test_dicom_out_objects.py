@@ -407,3 +407,34 @@ def test_missing_source_instances_are_refused(bleed):
 def test_sr_refuses_a_seg_of_other_findings(bleed, clean):
     with pytest.raises(ValueError, match="segment"):
         build_sr(bleed.findings, bleed.sources, clean.seg, series_version=1, **ALGORITHM)
+
+
+def test_a_later_version_names_the_report_it_supersedes(bleed, tmp_path):
+    """As the node writes them: data/results/<study>/<series>/v<N>/. The v3 report names
+    v1's as its predecessor when v2 never got a report (it failed before writing one)."""
+    from node.results import write_outputs
+
+    series_dir = tmp_path / "series"
+    paths = [Path(ds.filename) for ds in bleed.sources]
+    findings = dataclasses.replace(bleed.findings)  # write_outputs notes its labels file in it
+    write_outputs(findings, paths, series_dir / "v1", 1)
+    (series_dir / "v2").mkdir()
+    written = write_outputs(findings, paths, series_dir / "v3", 3)
+    first = pydicom.dcmread(series_dir / "v1" / "sr.dcm")
+    third = pydicom.dcmread(written["sr"])
+    assert "PredecessorDocumentsSequence" not in first
+    (study,) = third.PredecessorDocumentsSequence
+    assert study.StudyInstanceUID == first.StudyInstanceUID
+    (series,) = study.ReferencedSeriesSequence
+    assert series.SeriesInstanceUID == first.SeriesInstanceUID
+    (instance,) = series.ReferencedSOPSequence
+    assert (instance.ReferencedSOPClassUID, instance.ReferencedSOPInstanceUID) == (
+        first.SOPClassUID, first.SOPInstanceUID)
+    assert third.SOPInstanceUID != first.SOPInstanceUID
+    errors, warnings = _dciodvfy_problems(written["sr"])
+    assert errors == [] and warnings == []
+    other_study = pydicom.dcmread(series_dir / "v1" / "sr.dcm")
+    other_study.StudyInstanceUID = "1.2.3.4"
+    with pytest.raises(ValueError, match="another study"):
+        build_outputs(bleed.findings, bleed.sources, series_version=4, previous_sr=other_study,
+                      **ALGORITHM)
