@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import anyio
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
@@ -181,12 +181,18 @@ def create_app(settings: Settings, index: Index, answerer: Answerer | None = Non
     # --- studies -------------------------------------------------------------------------
 
     @app.get("/studies", tags=["studies"], dependencies=[auth])
-    def studies(summary: bool = False) -> list[dict[str, Any]]:
-        """Every study with its series, their states, skip reasons, jobs and deliveries;
-        ``?summary=true``: one line per study (state, risk tier, volumes, grades, questions)."""
+    def studies(response: Response, summary: bool = False,
+                limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0)
+                ) -> list[dict[str, Any]]:
+        """The studies, newest first, ``limit`` at a time from ``offset`` (the header
+        X-Total-Count gives how many there are): each with its series, their states, skip
+        reasons, jobs and deliveries; ``?summary=true``: one line per study (state, risk
+        tier, volumes, grades, questions)."""
+        page = status.Page(limit, offset)
+        response.headers["X-Total-Count"] = str(status.study_count(index))
         if summary:
-            return study_findings.studies_overview(index, conversations.counts(index))
-        return status.studies(index)
+            return study_findings.studies_overview(index, conversations.counts(index), page)
+        return status.studies(index, page)
 
     @app.get("/studies/{study_uid}", tags=["studies"], dependencies=[auth])
     def study(study_uid: str) -> dict[str, Any]:

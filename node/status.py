@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from dataclasses import dataclass
+
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import selectinload
 
 from . import outbox
@@ -15,6 +17,28 @@ def _iso(value) -> str | None:
     return value.isoformat(timespec="seconds") + "Z" if value is not None else None
 
 
+@dataclass(frozen=True)
+class Page:
+    """Which studies a listing shows: all of them oldest first (the CLI), or a page of
+    them newest first (the HTTP API: a node holds thousands of studies after a while)."""
+
+    limit: int | None = None
+    offset: int = 0
+
+    def apply(self, statement: Select) -> Select:
+        if self.limit is None:
+            return statement.order_by(Study.id)
+        return statement.order_by(Study.id.desc()).limit(self.limit).offset(self.offset)
+
+
+ALL = Page()
+
+
+def study_count(index: Index) -> int:
+    with index.session() as session:
+        return int(session.execute(select(func.count(Study.id))).scalar_one())
+
+
 def series_state(series: Series) -> str:
     """receiving / skipped, else the state of the job of the current version."""
     if series.state != "queued":
@@ -23,9 +47,9 @@ def series_state(series: Series) -> str:
     return current[-1].state if current else series.state
 
 
-def studies(index: Index) -> list[dict[str, Any]]:
+def studies(index: Index, page: Page = ALL) -> list[dict[str, Any]]:
     with index.session() as session:
-        rows = session.execute(select(Study).order_by(Study.id).options(
+        rows = session.execute(page.apply(select(Study)).options(
             selectinload(Study.series).selectinload(Series.jobs))).scalars().all()
         out = []
         for study in rows:

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import defer, selectinload
 
 from .index import Index, Instance, Job, JobState, Series, Study
-from .status import series_state
+from .status import ALL, Page, series_state
 
 FINDINGS_KEYS = frozenset({"schema_version", "report", "volumes_ml", "organs", "recommendation",
                            "provenance", "risk_tier"})
@@ -112,13 +112,13 @@ def summary(findings: dict[str, Any] | None) -> dict[str, Any] | None:
             "recommendation": (findings.get("recommendation") or {}).get("summary")}
 
 
-def studies_overview(index: Index, question_counts: dict[int, int] | None = None
-                     ) -> list[dict[str, Any]]:
-    """Every study with its state and a summary of its Findings (results loaded only
-    for the jobs that hold them)."""
+def studies_overview(index: Index, question_counts: dict[int, int] | None = None,
+                     page: Page = ALL) -> list[dict[str, Any]]:
+    """The studies of the page with their state and a summary of their Findings
+    (results loaded only for the jobs that hold them)."""
     question_counts = question_counts or {}
     with index.session() as session:
-        studies = session.execute(select(Study).order_by(Study.id).options(
+        studies = session.execute(page.apply(select(Study)).options(
             selectinload(Study.series).selectinload(Series.jobs).options(defer(Job.result)))
         ).scalars().all()
         out = []

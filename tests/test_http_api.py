@@ -151,6 +151,20 @@ def test_a_study_without_findings_yet_is_409(api, client):
     assert detail["state"] == "running" and detail["findings"] is None
 
 
+def test_studies_are_listed_newest_first_a_page_at_a_time(api, client):
+    uids = [insert_study(api.index, findings_dict("clean")) for _ in range(5)]
+    for summary in ("false", "true"):
+        pages = []
+        for offset in (0, 2, 4):
+            r = client.get(f"{api.url}/studies?summary={summary}&limit=2&offset={offset}", headers=AUTH)
+            assert r.status_code == 200 and r.headers["X-Total-Count"] == "5"
+            pages.append([s["study_uid"] for s in r.json()])
+        assert pages == [uids[4:2:-1], uids[2:0:-1], uids[0:1]]
+    for bad in ("limit=0", "limit=1001", "offset=-1", "limit=many"):
+        r = client.get(f"{api.url}/studies?{bad}", headers=AUTH)
+        assert r.status_code == 422, bad
+
+
 def test_studies_findings_report_and_deliveries(api, client):
     findings = findings_dict("bleed")
     uid = insert_study(api.index, findings)
@@ -159,9 +173,10 @@ def test_studies_findings_report_and_deliveries(api, client):
                                 "kind": kind, "sop_instance_uid": f"1.2.3.{i}", "path": "/x",
                                 "destination": "PACS"} for i, kind in enumerate(("seg", "sr"))])
     full = client.get(f"{api.url}/studies", headers=AUTH).json()
-    assert [s["study_uid"] for s in full] == [uid, other]
-    assert full[0]["series"][0]["jobs"][0]["result"] == findings  # the lead's format, kept
+    assert [s["study_uid"] for s in full] == [other, uid]  # newest first
+    assert full[1]["series"][0]["jobs"][0]["result"] == findings  # the lead's format, kept
     summary = client.get(f"{api.url}/studies?summary=true", headers=AUTH).json()
+    summary.reverse()
     assert summary[0] | {"received_at": None} == {
         "study_uid": uid, "received_at": None, "state": "done", "series": 1, "questions": 0,
         "findings": {"risk_tier": findings["risk_tier"], "volumes_ml": findings["volumes_ml"],

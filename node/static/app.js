@@ -51,9 +51,13 @@ async function loadStudies() {
   const response = await api("/studies?summary=true");
   if (!response.ok) { $("studies-empty").hidden = false; $("studies-empty").textContent = await errorText(response); return; }
   const studies = await response.json();
+  const total = Number(response.headers.get("X-Total-Count") || studies.length);
   const body = $("studies").querySelector("tbody");
   body.replaceChildren();
   $("studies-empty").hidden = studies.length > 0;
+  // The API gives the newest studies a page at a time; say when there are more.
+  $("studies-count").hidden = total <= studies.length;
+  $("studies-count").textContent = `The newest ${studies.length} of ${total} studies.`;
   for (const s of studies) {
     const row = document.createElement("tr");
     row.dataset.studyUid = s.study_uid;
