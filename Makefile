@@ -13,7 +13,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Chromium and its driver (the page test, headless).
 TEST_TOOLS := /usr/bin/storescu /usr/bin/dciodvfy /usr/sbin/Orthanc /usr/bin/chromium /usr/bin/chromedriver
 
-.PHONY: run test install install-test system-deps bench clean
+.PHONY: run test install install-test system-deps bench bench-gpu clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ test: install-test system-deps
 
 bench: install-test system-deps
 	$(BIN)/python bench/ingest.py
+
+# On a CUDA host: the pipeline with the full-size model architectures (random weights).
+bench-gpu: install-test
+	$(BIN)/python bench/gpu_pipeline.py --json gpu_pipeline.json
 
 clean:
 	rm -rf $(VENV) data .pytest_cache
