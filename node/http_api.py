@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import anyio
+import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -30,13 +31,17 @@ from . import __version__, conversations, outbox, status, study_findings
 from .auth import BearerAuth, resolve_tokens
 from .config import Settings
 from .index import Index
-from .qa import AnswerStream
+from .qa import AnswerStream, OpenAnswers
 
 log = logging.getLogger("trauma_node.http")
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_QUESTION_CHARS = 2000
 PURGE_INTERVAL_S = 3600.0
+# Shutting down: open answer streams get this long to end by themselves, then they are
+# cancelled, and their answers get ANSWER_STORE_S to be stored as interrupted.
+GRACEFUL_SHUTDOWN_S = 3.0
+ANSWER_STORE_S = 5.0
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
@@ -103,6 +108,7 @@ def create_app(settings: Settings, index: Index, answerer: Answerer | None = Non
     auth = Depends(BearerAuth(tokens))
     answerer = answerer or create_answerer(settings.pipeline)
     retention_days = settings.api.conversation_retention_days
+    open_answers = OpenAnswers()
 
     async def purge_once() -> None:
         try:
@@ -128,6 +134,7 @@ def create_app(settings: Settings, index: Index, answerer: Answerer | None = Non
             yield
         finally:
             task.cancel()
+            await anyio.to_thread.run_sync(open_answers.stop, ANSWER_STORE_S)
 
     app = FastAPI(
         title="trauma-node", version=__version__, lifespan=lifespan,
@@ -269,8 +276,15 @@ def create_app(settings: Settings, index: Index, answerer: Answerer | None = Non
 
         pk, found, question, question_id = await anyio.to_thread.run_sync(prepare)
         stream = AnswerStream(index, app.state.answerer, question, study_uid, pk, question_id,
-                              found.job_id)
+                              found.job_id, open_answers=open_answers)
         return StreamingResponse(stream.events(), media_type="text/event-stream", headers={
             "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return app
+
+
+def server_config(app: FastAPI, host: str, port: int) -> uvicorn.Config:
+    """How the node serves the API: quiet logs, and a bounded wait for open answer
+    streams at shutdown (see GRACEFUL_SHUTDOWN_S)."""
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                          timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)

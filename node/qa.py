@@ -68,16 +68,49 @@ class Timing:
     total_s: float | None = None
 
 
+class OpenAnswers:
+    """The answers being generated, so that shutting down can stop them and wait until
+    each has stored what it had (as an interrupted answer) before the database closes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._threads: dict[threading.Thread, threading.Event] = {}
+
+    def add(self, thread: threading.Thread, cancel: threading.Event) -> None:
+        with self._lock:
+            self._threads[thread] = cancel
+
+    def discard(self, thread: threading.Thread) -> None:
+        with self._lock:
+            self._threads.pop(thread, None)
+
+    def stop(self, timeout_s: float) -> int:
+        """Cancel every open answer and wait up to timeout_s in all; how many did not end."""
+        with self._lock:
+            open_now = dict(self._threads)
+        for cancel in open_now.values():
+            cancel.set()
+        deadline = time.monotonic() + timeout_s
+        for thread in open_now:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        left = sum(thread.is_alive() for thread in open_now)
+        if open_now:
+            log.info("stopping: %d answer(s) in progress were interrupted and stored, %d did not "
+                     "end within %.0f s", len(open_now) - left, left, timeout_s)
+        return left
+
+
 class AnswerStream:
     """Runs one answer in a thread and yields its SSE events."""
 
     def __init__(self, index: Index, answerer: Answerer, question: Question, study_uid: str,
                  study_pk: int, question_id: int, job_id: int | None,
-                 keepalive_s: float = KEEPALIVE_S):
+                 keepalive_s: float = KEEPALIVE_S, open_answers: OpenAnswers | None = None):
         self.index, self.answerer, self.question = index, answerer, question
         self.study_uid, self.study_pk, self.question_id, self.job_id = (
             study_uid, study_pk, question_id, job_id)
         self.keepalive_s = keepalive_s
+        self.open_answers = open_answers or OpenAnswers()
         self.cancel = threading.Event()
         self.timing = Timing()
         self._queue: asyncio.Queue[tuple[str, Any]] | None = None
@@ -90,6 +123,12 @@ class AnswerStream:
             self.cancel.set()
 
     def _produce(self) -> None:
+        try:
+            self._answer_and_store()
+        finally:
+            self.open_answers.discard(threading.current_thread())
+
+    def _answer_and_store(self) -> None:
         parts: list[str] = []
         state, error = conversations.MessageState.COMPLETE.value, None
         pieces: Iterator[str] | None = None
@@ -147,6 +186,7 @@ class AnswerStream:
                                         "study_uid": self.study_uid,
                                         "answerer": self.answerer.name, "job_id": self.job_id}),
                             event="start")
+            self.open_answers.add(thread, self.cancel)
             thread.start()
             while True:
                 try:

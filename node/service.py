@@ -14,7 +14,7 @@ from . import jobs
 from .completion import CompletionMonitor
 from .config import Settings
 from .delivery import Delivery
-from .http_api import create_app
+from .http_api import create_app, server_config
 from .index import Index
 from .policy import AssociationPolicy
 from .receiver import Receiver
@@ -63,9 +63,8 @@ class Node:
         self.completion.start()
         self.workers.start()
         self.delivery.start()
-        config = uvicorn.Config(create_app(s, self.index), host=s.node.http_bind,
-                                port=s.node.http_port, log_level="warning", access_log=False)
-        self.http = uvicorn.Server(config)
+        self.http = uvicorn.Server(server_config(create_app(s, self.index), s.node.http_bind,
+                                                 s.node.http_port))
         self._http_thread = threading.Thread(target=self.http.run, name="http", daemon=True)
         self._http_thread.start()
         log.info("HTTP API on http://%s:%d (data directory %s)", s.node.http_bind,

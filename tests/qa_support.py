@@ -22,7 +22,7 @@ from phantom import PhantomSpec, write_series
 
 import node.conversations  # noqa: F401 - registers the Q&A table before Index() is made
 from node.config import Settings
-from node.http_api import create_app
+from node.http_api import create_app, server_config
 from node.index import Index, Job, Series, Study, utcnow
 from pipeline import PipelineSettings, run_series
 
@@ -83,8 +83,7 @@ class ApiServer:
         self.app = create_app(self.settings, self.index, answerer=answerer,
                               tokens=list(tokens) if tokens is not None else None)
         self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
-                                                    log_level="warning", access_log=False))
+        self.server = uvicorn.Server(server_config(self.app, "127.0.0.1", self.port))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property

@@ -310,6 +310,41 @@ def test_a_client_that_goes_away_interrupts_the_answer(tmp_path, client):
         assert len(messages[1]["text"]) < 200
 
 
+def test_an_answer_in_flight_when_the_node_stops_is_stored_as_interrupted(tmp_path, client):
+    slow = SlowAnswerer(0.2)  # the answer would take far longer than the shutdown grace
+    received: list[str] = []
+    three = threading.Event()
+    api = ApiServer(tmp_path / "data", answerer=slow).__enter__()
+    uid = insert_study(api.index, findings_dict("bleed"))
+
+    def listen() -> None:
+        try:
+            with client.stream("POST", f"{api.url}/studies/{uid}/questions", headers=AUTH,
+                               json={"question": "Show me the report"}) as response:
+                for event in sse_events(response.iter_raw()):
+                    if event.event == "token":
+                        received.append(event.data)
+                    if len(received) == 3:
+                        three.set()
+        except httpx.HTTPError:
+            pass  # the server went away mid-stream, as it should
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    assert three.wait(30), "no answer started"
+    stopping = time.monotonic()
+    api.__exit__(None, None, None)  # as `serve` does on SIGTERM
+    assert time.monotonic() - stopping < 10
+    listener.join(10)
+    assert slow.closed.is_set(), "the answerer was not closed"
+    with ApiServer(tmp_path / "data", answerer=slow) as again:
+        messages = client.get(f"{again.url}/studies/{uid}/conversation", headers=AUTH).json()["messages"]
+    assert [m["role"] for m in messages] == ["question", "answer"]
+    answer = messages[1]
+    assert answer["state"] == "interrupted"
+    assert answer["text"].startswith("The report of") and answer["text"].startswith("".join(received))
+
+
 def test_a_failing_answerer_ends_with_an_error_event(tmp_path, client):
     with ApiServer(tmp_path / "data", answerer=SlowAnswerer(0, fail_after=5)) as api:
         uid = insert_study(api.index, findings_dict("bleed"))
