@@ -16,10 +16,11 @@ Prints the load time, per-stage latency and peak GPU memory of each stage (the
 second run: the first warms the CUDA kernels up), and MedGemma's tokens per second
 for the reading and the report. Random weights never stop early, so every generation
 runs to its token limit (a real reply stops at its end of turn): the figures are an
-upper bound for the generation part. Needs a CUDA GPU; not run by CI.
+upper bound for the generation part. Needs a CUDA GPU by default; CI runs it only as
+below, with --size tiny on the CPU (tests/test_bench_gpu_pipeline.py).
 
 ``--device cpu`` runs the same code on the CPU (peak memory is then the process's
-maximum resident set), e.g. ``--size full --slices 40 --slice-cap 2 --reading-tokens 8``
+maximum resident set), e.g. ``--size full --slices 20 --slice-cap 2 --reading-tokens 16 --report-tokens 16``
 as a CPU reference of the full-size architectures; ``--size tiny`` uses the tests' tiny
 models instead, so that the test suite can check this script still runs.
 """
