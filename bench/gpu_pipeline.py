@@ -10,7 +10,8 @@ text towers at 448 px) from their configurations with random weights, a random
 ResNet34 U-Net checkpoint, saves them like the real ones and loads them through the
 pipeline's own loading code (4-bit NF4 by default), then runs a 300-slice 512x512
 phantom series through run_series. No weights are downloaded: the tokenizer is the
-byte-fallback one of tests/tiny_models.py padded to the real vocabulary size.
+byte-fallback one of tests/tiny_models.py with the prompts' words as single tokens (so
+prompts are about as long as with the real tokenizer), padded to the real vocabulary size.
 
 Prints the load time, per-stage latency and peak GPU memory of each stage (the
 second run: the first warms the CUDA kernels up), and MedGemma's tokens per second
@@ -34,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
@@ -44,8 +46,9 @@ GEMMA_VOCAB = 262_208
 SIGLIP_VOCAB = 32_000
 
 
-def padded_tokenizer(size: int, **kwargs):
-    """The tests' byte-fallback tokenizer with filler tokens up to the real vocabulary size."""
+def padded_tokenizer(size: int, words: Sequence[str] = (), **kwargs):
+    """The tests' byte-fallback tokenizer, with one token (and BPE merges) for each of
+    ``words``, and filler tokens up to the real vocabulary size."""
     from transformers import GemmaTokenizer
 
     import tiny_models
@@ -53,15 +56,45 @@ def padded_tokenizer(size: int, **kwargs):
     vocab = {tok: i for i, tok in enumerate(tiny_models.SPECIAL + tiny_models.BYTE_TOKENS)}
     for ch in tiny_models.CHARS:
         vocab.setdefault(ch, len(vocab))
+    merges: list[tuple[str, str]] = []
+    for word in words:  # each prefix merged with the next character: the word becomes one token
+        for end in range(2, len(word) + 1):
+            if word[:end] not in vocab:
+                vocab[word[:end]] = len(vocab)
+                merges.append((word[:end - 1], word[end - 1]))
     for i in range(len(vocab), size):
         vocab[f"<unused{i}>"] = i
-    return GemmaTokenizer(vocab=vocab, merges=[], **kwargs)
+    return GemmaTokenizer(vocab=vocab, merges=merges, **kwargs)
 
 
-def gemma_tokenizer():
+def prompt_words(paths: Sequence[Path]) -> list[str]:
+    """The words MedGemma's prompts are made of: those of the modules that write the
+    prompts, and of the embedded pipeline's report and facts on this series. As single
+    tokens (the real Gemma tokenizer has 262k), prompts count about as many tokens as with
+    the real tokenizer; numbers and punctuation stay one token a character (Gemma splits
+    digits too)."""
+    import json
+    import re
+
+    from pipeline import PipelineSettings, run_series
+    from pipeline.backends import medgemma_answering, medgemma_reading, medgemma_report
+
+    findings = run_series(list(paths), PipelineSettings())
+    texts = [Path(m.__file__).read_text() for m in (medgemma_reading, medgemma_report,
+                                                     medgemma_answering)]
+    texts += [findings.report, json.dumps(medgemma_report.report_facts(findings), default=str)]
+    found = sorted({w for text in texts for w in re.findall(r"[A-Za-z]+", text)})
+    # After a space (SentencePiece's mark) first: those merges all start at a word's
+    # beginning and outrank the rest, so such words always become one token. Bare words
+    # (in JSON keys, after punctuation) follow; their merges can pre-empt one another,
+    # which leaves some of them in two or three pieces.
+    return [f"\u2581{w}" for w in found] + found
+
+
+def gemma_tokenizer(words: Sequence[str] = ()):
     import tiny_models
 
-    tok = padded_tokenizer(GEMMA_VOCAB, extra_special_tokens={
+    tok = padded_tokenizer(GEMMA_VOCAB, words, extra_special_tokens={
         "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"})
     tok.chat_template = tiny_models.CHAT_TEMPLATE
     return tok
@@ -98,13 +131,13 @@ def medsiglip_448_config():
                            num_attention_heads=16, image_size=448, patch_size=14))
 
 
-def build_medgemma_4b(out: Path, device: str) -> None:
+def build_medgemma_4b(out: Path, device: str, words: Sequence[str]) -> None:
     import torch
     from transformers import Gemma3ForConditionalGeneration, Gemma3ImageProcessor, Gemma3Processor
 
     import tiny_models
 
-    tok = gemma_tokenizer()
+    tok = gemma_tokenizer(words)
     processor = Gemma3Processor(image_processor=Gemma3ImageProcessor(size={"height": 896, "width": 896}),
                                 tokenizer=tok, chat_template=tiny_models.CHAT_TEMPLATE, image_seq_length=256)
     ids = tok.convert_tokens_to_ids
@@ -140,13 +173,13 @@ def build_medsiglip_448(out: Path, device: str) -> None:
     release_memory()
 
 
-def build_models(work: Path, size: str, device: str) -> None:
+def build_models(work: Path, size: str, device: str, paths: Sequence[Path]) -> None:
     """The three models in work/ (kept there: a second run with the same --workdir reuses them)."""
     import tiny_models
 
     if not (work / "medgemma" / "config.json").exists():
         if size == "full":
-            build_medgemma_4b(work / "medgemma", device)
+            build_medgemma_4b(work / "medgemma", device, prompt_words(paths))
         else:
             tiny_models.build_medgemma(work / "medgemma")
     if not (work / "medsiglip" / "config.json").exists():
@@ -215,12 +248,12 @@ def main() -> None:
     from pipeline.models.medgemma import MedGemma
 
     t0 = time.perf_counter()
-    build_models(work, args.size, args.device)
     series_dir = work / f"series-{args.slices}"
     if not series_dir.exists():
         write_series(PhantomSpec(slices=args.slices, slice_spacing=300.0 / args.slices, blood="large",
                                  blush=True), series_dir)
     paths = sorted(series_dir.glob("*.dcm"))
+    build_models(work, args.size, args.device, paths)
     print(f"built {args.size}-size models and a {len(paths)}-slice series in "
           f"{time.perf_counter() - t0:.1f} s ({work})", flush=True)
 

@@ -44,6 +44,25 @@ def test_the_full_size_configurations_have_the_published_sizes():
     assert 0.85e9 < siglip < 0.92e9, siglip
 
 
+def test_the_benchmark_tokenizer_makes_the_prompt_words_single_tokens(phantom_factory):
+    """So that the prompts of the random-weight MedGemma are about as long as real ones."""
+    from pipeline import PipelineSettings, run_series
+    from pipeline.backends.medgemma_report import MedGemmaReport
+
+    bench = load_bench()
+    truth = phantom_factory("bench-tokenizer", slices=20, rows=96, cols=96, pixel_spacing=(4.2, 4.2),
+                            slice_spacing=5.0, blood="large", blush=True)
+    tok = bench.gemma_tokenizer(bench.prompt_words(truth.paths))
+    assert len(tok) == bench.GEMMA_VOCAB
+    assert tok.tokenize("Use only the facts given") == ["Use", "\u2581only", "\u2581the", "\u2581facts",
+                                                          "\u2581given"]
+    messages = MedGemmaReport(PipelineSettings()).messages(run_series(truth.paths, PipelineSettings()))
+    prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    tokens = len(tok(prompt)["input_ids"])
+    plain = len(bench.gemma_tokenizer()(prompt)["input_ids"])  # one token a character
+    assert tokens < 0.6 * plain, (tokens, plain)
+
+
 def test_the_benchmark_runs_every_model_stage_on_the_cpu_with_the_tiny_models(tmp_path):
     out = tmp_path / "figures.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
