@@ -148,6 +148,25 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate_triage(args: argparse.Namespace) -> int:
+    from .calibrate import LabelsError, run
+
+    from pipeline import VolumeError
+    from pipeline.models import ModelUnavailable
+
+    settings = _settings(args)
+    try:
+        status, text = run(settings.pipeline, Path(args.labels), args.json)
+    except (LabelsError, VolumeError) as exc:
+        print(f"calibrate-triage: {exc}", file=sys.stderr)
+        return 2
+    except (ModelUnavailable, ValueError) as exc:
+        print(f"calibrate-triage: {exc}", file=sys.stderr)
+        return 1
+    print(text, file=sys.stdout if status == 0 else sys.stderr)
+    return status
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="trauma-node", description=(
         "DICOM node for abdominal trauma CT: receives CT series, analyses them, sends DICOM "
@@ -199,6 +218,13 @@ def parser() -> argparse.ArgumentParser:
     analyze.add_argument("dir")
     analyze.add_argument("--out", required=True, help="folder for findings.json and outputs")
     analyze.set_defaults(func=cmd_analyze)
+
+    calibrate = with_config(sub.add_parser(
+        "calibrate-triage", help="fit the MedSigLIP triage calibration on labelled slices"))
+    calibrate.add_argument("labels", help="CSV with the columns path, label (1 abnormal, 0 normal) "
+                                          "and, for multi-frame files, frame")
+    calibrate.add_argument("--json", action="store_true", help="print the figures as JSON")
+    calibrate.set_defaults(func=cmd_calibrate_triage)
     return p
 
 

@@ -138,7 +138,8 @@ class MedSiglipSettings:
     # score = sigmoid(scale * (abnormal - normal) + bias), the two class logits
     # each the log-mean-exp of their candidates: Platt scaling. With the
     # defaults 0.5 means "scores the abnormal texts above the normal ones";
-    # fit scale and bias on labelled slices to make the score a probability.
+    # fit scale and bias on labelled slices to make the score a probability
+    # (`trauma-node calibrate-triage LABELS.csv` prints them).
     calibration_scale: float = 1.0
     calibration_bias: float = 0.0
     # Slices scoring at least this go on to reading (at most triage.max_slices,

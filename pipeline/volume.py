@@ -141,6 +141,17 @@ def load_volume(paths: Sequence[Path | str], min_slices: int = 2,
     )
 
 
+def read_hu(path: Path | str) -> np.ndarray:
+    """Every frame of one file in HU, (frames, rows, cols) int16, in file order: for
+    slices taken one at a time rather than as a series (labelled slices, say)."""
+    path = Path(path)
+    headers = list(_frame_headers(path, _read_header(path)))
+    rows, cols = headers[0].size
+    hu = np.empty((len(headers), rows, cols), dtype=np.int16)
+    _fill_pixels(hu, headers)
+    return hu
+
+
 def _read_header(path: Path) -> Dataset:
     try:
         return pydicom.dcmread(path, stop_before_pixels=True)

@@ -34,10 +34,20 @@ def log_mean_exp(logits: np.ndarray) -> np.ndarray:
     return (top + np.log(np.mean(np.exp(logits - top), axis=1, keepdims=True)))[:, 0]
 
 
+def margins(logits: np.ndarray, abnormal: int) -> np.ndarray:
+    """Per slice, how much better it matches the abnormal texts (the first ``abnormal``
+    columns of the (slices, texts) logits) than the normal ones."""
+    return log_mean_exp(logits[:, :abnormal]) - log_mean_exp(logits[:, abnormal:])
+
+
+def platt(margin: np.ndarray, scale: float, bias: float) -> np.ndarray:
+    """sigmoid(scale x margin + bias), written with tanh so that no exp overflows."""
+    return 0.5 * (1.0 + np.tanh((scale * np.asarray(margin, dtype=float) + bias) / 2.0))
+
+
 def calibrated_scores(logits: np.ndarray, abnormal: int, scale: float, bias: float) -> np.ndarray:
     """Scores in (0, 1) from (slices, texts) logits whose first ``abnormal`` columns are abnormal."""
-    margin = log_mean_exp(logits[:, :abnormal]) - log_mean_exp(logits[:, abnormal:])
-    return 1.0 / (1.0 + np.exp(-(scale * margin + bias)))
+    return platt(margins(logits, abnormal), scale, bias)
 
 
 class MedSiglipTriage:
@@ -48,21 +58,29 @@ class MedSiglipTriage:
     def __init__(self, settings: PipelineSettings) -> None:
         self.settings = settings
 
-    def run(self, context: StageContext) -> TriageResult:
+    def logits(self, hu: np.ndarray, notes: list[str]) -> np.ndarray:
+        """(slices, texts) logits of every slice of hu against the abnormal, then the normal texts."""
         from pipeline.models.medsiglip import medsiglip
 
         models = self.settings.models
         s = models.medsiglip
         model = medsiglip(models)
-        hu = context.volume.hu
         texts = s.abnormal_texts + s.normal_texts
 
         def score(chunk: list[int]) -> np.ndarray:  # windowed RGB made one batch at a time
             images = [slice_rgb(hu, k, models.window_center, models.window_width) for k in chunk]
             return model.image_text_logits(images, texts, len(chunk))
 
-        logits = np.concatenate(in_batches(list(range(hu.shape[0])), s.batch_size, score, context.notes,
-                                           "triage"), axis=0)
+        return np.concatenate(in_batches(list(range(hu.shape[0])), s.batch_size, score, notes,
+                                         "triage"), axis=0)
+
+    def run(self, context: StageContext) -> TriageResult:
+        from pipeline.models.medsiglip import medsiglip
+
+        models = self.settings.models
+        s = models.medsiglip
+        model = medsiglip(models)
+        logits = self.logits(context.volume.hu, context.notes)
         scores = calibrated_scores(logits, len(s.abnormal_texts), s.calibration_scale, s.calibration_bias)
         chosen = choose_slices(scores, s.threshold, self.settings.triage.max_slices)
         method = (f"{self.description}: {model.describe()}; score = sigmoid({s.calibration_scale:g} x "
