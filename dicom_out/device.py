@@ -18,8 +18,19 @@ RESEARCH_USE = "RESEARCH USE ONLY"
 DEVICE_SERIAL_NUMBER = "not-applicable"  # software, no serial number; highdicom requires a value
 LO_MAX = 64  # Long String (LO) limit: SeriesDescription, ContentDescription, names
 ST_MAX = 1024  # Short Text (ST) limit: SegmentDescription
-SEG_SERIES_NUMBER_BASE = 9100  # + series version: SEG and SR series sort apart and after the source
-SR_SERIES_NUMBER_BASE = 9200
+OUTPUT_SERIES_NUMBER_BASE = 9000  # high, so that the results sort after the source series
+
+
+def output_series_number(modality: str, series_version: int) -> int:
+    """SeriesNumber of the SEG or SR of one version: 9001/9002 for version 1, 9003/9004 for 2.
+
+    SEG odd and SR even, so that the two never share a number whatever the version,
+    and each version's pair sorts after the one before it.
+    """
+    if series_version < 1:
+        raise ValueError(f"series_version must be 1 or more, not {series_version}")
+    offset = {"SEG": 1, "SR": 0}[modality]
+    return OUTPUT_SERIES_NUMBER_BASE + 2 * series_version - offset
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from pydicom.dataset import Dataset
 from pydicom.valuerep import format_number_as_ds
 
 from dicom_out import codes, uids
-from dicom_out.device import (DEVICE_SERIAL_NUMBER, MANUFACTURER, SEG_SERIES_NUMBER_BASE,
-                              Algorithm, series_description, short_text)
+from dicom_out.device import (DEVICE_SERIAL_NUMBER, MANUFACTURER, Algorithm,
+                              output_series_number, series_description, short_text)
 from dicom_out.segments import Segment, planned_segments
 from dicom_out.source import SourceImages, source_images
 from pipeline.findings import Findings
@@ -54,7 +54,7 @@ def build_seg(findings: Findings, source_datasets: Sequence[Dataset], *, series_
         segment_descriptions=[_description(s, algorithm, series_uid, series_version)
                               for s in segments],
         series_instance_uid=uids.output_uid(series_uid, series_version, uids.SEG_SERIES),
-        series_number=SEG_SERIES_NUMBER_BASE + series_version,
+        series_number=output_series_number("SEG", series_version),
         sop_instance_uid=uids.output_uid(series_uid, series_version, uids.SEG_INSTANCE),
         instance_number=1,
         manufacturer=MANUFACTURER,

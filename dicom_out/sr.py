@@ -29,7 +29,8 @@ from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
 from dicom_out import codes, sr_text, uids
-from dicom_out.device import MANUFACTURER, SR_SERIES_NUMBER_BASE, Algorithm, series_description
+from dicom_out.device import (MANUFACTURER, Algorithm, output_series_number,
+                              series_description)
 from dicom_out.image_library import fill_image_library, library_header
 from dicom_out.segments import Segment, planned_segments
 from dicom_out.source import source_images
@@ -87,7 +88,7 @@ def build_sr(findings: Findings, source_datasets: Sequence[Dataset], seg: Datase
         evidence=[*source.datasets, *([seg] if seg is not None else [])],
         content=content,
         series_instance_uid=uids.output_uid(report.series_uid, series_version, uids.SR_SERIES),
-        series_number=SR_SERIES_NUMBER_BASE + series_version,
+        series_number=output_series_number("SR", series_version),
         sop_instance_uid=uids.output_uid(report.series_uid, series_version, uids.SR_INSTANCE),
         instance_number=1,
         manufacturer=MANUFACTURER,

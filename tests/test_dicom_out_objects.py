@@ -24,6 +24,7 @@ from pydicom.sr.codedict import codes
 
 import dicom_out.seg
 from dicom_out import build_outputs, build_seg, build_sr
+from dicom_out.device import output_series_number
 from dicom_out.source import source_images
 from pipeline import PipelineSettings, run_series
 from pipeline.findings import Findings
@@ -381,6 +382,18 @@ def test_uids_are_stable_per_series_version(bleed):
               version_2.sr.SeriesInstanceUID, version_2.sr.SOPInstanceUID}
     assert len(uids_1) == len(uids_2) == 4 and not uids_1 & uids_2
     assert all(uid.startswith("2.25.") for uid in uids_1)
+    numbers = [int(o.SeriesNumber) for o in (first_seg, first_sr, version_2.seg, version_2.sr)]
+    assert numbers == sorted(set(numbers))  # distinct, and version 2 sorts after version 1
+
+
+def test_seg_and_sr_series_numbers_never_collide_across_versions():
+    numbers = [output_series_number(kind, version)
+               for version in range(1, 1001) for kind in ("SEG", "SR")]
+    assert len(set(numbers)) == len(numbers)
+    assert numbers == sorted(numbers)  # each version's pair after the version before
+    assert min(numbers) > 9000  # after the scanner's own series
+    with pytest.raises(ValueError):
+        output_series_number("SEG", 0)
 
 
 def test_without_label_volume_the_sr_stands_alone(bleed, tmp_path):
