@@ -74,11 +74,13 @@ def add_answer(index: Index, study_pk: int, question_id: int, text: str, state: 
 
 def history(index: Index, study_pk: int, before_id: int | None = None,
             turns: int = HISTORY_TURNS) -> list[Turn]:
-    """The last answered turns of a study, oldest first (failed answers left out)."""
+    """The last answered turns of a study, oldest first (failed answers left out);
+    with before_id, only the turns whose question was asked before that question
+    (their answers may have been stored after it)."""
     with index.session() as session:
         query = select(QaMessage).where(QaMessage.study_id == study_pk)
         if before_id is not None:
-            query = query.where(QaMessage.id < before_id)
+            query = query.where(func.coalesce(QaMessage.question_id, QaMessage.id) < before_id)
         rows = session.execute(query.order_by(QaMessage.id)).scalars().all()
     questions = {r.id: r for r in rows if r.role == "question"}
     out = [Turn(questions[r.question_id].text, r.text) for r in rows

@@ -31,7 +31,7 @@ from . import __version__, conversations, outbox, status, study_findings
 from .auth import BearerAuth, resolve_tokens
 from .config import Settings
 from .index import Index
-from .qa import AnswerStream, OpenAnswers
+from .qa import AnswerOrder, AnswerStream, OpenAnswers
 
 log = logging.getLogger("trauma_node.http")
 
@@ -109,6 +109,7 @@ def create_app(settings: Settings, index: Index, answerer: Answerer | None = Non
     answerer = answerer or create_answerer(settings.pipeline)
     retention_days = settings.api.conversation_retention_days
     open_answers = OpenAnswers()
+    answer_order = AnswerOrder()
 
     async def purge_once() -> None:
         try:
@@ -266,17 +267,18 @@ def create_app(settings: Settings, index: Index, answerer: Answerer | None = Non
                           found.job_id, type(exc).__name__)
                 raise HTTPException(500, f"the Findings of job {found.job_id} cannot be read "
                                          f"({type(exc).__name__}: {exc})") from None
-            history = conversations.history(index, pk)
             images = (study_findings.chosen_images(index, settings.spool_dir, found.findings)
                       if getattr(app.state.answerer, "uses_images", False) else [])
-            question_id = conversations.add_question(index, pk, body.question,
-                                                     body.hemodynamic_status)
-            return pk, found, Question(body.question, record, history,
-                                       body.hemodynamic_status, images), question_id
+            question_id = answer_order.ask(pk, lambda: conversations.add_question(
+                index, pk, body.question, body.hemodynamic_status))
+            # The history is read when the question's turn comes (AnswerOrder).
+            return pk, found, Question(body.question, record, (), body.hemodynamic_status,
+                                       images), question_id
 
         pk, found, question, question_id = await anyio.to_thread.run_sync(prepare)
         stream = AnswerStream(index, app.state.answerer, question, study_uid, pk, question_id,
-                              found.job_id, open_answers=open_answers)
+                              found.job_id, open_answers=open_answers, order=answer_order)
+        stream.start()
         return StreamingResponse(stream.events(), media_type="text/event-stream", headers={
             "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 

@@ -20,13 +20,16 @@ stored text too). Questions and answers are never logged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import heapq
 import json
 import logging
 import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Callable, Iterator
 
 from pipeline.answering import Answerer, Question
 
@@ -59,6 +62,10 @@ def sse_comment(text: str) -> bytes:
 def normalise(text: str) -> str:
     """What SSE can carry: CRLF and lone CR as LF."""
     return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+class _Cancelled(Exception):
+    """The answer was cancelled before it began."""
 
 
 @dataclass
@@ -100,21 +107,79 @@ class OpenAnswers:
         return left
 
 
+class AnswerOrder:
+    """One answer at a time per study, in the order the questions were asked.
+
+    A follow-up asked while the answer before it is still streaming waits for that
+    answer to be stored, and then gets it as context, as in a conversation. Studies
+    do not wait for one another. Only the questions of this process take part: a
+    question left unanswered by a crash never holds up later ones.
+    """
+
+    WAIT_POLL_S = 0.25  # how often a waiting answer checks whether it was cancelled
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._waiting: dict[int, list[int]] = {}  # study pk -> question ids (a heap)
+
+    def ask(self, study_pk: int, store_question: Callable[[], int]) -> int:
+        """Store a question (store_question returns its id) and take its place in line.
+        Both under one lock, so that the places follow the ids."""
+        with self._changed:
+            question_id = store_question()
+            heapq.heappush(self._waiting.setdefault(study_pk, []), question_id)
+            return question_id
+
+    @contextlib.contextmanager
+    def turn(self, study_pk: int, question_id: int, cancel: threading.Event) -> Iterator[bool]:
+        """Wait until the earlier questions of the study are answered; yields False
+        when cancelled while waiting. Gives the place up on leaving."""
+        try:
+            with self._changed:
+                while self._waiting[study_pk][0] != question_id and not cancel.is_set():
+                    self._changed.wait(self.WAIT_POLL_S)
+            yield not cancel.is_set()
+        finally:
+            with self._changed:
+                line = self._waiting[study_pk]
+                line.remove(question_id)
+                heapq.heapify(line)
+                if not line:
+                    del self._waiting[study_pk]
+                self._changed.notify_all()
+
+
 class AnswerStream:
-    """Runs one answer in a thread and yields its SSE events."""
+    """Runs one answer in a thread and yields its SSE events.
+
+    The question's history is read when its turn comes (see AnswerOrder), so that it
+    includes every answer stored before it."""
 
     def __init__(self, index: Index, answerer: Answerer, question: Question, study_uid: str,
                  study_pk: int, question_id: int, job_id: int | None,
-                 keepalive_s: float = KEEPALIVE_S, open_answers: OpenAnswers | None = None):
+                 keepalive_s: float = KEEPALIVE_S, open_answers: OpenAnswers | None = None,
+                 order: AnswerOrder | None = None):
         self.index, self.answerer, self.question = index, answerer, question
         self.study_uid, self.study_pk, self.question_id, self.job_id = (
             study_uid, study_pk, question_id, job_id)
         self.keepalive_s = keepalive_s
         self.open_answers = open_answers or OpenAnswers()
+        self.order = order
         self.cancel = threading.Event()
         self.timing = Timing()
         self._queue: asyncio.Queue[tuple[str, Any]] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        """Start answering now, from the event loop, whether or not the response is
+        ever read: the answer is stored and the question's place in line given up
+        even when the client is gone before the stream begins."""
+        self._loop = asyncio.get_running_loop()
+        self._queue = asyncio.Queue()
+        thread = threading.Thread(target=self._produce, name=f"answer-{self.question_id}",
+                                  daemon=True)
+        self.open_answers.add(thread, self.cancel)
+        thread.start()
 
     def _put(self, item: tuple[str, Any]) -> None:
         try:
@@ -124,16 +189,24 @@ class AnswerStream:
 
     def _produce(self) -> None:
         try:
-            self._answer_and_store()
+            if self.order is None:
+                self._answer_and_store()
+            else:
+                with self.order.turn(self.study_pk, self.question_id, self.cancel) as my_turn:
+                    self._answer_and_store(my_turn)
         finally:
             self.open_answers.discard(threading.current_thread())
 
-    def _answer_and_store(self) -> None:
+    def _answer_and_store(self, answer: bool = True) -> None:
         parts: list[str] = []
         state, error = conversations.MessageState.COMPLETE.value, None
         pieces: Iterator[str] | None = None
         try:
-            pieces = iter(self.answerer.answer(self.question))
+            if not answer:  # cancelled while an earlier question was being answered
+                raise _Cancelled
+            history = conversations.history(self.index, self.study_pk, before_id=self.question_id)
+            question = dataclasses.replace(self.question, history=history)
+            pieces = iter(self.answerer.answer(question))
             for piece in pieces:
                 if self.cancel.is_set():
                     state = conversations.MessageState.INTERRUPTED.value
@@ -145,6 +218,8 @@ class AnswerStream:
                     self.timing.first_piece_s = time.perf_counter() - self.timing.started
                 parts.append(piece)
                 self._put(("token", piece))
+        except _Cancelled:
+            state = conversations.MessageState.INTERRUPTED.value
         except Exception as exc:  # noqa: BLE001 - reported to the client, stored as failed
             state, error = conversations.MessageState.FAILED.value, type(exc).__name__
             log.warning("study %s: answerer %s failed on question %d: %s", self.study_uid,
@@ -177,17 +252,14 @@ class AnswerStream:
             self._put(("done", payload))
 
     async def events(self) -> AsyncIterator[bytes]:
-        self._loop = asyncio.get_running_loop()
-        self._queue = asyncio.Queue()
-        thread = threading.Thread(target=self._produce, name=f"answer-{self.question_id}",
-                                  daemon=True)
+        """The SSE events of the answer; start() must have been called."""
+        if self._queue is None:
+            raise RuntimeError("AnswerStream.start() was not called")
         try:
             yield sse_event(json.dumps({"question_id": self.question_id,
                                         "study_uid": self.study_uid,
                                         "answerer": self.answerer.name, "job_id": self.job_id}),
                             event="start")
-            self.open_answers.add(thread, self.cancel)
-            thread.start()
             while True:
                 try:
                     item = await asyncio.wait_for(self._queue.get(), self.keepalive_s)

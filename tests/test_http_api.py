@@ -285,6 +285,71 @@ def test_concurrent_questions_on_two_studies(tmp_path):
                 assert messages["messages"][1]["id"] == results[uid][1]["message_id"]
 
 
+def test_a_follow_up_asked_during_an_answer_waits_for_it_and_gets_it_as_context(tmp_path):
+    slow = SlowAnswerer(0.02)
+    with ApiServer(tmp_path / "data", answerer=slow) as api:
+        uid = insert_study(api.index, findings_dict("bleed"))
+        first_token, results = threading.Event(), {}
+
+        def first() -> None:
+            with httpx.Client(timeout=30) as c, c.stream(
+                    "POST", f"{api.url}/studies/{uid}/questions", headers=AUTH,
+                    json={"question": "Is the liver injured?"}) as response:
+                events = []
+                for event in sse_events(response.iter_raw()):
+                    events.append(event)
+                    first_token.set()
+                results["first"] = "".join(e.data for e in events if e.event == "token")
+
+        asker = threading.Thread(target=first)
+        asker.start()
+        assert first_token.wait(10)
+        with httpx.Client(timeout=30) as c:
+            follow, done, _ = ask(c, api.url, uid, "What grade?")
+        asker.join(30)
+        assert results["first"].startswith("Liver:")
+        assert follow.startswith("(Following on from your earlier question about the liver.)")
+        (_, s1, e1), (_, s2, e2) = slow.intervals
+        assert e1 <= s2  # one answer at a time on one study, in the order asked
+        with httpx.Client() as c:
+            messages = c.get(f"{api.url}/studies/{uid}/conversation", headers=AUTH).json()["messages"]
+        questions = [m for m in messages if m["role"] == "question"]
+        answers = {m["question_id"]: m for m in messages if m["role"] == "answer"}
+        assert [answers[q["id"]]["text"] for q in questions] == [results["first"], follow]
+        assert all(a["state"] == "complete" for a in answers.values())
+
+
+def test_a_question_given_up_while_waiting_does_not_hold_up_the_next(tmp_path, client):
+    slow = SlowAnswerer(0.02)
+    with ApiServer(tmp_path / "data", answerer=slow) as api:
+        uid = insert_study(api.index, findings_dict("bleed"))
+        first_token = threading.Event()
+
+        def first() -> None:
+            with httpx.Client(timeout=30) as c, c.stream(
+                    "POST", f"{api.url}/studies/{uid}/questions", headers=AUTH,
+                    json={"question": "Show me the report"}) as response:
+                for event in sse_events(response.iter_raw()):
+                    first_token.set()
+
+        asker = threading.Thread(target=first)
+        asker.start()
+        assert first_token.wait(10)
+        # The second asker reads only the start event and goes away while it waits.
+        with client.stream("POST", f"{api.url}/studies/{uid}/questions", headers=AUTH,
+                           json={"question": "Is the spleen injured?"}) as response:
+            assert next(sse_events(response.iter_raw())).event == "start"
+        third, done, _ = ask(client, api.url, uid, "Is the liver injured?")
+        asker.join(30)
+        assert third.startswith("Liver:") and done["state"] == "complete"
+        messages = client.get(f"{api.url}/studies/{uid}/conversation", headers=AUTH).json()["messages"]
+        by_question = {m["question_id"]: m for m in messages if m["role"] == "answer"}
+        spleen = next(m for m in messages if m["text"] == "Is the spleen injured?")
+        assert by_question[spleen["id"]]["state"] == "interrupted"
+        assert by_question[spleen["id"]]["text"] == ""
+        assert len(slow.intervals) == 2  # the given-up question never reached the answerer
+
+
 def test_a_client_that_goes_away_interrupts_the_answer(tmp_path, client):
     slow = SlowAnswerer(0.05)
     with ApiServer(tmp_path / "data", answerer=slow) as api:
