@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from typing import Any
+from typing import Any, Collection
 
 from sqlalchemy import DateTime, ForeignKey, Integer, String, Text, delete, func, or_, select
 from sqlalchemy.orm import Mapped, mapped_column
@@ -111,11 +111,12 @@ def messages(index: Index, study_pk: int) -> list[dict[str, Any]]:
         return [as_dict(r) for r in rows]
 
 
-def counts(index: Index) -> dict[int, int]:
-    """Questions asked per study (primary key)."""
+def counts(index: Index, study_pks: Collection[int]) -> dict[int, int]:
+    """Questions asked per study (primary key), for the studies given."""
     with index.session() as session:
         return dict(session.execute(
-            select(QaMessage.study_id, func.count()).where(QaMessage.role == "question")
+            select(QaMessage.study_id, func.count())
+            .where(QaMessage.role == "question", QaMessage.study_id.in_(list(study_pks)))
             .group_by(QaMessage.study_id)).all())
 
 

@@ -199,7 +199,8 @@ def create_app(settings: Settings, index: Index, answerer: Answerer | None = Non
         page = status.Page(limit, offset)
         response.headers["X-Total-Count"] = str(status.study_count(index))
         if summary:
-            return study_findings.studies_overview(index, conversations.counts(index), page)
+            return study_findings.studies_overview(
+                index, page, lambda pks: conversations.counts(index, pks))
         return status.studies(index, page)
 
     @app.get("/studies/{study_uid}", tags=["studies"], dependencies=[auth])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import select
 from sqlalchemy.orm import defer, selectinload
@@ -112,15 +112,17 @@ def summary(findings: dict[str, Any] | None) -> dict[str, Any] | None:
             "recommendation": (findings.get("recommendation") or {}).get("summary")}
 
 
-def studies_overview(index: Index, question_counts: dict[int, int] | None = None,
-                     page: Page = ALL) -> list[dict[str, Any]]:
+def studies_overview(index: Index, page: Page = ALL,
+                     question_counts: Callable[[list[int]], dict[int, int]] | None = None
+                     ) -> list[dict[str, Any]]:
     """The studies of the page with their state and a summary of their Findings
-    (results loaded only for the jobs that hold them)."""
-    question_counts = question_counts or {}
+    (results loaded only for the jobs that hold them); question_counts gives the
+    questions asked of the page's studies (by primary key)."""
     with index.session() as session:
         studies = session.execute(page.apply(select(Study)).options(
             selectinload(Study.series).selectinload(Series.jobs).options(defer(Job.result)))
         ).scalars().all()
+        asked = question_counts([s.id for s in studies]) if question_counts else {}
         out = []
         for study in studies:
             done = [j for s in study.series for j in s.jobs
@@ -139,7 +141,7 @@ def studies_overview(index: Index, question_counts: dict[int, int] | None = None
                 "state": study_state(list(study.series), found is not None),
                 "series": len(study.series),
                 "findings": summary(found[1]) if found else None,
-                "questions": question_counts.get(study.id, 0),
+                "questions": asked.get(study.id, 0),
             })
         return out
 

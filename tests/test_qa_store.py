@@ -39,7 +39,15 @@ def test_turns_are_stored_in_order_and_failed_answers_are_not_context(tmp_path):
     assert messages[1] | {"created_at": None} == {
         "id": a1, "role": "answer", "text": "one", "created_at": None, "question_id": q1,
         "state": "complete", "answerer": "grounded", "job_id": 1}
-    assert conversations.counts(index) == {pk: 3}
+    assert conversations.counts(index, [pk]) == {pk: 3}
+    assert conversations.counts(index, [pk + 1]) == {}  # only the studies asked for
+    # A question asked while the one before it was being answered: that answer is
+    # stored after it, and is still its context.
+    q4 = conversations.add_question(index, pk, "fourth?")
+    q5 = conversations.add_question(index, pk, "fifth?")
+    conversations.add_answer(index, pk, q4, "four", "complete", "grounded", 1)
+    assert [t.question for t in conversations.history(index, pk, before_id=q5)] == [
+        "first?", "third?", "fourth?"]
     index.close()
 
 
