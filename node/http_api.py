@@ -20,14 +20,14 @@ import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.answering import Answerer, Question, create_answerer
 from pipeline.findings import Findings
 
-from . import __version__, conversations, outbox, status, study_findings
+from . import __version__, conversations, metrics, outbox, status, study_findings
 from .auth import BearerAuth, resolve_tokens
 from .config import Settings
 from .index import Index
@@ -94,9 +94,11 @@ def _validation_message(errors: list[dict[str, Any]]) -> str:
 
 
 def create_app(settings: Settings, index: Index, answerer: Answerer | None = None,
-               tokens: list[str] | None = None) -> FastAPI:
+               tokens: list[str] | None = None,
+               live: metrics.LiveFigures | None = None) -> FastAPI:
     """The API. answerer: None builds the one chosen in the pipeline settings;
-    tokens: None resolves them from the settings (generating one at first start)."""
+    tokens: None resolves them from the settings (generating one at first start);
+    live: what the serving process counts, for /metrics (None: database figures only)."""
     if tokens is None:
         resolved = resolve_tokens(settings)
         tokens = resolved.tokens
@@ -181,6 +183,16 @@ def create_app(settings: Settings, index: Index, answerer: Answerer | None = Non
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/metrics", tags=["health"], dependencies=[auth], response_class=PlainTextResponse,
+             responses={200: {"description": "Prometheus text exposition format 0.0.4",
+                              "content": {metrics.CONTENT_TYPE: {"schema": {"type": "string"}}}}})
+    def prometheus_metrics() -> PlainTextResponse:
+        """Prometheus metrics: DICOM associations and C-STORE outcomes since start-up;
+        series, jobs, deliveries and questions by state; queue and delivery ages; recent
+        job durations; spool free space. No patient data or UIDs."""
+        return PlainTextResponse(metrics.render(index, settings, live, len(open_answers)),
+                                 media_type=metrics.CONTENT_TYPE)
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=[auth])
     def openapi() -> JSONResponse:

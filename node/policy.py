@@ -28,7 +28,8 @@ class Rejection:
     result: int
     source: int
     diagnostic: int
-    reason: str
+    reason: str  # for the log: says who and what
+    code: str  # for the metrics: one of node.metrics.REJECTION_REASONS
 
 
 @dataclass(frozen=True)
@@ -67,13 +68,16 @@ class AssociationPolicy:
         called_ae, calling_ae = called_ae.strip(), calling_ae.strip()
         if called_ae != self.ae_title:
             return Rejection(PERMANENT, SERVICE_USER, CALLED_AE_NOT_RECOGNIZED,
-                             f"called AE title {called_ae!r} is not ours ({self.ae_title!r})")
+                             f"called AE title {called_ae!r} is not ours ({self.ae_title!r})",
+                             "called_ae")
         if self.peers and not self._allowed(calling_ae, host):
             return Rejection(PERMANENT, SERVICE_USER, CALLING_AE_NOT_RECOGNIZED,
-                             f"calling AE {calling_ae!r} from {host} is not an allowed peer")
+                             f"calling AE {calling_ae!r} from {host} is not an allowed peer",
+                             "calling_ae")
         if self.disk_low():
             return Rejection(TRANSIENT, SERVICE_PROVIDER_PRESENTATION, TEMPORARY_CONGESTION,
-                             f"free disk below the floor of {self.min_free_bytes // 2**20} MB")
+                             f"free disk below the floor of {self.min_free_bytes // 2**20} MB",
+                             "disk_low")
         return None
 
     def _allowed(self, calling_ae: str, host: str) -> bool:

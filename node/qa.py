@@ -91,6 +91,10 @@ class OpenAnswers:
         with self._lock:
             self._threads.pop(thread, None)
 
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._threads)
+
     def stop(self, timeout_s: float) -> int:
         """Cancel every open answer and wait up to timeout_s in all; how many did not end."""
         with self._lock:
@@ -163,7 +167,7 @@ class AnswerStream:
         self.study_uid, self.study_pk, self.question_id, self.job_id = (
             study_uid, study_pk, question_id, job_id)
         self.keepalive_s = keepalive_s
-        self.open_answers = open_answers or OpenAnswers()
+        self.open_answers = open_answers if open_answers is not None else OpenAnswers()
         self.order = order
         self.cancel = threading.Event()
         self.timing = Timing()

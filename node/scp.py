@@ -39,6 +39,8 @@ from pynetdicom.sop_class import Verification
 from . import fast_dul
 from .config import Settings
 from .headers import extract
+from .metrics import (ASSOCIATIONS_ACCEPTED, ASSOCIATIONS_REJECTED, CSTORE_RESPONSES,
+                      RECEIVED_BYTES, Counters)
 from .policy import AssociationPolicy
 from .received import file_meta_prefix, pixel_data_truncated, read_header
 from .receiver import Receiver
@@ -64,6 +66,7 @@ TRANSFER_SYNTAXES = [
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
+_FAILURE_OUTCOMES = {OUT_OF_RESOURCES: "out_of_resources", CANNOT_UNDERSTAND: "cannot_understand"}
 
 
 def _failure(status: int, comment: str) -> Dataset:
@@ -85,10 +88,12 @@ class _AssociationStats:
 
 
 class StorageSCP:
-    def __init__(self, settings: Settings, receiver: Receiver, policy: AssociationPolicy):
+    def __init__(self, settings: Settings, receiver: Receiver, policy: AssociationPolicy,
+                 counters: Counters | None = None):
         self.settings = settings
         self.receiver = receiver
         self.policy = policy
+        self.counters = counters if counters is not None else Counters()
         self.ae = self._make_ae()
         self.server = None
         self._stats: dict[int, _AssociationStats] = {}
@@ -120,6 +125,7 @@ class StorageSCP:
         if rejection is not None:
             log.warning("association rejected: calling %r host %s: %s", calling, rq.address,
                         rejection.reason)
+            self.counters.add(ASSOCIATIONS_REJECTED, rejection.code)
             assoc.acse.send_reject(rejection.result, rejection.source, rejection.diagnostic)
             assoc.kill()
 
@@ -128,11 +134,13 @@ class StorageSCP:
         rq = event.assoc.requestor
         log.warning("association rejected: calling %r host %s: local limit (%d associations)",
                     rq.ae_title, rq.address, self.settings.network.max_associations)
+        self.counters.add(ASSOCIATIONS_REJECTED, "association_limit")
 
     def _on_established(self, event: evt.Event) -> None:
         rq = event.assoc.requestor
         with self._stats_lock:
             self._stats[id(event.assoc)] = _AssociationStats(rq.ae_title, rq.address)
+        self.counters.add(ASSOCIATIONS_ACCEPTED)
         tls = "yes" if self.settings.tls.enabled else "no"
         log.info("association accepted: calling %r host %s tls %s", rq.ae_title, rq.address, tls)
 
@@ -156,10 +164,12 @@ class StorageSCP:
     def _on_store(self, event: evt.Event) -> int | Dataset:
         stats = self._stats.get(id(event.assoc))
         status = self._store(event, stats)
-        if stats is not None and not isinstance(status, int):
-            stats.failed += 1
-        elif stats is not None and status != SUCCESS:
-            stats.failed += 1
+        if not isinstance(status, int):  # a failure: counted here, successes in _store
+            if stats is not None:
+                stats.failed += 1
+            outcome = _FAILURE_OUTCOMES.get(int(status.Status))
+            if outcome is not None:
+                self.counters.add(CSTORE_RESPONSES, outcome)
         return status
 
     def _store(self, event: evt.Event, stats: _AssociationStats | None) -> int | Dataset:
@@ -204,11 +214,15 @@ class StorageSCP:
                 return _failure(OUT_OF_RESOURCES, "Out of resources: disk full")
             log.exception("C-STORE failed: cannot write SOP %s", sop_uid)
             return _failure(OUT_OF_RESOURCES, "Out of resources: cannot write")
-        if stats is not None:
-            if result.stored:
+        if result.stored:
+            self.counters.add(CSTORE_RESPONSES, "stored")
+            self.counters.add(RECEIVED_BYTES, amount=result.size)
+            if stats is not None:
                 stats.stored += 1
                 stats.bytes += result.size
-            else:
+        else:
+            self.counters.add(CSTORE_RESPONSES, "duplicate")
+            if stats is not None:
                 stats.duplicates += 1
         return SUCCESS
 

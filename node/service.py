@@ -16,6 +16,7 @@ from .config import Settings
 from .delivery import Delivery
 from .http_api import create_app, server_config
 from .index import Index
+from .metrics import LiveFigures
 from .policy import AssociationPolicy
 from .receiver import Receiver
 from .scp import StorageSCP
@@ -35,7 +36,9 @@ class Node:
         self.policy = AssociationPolicy(
             settings.node.ae_title, settings.peers, self.spool.free_bytes,
             settings.storage.min_free_disk_mb * 2**20)
-        self.scp = StorageSCP(settings, self.receiver, self.policy)
+        self.live = LiveFigures(spool_free_bytes=self.spool.free_bytes)
+        self.scp = StorageSCP(settings, self.receiver, self.policy, self.live.counters)
+        self.live.open_associations = lambda: len(self.scp.ae.active_associations)
         self.completion = CompletionMonitor(self.index, self.receiver, settings.completion,
                                             settings.selection)
         self.workers = WorkerPool(settings)
@@ -63,8 +66,8 @@ class Node:
         self.completion.start()
         self.workers.start()
         self.delivery.start()
-        self.http = uvicorn.Server(server_config(create_app(s, self.index), s.node.http_bind,
-                                                 s.node.http_port))
+        app = create_app(s, self.index, live=self.live)
+        self.http = uvicorn.Server(server_config(app, s.node.http_bind, s.node.http_port))
         self._http_thread = threading.Thread(target=self.http.run, name="http", daemon=True)
         self._http_thread.start()
         log.info("HTTP API on http://%s:%d (data directory %s)", s.node.http_bind,

@@ -4,6 +4,7 @@ streamed as Server-Sent Events, multi-turn, restarts, concurrency, errors, logs.
 from __future__ import annotations
 
 import json
+import re
 import logging
 import stat
 import threading
@@ -305,6 +306,8 @@ def test_a_follow_up_asked_during_an_answer_waits_for_it_and_gets_it_as_context(
         asker.start()
         assert first_token.wait(10)
         with httpx.Client(timeout=30) as c:
+            scrape = c.get(f"{api.url}/metrics", headers=AUTH).text
+            assert re.search(r"^trauma_node_answers_open 1$", scrape, re.M), scrape[-300:]
             follow, done, _ = ask(c, api.url, uid, "What grade?")
         asker.join(30)
         assert results["first"].startswith("Liver:")
