@@ -16,16 +16,20 @@ from qa_support import BLEED, api_settings
 PATIENT_NAME, PATIENT_ID = "PHANTOM^ABDOMEN", "PHANTOM-0001"  # tests/phantom.py
 
 
-def scrape(client: httpx.Client, url: str) -> dict[str, dict[tuple, float]]:
-    """{metric name: {sorted label items: value}} from the node's /metrics."""
-    response = client.get(f"{url}/metrics", headers=AUTH)
-    assert response.status_code == 200, response.text
-    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+def figures_of(text: str) -> dict[str, dict[tuple, float]]:
+    """{metric name: {sorted label items: value}}, as Prometheus parses the text."""
     out: dict[str, dict[tuple, float]] = {}
-    for family in text_string_to_metric_families(response.text):
+    for family in text_string_to_metric_families(text):
         for sample in family.samples:
             out.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
     return out
+
+
+def scrape(client: httpx.Client, url: str) -> dict[str, dict[tuple, float]]:
+    response = client.get(f"{url}/metrics", headers=AUTH)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    return figures_of(response.text)
 
 
 def one(figures: dict, name: str, **labels: str) -> float:
@@ -115,10 +119,7 @@ def test_queue_age_and_job_durations_from_the_database(tmp_path):
                         finished_at=now - dt.timedelta(days=2)))  # outside the window
         session.add(Job(series_id=series[5].id, series_version=1, state=JobState.QUEUED.value,
                         created_at=now - dt.timedelta(minutes=5)))
-    figures = {}
-    for family in text_string_to_metric_families(metrics.render(index, settings, now=now)):
-        for sample in family.samples:
-            figures.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    figures = figures_of(metrics.render(index, settings, now=now))
     index.close()
     assert one(figures, "trauma_node_jobs", state="done") == 5
     assert one(figures, "trauma_node_recent_jobs", state="done") == 4
