@@ -10,8 +10,9 @@ RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the tests use: DCMTK (storescu, dsrdump), dicom3tools (dciodvfy), Orthanc,
-# Chromium and its driver (the page test, headless).
-TEST_TOOLS := /usr/bin/storescu /usr/bin/dciodvfy /usr/sbin/Orthanc /usr/bin/chromium /usr/bin/chromedriver
+# Chromium and its driver (the page test, headless), PostgreSQL (the shared-database test).
+TEST_TOOLS := /usr/bin/storescu /usr/bin/dciodvfy /usr/sbin/Orthanc /usr/bin/chromium \
+	/usr/bin/chromedriver /usr/lib/postgresql/*/bin/initdb
 
 .PHONY: run test install install-test system-deps bench bench-gpu clean
 
@@ -25,7 +26,7 @@ $(RUN_STAMP): pyproject.toml | $(BIN)/python
 
 $(TEST_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,models]'
+	$(BIN)/pip install --quiet -e '.[test,models,postgres]'
 	touch $(TEST_STAMP)
 
 install: $(RUN_STAMP)
@@ -35,10 +36,10 @@ install-test: $(TEST_STAMP)
 system-deps:
 	@missing=0; for t in $(TEST_TOOLS); do [ -x $$t ] || missing=1; done; \
 	if [ $$missing = 1 ]; then \
-		echo "installing dcmtk dicom3tools orthanc chromium chromium-driver (Debian packages)"; \
+		echo "installing dcmtk dicom3tools orthanc chromium chromium-driver postgresql (Debian packages)"; \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dcmtk dicom3tools orthanc \
-			chromium chromium-driver >/dev/null; \
+			chromium chromium-driver postgresql >/dev/null; \
 	fi
 
 run: install

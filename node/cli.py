@@ -41,6 +41,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    setup_logging(settings.node.log_level)
+    from pipeline.models import ModelUnavailable
+
+    from .worker import run_workers
+
+    count = args.count if args.count is not None else settings.workers.count
+    if count < 1:
+        print("trauma-node: workers.count is 0 in the config: give --count N", file=sys.stderr)
+        return 2
+    try:
+        run_workers(settings, count)
+    except ModelUnavailable as exc:
+        print(f"trauma-node: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     settings = _settings(args)
     print(f"configuration OK: AE {settings.node.ae_title!r}, DICOM port "
@@ -185,6 +204,12 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-port", type=int)
     serve.add_argument("--ae-title")
     serve.set_defaults(func=cmd_serve)
+
+    worker = with_config(sub.add_parser(
+        "worker", help="run analysis workers only, against the node's database and data "
+                       "directory (e.g. on a GPU host; set workers.count = 0 for serve)"))
+    worker.add_argument("--count", type=int, help="how many workers (default workers.count)")
+    worker.set_defaults(func=cmd_worker)
 
     check = with_config(sub.add_parser("check-config", help="validate a config file"))
     check.set_defaults(func=cmd_check_config)

@@ -215,7 +215,8 @@ def validate(settings: Settings) -> list[str]:
             re.compile(pattern)
         except re.error as exc:
             problems.append(f"selection.exclude_series_descriptions[{i}]: bad regular expression ({exc})")
-    problems += _check_positive(s.workers.count, "workers.count")
+    if s.workers.count < 0:
+        problems.append(f"workers.count: must be 0 or more, got {s.workers.count}")
     for name in ("base_delay_s", "max_delay_s", "max_attempts", "check_interval_s", "timeout_s"):
         problems += _check_positive(getattr(s.delivery, name), f"delivery.{name}")
     problems += _check_ae_title(s.delivery.calling_ae_title, "delivery.calling_ae_title")

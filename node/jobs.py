@@ -7,9 +7,10 @@ two processes or on two hosts sharing a database, never get the same job.
 from __future__ import annotations
 
 import logging
+import socket
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, func, or_, select, update
 
 from .index import Index, Instance, Job, JobState, utcnow
 
@@ -68,19 +69,32 @@ def fail(index: Index, job_id: int, error: str) -> None:
             state=JobState.FAILED.value, finished_at=utcnow(), error=error))
 
 
-def requeue_interrupted(index: Index, max_attempts: int) -> tuple[int, int]:
-    """At start-up: jobs left running by a crash go back to the queue.
+def worker_name(role: str, number: int) -> str:
+    """host/role-N: which jobs a process may requeue after a crash (requeue_interrupted)."""
+    return f"{socket.gethostname()[:40]}/{role}-{number}"
 
-    A job that was already started max_attempts times is failed instead, so
-    one series that crashes the worker cannot crash it forever.
+
+def requeue_interrupted(index: Index, max_attempts: int, role: str | None = None
+                        ) -> tuple[int, int]:
+    """At start-up: the jobs this host's workers of this role left running go back to the queue.
+
+    Only those: workers on other hosts sharing the database, or a `trauma-node worker`
+    beside `serve`, may be running theirs right now. role=None takes every running job
+    (one process alone on its database). Jobs named by versions before host/role names
+    are taken by any role. A job that was already started max_attempts times is failed
+    instead, so one series that crashes the worker cannot crash it forever.
     Returns (requeued, given up).
     """
+    running = Job.state == JobState.RUNNING.value
+    if role is not None:
+        prefix = worker_name(role, 0)[:-1]
+        running = and_(running, or_(func.substr(Job.worker, 1, len(prefix)) == prefix,
+                                    Job.worker.is_(None), ~Job.worker.contains("/")))
     with index.engine.begin() as conn:
-        gave_up = conn.execute(update(Job).where(
-            Job.state == JobState.RUNNING.value, Job.attempts >= max_attempts,
-        ).values(state=JobState.FAILED.value, finished_at=utcnow(),
-                 error=f"interrupted {max_attempts} times (worker crashed or was killed)")).rowcount
-        requeued = conn.execute(update(Job).where(Job.state == JobState.RUNNING.value).values(
+        gave_up = conn.execute(update(Job).where(running, Job.attempts >= max_attempts).values(
+            state=JobState.FAILED.value, finished_at=utcnow(),
+            error=f"interrupted {max_attempts} times (worker crashed or was killed)")).rowcount
+        requeued = conn.execute(update(Job).where(running).values(
             state=JobState.QUEUED.value, worker=None)).rowcount
     if requeued or gave_up:
         log.info("start-up: %d interrupted jobs requeued, %d given up", requeued, gave_up)

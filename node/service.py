@@ -56,7 +56,10 @@ class Node:
         removed = self.spool.clean_incoming()
         if removed:
             log.info("start-up: removed %d partial files (never acknowledged)", removed)
-        jobs.requeue_interrupted(self.index, s.workers.max_attempts)
+        jobs.requeue_interrupted(self.index, s.workers.max_attempts, role="serve")
+        if s.workers.count == 0:
+            log.warning("workers.count = 0: this node runs no analysis; jobs wait for "
+                        "`trauma-node worker` sharing its database and data directory")
         if not s.peers:
             log.warning("no peers configured: any calling AE title from any host may send")
         if self.policy.disk_low():

@@ -76,6 +76,7 @@ def _series(series: Series) -> dict[str, Any]:
             "series_version": job.series_version,
             "state": job.state,
             "attempts": job.attempts,
+            "worker": job.worker,  # host/role-N
             "error": job.error,
             "result": job.result,
             "started_at": _iso(job.started_at),

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import signal
+import socket
 import threading
 import time
 import traceback
@@ -99,18 +101,22 @@ class WorkerPool:
     runs on the GPU, outside Python's lock.
     """
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, role: str = "serve", count: int | None = None):
+        """role: serve (the workers `serve` starts) or worker (`trauma-node worker`);
+        count: how many (default workers.count)."""
         from pipeline.models import needed
 
         self.settings = settings
+        self.role = role
+        self.count = settings.workers.count if count is None else count
         self.in_process = bool(needed(settings.pipeline))
         self.ctx = mp.get_context("spawn")  # no forked copies of the SCP's threads
         self.stop_event = threading.Event() if self.in_process else self.ctx.Event()
         self.workers: list[mp.process.BaseProcess | threading.Thread] = []
 
     def start(self) -> None:
-        for i in range(self.settings.workers.count):
-            name = f"worker-{i + 1}"
+        for i in range(self.count):
+            name = jobs.worker_name(self.role, i + 1)
             args = (self.settings, self.stop_event, name)
             if self.in_process:
                 worker = threading.Thread(target=worker_main, name=name, args=(*args, False),
@@ -119,9 +125,9 @@ class WorkerPool:
                 worker = self.ctx.Process(target=worker_main, name=name, args=args, daemon=True)
             worker.start()
             self.workers.append(worker)
-        if self.in_process:
-            log.info("model backends configured: %d worker threads share the models with "
-                     "the Q&A", len(self.workers))
+        if self.in_process and self.workers:
+            log.info("model backends configured: %d worker threads share the models%s",
+                     len(self.workers), " with the Q&A" if self.role == "serve" else "")
 
     def stop(self, grace_s: float = 10.0) -> None:
         """Let running jobs finish within grace_s; a job cut off is requeued at next start."""
@@ -132,3 +138,41 @@ class WorkerPool:
             if worker.is_alive() and isinstance(worker, mp.process.BaseProcess):
                 worker.terminate()
                 worker.join(timeout=5)
+
+
+def run_workers(settings: Settings, count: int) -> None:
+    """`trauma-node worker`: analysis workers alone, until SIGINT or SIGTERM.
+
+    They share the node's database and data directory (spool in, results out;
+    the node delivers them). Only this host's `worker` jobs left running by a crash
+    are requeued here: `serve` and other hosts may be running theirs.
+    """
+    from pipeline.models import preflight
+
+    models = preflight(settings.pipeline, load=False)  # a missing model fails now
+    if settings.database_url.startswith("sqlite"):
+        log.warning("the database is SQLite (%s): fine beside `serve` on this host; workers "
+                    "on other hosts need a shared database (storage.database_url)",
+                    settings.data_dir)
+    index = Index(settings.database_url, durable=settings.storage.fsync)
+    try:
+        jobs.requeue_interrupted(index, settings.workers.max_attempts, role="worker")
+    finally:
+        index.close()
+    stopping = threading.Event()
+
+    def request_stop(signum, _frame):  # noqa: ANN001
+        log.info("received %s", signal.Signals(signum).name)
+        stopping.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    pool = WorkerPool(settings, role="worker", count=count)
+    pool.start()
+    log.info("%d worker(s) on %s, data directory %s%s", count, socket.gethostname(),
+             settings.data_dir, f", models {', '.join(models)}" if models else "")
+    try:
+        stopping.wait()
+    finally:
+        pool.stop()
+        log.info("stopped")

@@ -12,7 +12,7 @@ from node import jobs
 from node.completion import CompletionMonitor
 from node.config import CompletionSection, SelectionSection
 from node.headers import InstanceHeader
-from node.index import Index, Job, Series, Study
+from node.index import Index, Job, JobState, Series, Study
 from node.receiver import Receiver
 from node.spool import Spool
 
@@ -151,6 +151,36 @@ def test_workers_in_four_processes_claim_each_job_once(tmp_path):
     for p in procs:
         p.join(timeout=30)
     assert sorted(claimed) == list(range(1, 61))  # every job, none twice
+
+
+def test_a_restart_requeues_only_the_jobs_of_its_own_host_and_role(tmp_path):
+    """`serve` restarting must not take back jobs that `trauma-node worker`, here or on
+    another host sharing the database, is running now."""
+    index = Index(f"sqlite:///{tmp_path / 'index.sqlite'}")
+    here = jobs.worker_name("serve", 1).split("/")[0]
+    names = {"serve here": jobs.worker_name("serve", 1),
+             "worker here": jobs.worker_name("worker", 2),
+             "serve elsewhere": "gpu-host-7/serve-1", "worker elsewhere": "gpu-host-7/worker-1",
+             "older version": "worker-1", "prefix of ours": f"{here}x/serve-1"}
+    with index.session() as session, session.begin():
+        study = Study(study_uid="1.2")
+        session.add(study)
+        for i, name in enumerate(names.values()):
+            series = Series(study=study, series_uid=f"1.2.{i}", state="queued")
+            session.add(Job(series=series, series_version=1, state=JobState.RUNNING.value,
+                            worker=name, attempts=1))
+
+    def running() -> set[str]:
+        with index.session() as session:
+            workers = set(session.execute(select(Job.worker).where(
+                Job.state == JobState.RUNNING.value)).scalars())
+            return {key for key, name in names.items() if name in workers}
+
+    assert jobs.requeue_interrupted(index, max_attempts=3, role="serve") == (2, 0)
+    assert running() == {"worker here", "serve elsewhere", "worker elsewhere", "prefix of ours"}
+    assert jobs.requeue_interrupted(index, max_attempts=3, role="worker") == (1, 0)
+    assert running() == {"serve elsewhere", "worker elsewhere", "prefix of ours"}
+    index.close()
 
 
 def test_interrupted_jobs_are_requeued_and_poison_jobs_given_up(h):

@@ -59,6 +59,7 @@ def test_command_line_overrides_environment():
     ("[[destinations]]\nname='p'\nae_title='PACS'\nhost='h'\nport=104\nobjects=['pdf']\n", {},
      "destinations[0].objects: unknown ['pdf']"),
     ("[completion]\nquiet_period_s = 0\n", {}, "completion.quiet_period_s"),
+    ("[workers]\ncount = -1\n", {}, "workers.count: must be 0 or more"),
     ("[selection]\nexclude_series_descriptions = ['(']\n", {},
      "selection.exclude_series_descriptions[0]: bad regular expression"),
     ("[node\n", {}, "not valid TOML"),

@@ -42,7 +42,7 @@ def test_sigkill_mid_series_loses_nothing_acknowledged(node_factory, phantom_fac
     truth = phantom_factory("crash", slices=60, rows=128, cols=128)
     node = node_factory(FAST)
     workers = [int(pid) for pid in wait_for(lambda: re.findall(
-        r"worker worker-\d+ started \(pid (\d+)\)", node.log()), what="worker start")]
+        r"worker \S+/serve-\d+ started \(pid (\d+)\)", node.log()), what="worker start")]
     acked = acknowledged_until_killed(node, truth.paths, kill_after=25)
     assert len(acked) == 25
     node.stop()
@@ -88,4 +88,4 @@ def test_sigterm_stops_cleanly(node_factory, phantom_factory):
     assert node.stop(signal.SIGTERM) == 0
     log = node.log()
     assert "received SIGTERM" in log and log.rstrip().endswith("stopped")
-    assert "worker worker-1 stopped" in log
+    assert re.search(r"worker \S+/serve-1 stopped", log)
