@@ -25,6 +25,9 @@ $(RUN_STAMP): pyproject.toml | $(BIN)/python
 	touch $(RUN_STAMP)
 
 $(TEST_STAMP): pyproject.toml | $(BIN)/python
+	@$(BIN)/python -c 'import shutil, sys; free = shutil.disk_usage(".").free / 2**30; \
+		free < 8 and print(f"warning: {free:.1f} GiB free here; make test needs about 8 GiB (torch " \
+		"with its CUDA libraries is 5.5 GB, then the test data)", file=sys.stderr)'
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,models,postgres]'
 	touch $(TEST_STAMP)
