@@ -22,7 +22,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 
 from . import __version__, conversations
 from .config import Settings
@@ -165,6 +165,7 @@ def _database_figures(out: Exposition, index: Index, now: dt.datetime) -> None:
             OutboxItem.state == OutboxState.PENDING.value)).scalar()
         recent = session.execute(select(Job.state, Job.started_at, Job.finished_at).where(
             Job.finished_at >= now - RECENT)).all()
+        turnarounds = _recent_turnarounds(session, now)
         messages = session.execute(
             select(conversations.QaMessage.role, conversations.QaMessage.state, func.count())
             .group_by(conversations.QaMessage.role, conversations.QaMessage.state)).all()
@@ -198,10 +199,43 @@ def _database_figures(out: Exposition, index: Index, now: dt.datetime) -> None:
               "percentile and longest (absent when there were none).",
               [((("quantile", _number(q)),), _quantile(seconds, q)) for q in QUANTILES]
               if seconds else [])
+    out.gauge("trauma_node_recent_turnaround_seconds",
+              "From the last image of a series version received to its last result object "
+              "delivered, for the versions delivered to every destination in the last 24 "
+              "hours: median, 90th percentile and longest (absent when there were none).",
+              [((("quantile", _number(q)),), _quantile(turnarounds, q)) for q in QUANTILES]
+              if turnarounds else [])
     out.gauge("trauma_node_qa_messages", "Stored questions and answers (answers by state), "
               "within api.conversation_retention_days.",
               [((("role", role), ("state", state if role == "answer" else "")), n)
                for role, state, n in sorted(messages, key=lambda m: (m[0], m[1] or ""))])
+
+
+def _recent_turnarounds(session, now: dt.datetime) -> list[float]:
+    """Seconds from the last image received to the last object delivered, per series
+    version whose every outbox row was sent, the last of them in the window."""
+    versions = session.execute(
+        select(OutboxItem.series_uid, OutboxItem.series_version, func.max(OutboxItem.sent_at))
+        .group_by(OutboxItem.series_uid, OutboxItem.series_version)
+        .having(func.sum(case((OutboxItem.state == OutboxState.SENT.value, 0), else_=1)) == 0,
+                func.max(OutboxItem.sent_at) >= now - RECENT)).all()
+    if not versions:
+        return []
+    last_image: dict[tuple[str, int], dt.datetime] = {}
+    rows = session.execute(
+        select(Series.series_uid, Instance.series_version, func.max(Instance.received_at))
+        .join(Instance, Instance.series_id == Series.id)
+        .where(Series.series_uid.in_({uid for uid, _, _ in versions}))
+        .group_by(Series.series_uid, Instance.series_version)).all()
+    for uid, version, received in rows:
+        last_image[(uid, version)] = received
+    out = []
+    for uid, version, delivered in versions:
+        # Version N is made of the images of versions 1..N (node.index.Instance).
+        received = [t for (u, v), t in last_image.items() if u == uid and v <= version]
+        if received:
+            out.append(max(0.0, (delivered - max(received)).total_seconds()))
+    return out
 
 
 def _by_state(counts: dict[str, int], states: list[str]) -> list[tuple[Labels, float]]:

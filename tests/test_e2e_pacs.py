@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import highdicom as hd
@@ -11,6 +12,7 @@ import pydicom
 from pydicom.filebase import DicomBytesIO
 
 from conftest import FAST, free_port, storescu, wait_for
+from metrics_support import one, scrape
 from orthanc import Orthanc
 
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -100,6 +102,7 @@ def test_results_arrive_in_the_pacs_with_the_source_study(node_factory, phantom_
     pacs = Orthanc(tmp_path / "orthanc", free_port(), free_port()).start()
     try:
         node = node_factory(destination_config(pacs))
+        sending = time.monotonic()
         storescu([truth.paths[0].parent], node.dicom_port)
         found = wait_for(lambda: (r := results_in_orthanc(pacs, truth.spec.study_uid))
                          and len(r) == 2 and r, timeout=120, what="SEG and SR in Orthanc")
@@ -107,6 +110,13 @@ def test_results_arrive_in_the_pacs_with_the_source_study(node_factory, phantom_
         deliveries = node.studies()[0]["deliveries"]
         assert sorted((d["kind"], d["state"]) for d in deliveries) == [("seg", "sent"),
                                                                       ("sr", "sent")]
+        # What the IT admin's Prometheus sees: both delivered, and the turnaround from
+        # the last image to the results in the PACS, within what this test waited.
+        with httpx.Client(timeout=30) as client:
+            figures = scrape(client, node.url)
+        assert one(figures, "trauma_node_deliveries", state="sent") == 2
+        turnaround = one(figures, "trauma_node_recent_turnaround_seconds", quantile="1")
+        assert 0 < turnaround < time.monotonic() - sending
     finally:
         pacs.stop()
 

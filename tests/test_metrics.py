@@ -6,34 +6,15 @@ from __future__ import annotations
 import datetime as dt
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import AUTH, FAST, free_port, storescu, wait_for
+from metrics_support import figures_of, one, scrape
 from node import metrics
-from node.index import Index, Job, JobState, Series, Study
+from node.index import Index, Instance, Job, JobState, Series, Study
+from node.outbox import OutboxItem, OutboxState
 from qa_support import BLEED, api_settings
 
 PATIENT_NAME, PATIENT_ID = "PHANTOM^ABDOMEN", "PHANTOM-0001"  # tests/phantom.py
-
-
-def figures_of(text: str) -> dict[str, dict[tuple, float]]:
-    """{metric name: {sorted label items: value}}, as Prometheus parses the text."""
-    out: dict[str, dict[tuple, float]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
-    return out
-
-
-def scrape(client: httpx.Client, url: str) -> dict[str, dict[tuple, float]]:
-    response = client.get(f"{url}/metrics", headers=AUTH)
-    assert response.status_code == 200, response.text
-    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
-    return figures_of(response.text)
-
-
-def one(figures: dict, name: str, **labels: str) -> float:
-    return figures[name][tuple(sorted(labels.items()))]
 
 
 def test_a_node_that_received_a_study_reports_it(node_factory, phantom_factory):
@@ -84,6 +65,7 @@ port = {closed_port}
     median = one(figures, "trauma_node_recent_job_duration_seconds", quantile="0.5")
     assert 0 < median == one(figures, "trauma_node_recent_job_duration_seconds", quantile="1")
     assert one(figures, "trauma_node_oldest_pending_delivery_age_seconds") > 0
+    assert "trauma_node_recent_turnaround_seconds" not in figures  # nothing delivered yet
     assert one(figures, "trauma_node_oldest_queued_job_age_seconds") == 0
     assert one(figures, "trauma_node_spool_free_bytes") > one(figures,
                                                               "trauma_node_spool_min_free_bytes")
@@ -119,6 +101,32 @@ def test_queue_age_and_job_durations_from_the_database(tmp_path):
                         finished_at=now - dt.timedelta(days=2)))  # outside the window
         session.add(Job(series_id=series[5].id, series_version=1, state=JobState.QUEUED.value,
                         created_at=now - dt.timedelta(minutes=5)))
+        # Turnaround: last image received -> last object delivered, per series version.
+        t0 = now - dt.timedelta(hours=2)
+
+        def image(i: int, version: int, received: dt.datetime) -> Instance:
+            return Instance(series_id=series[i].id,
+                            sop_instance_uid=f"1.2.3.{i}.{version}.{received.timestamp():.0f}",
+                            sop_class_uid="1.2.840.10008.5.1.4.1.1.2", transfer_syntax_uid="1.2",
+                            path="x.dcm", size_bytes=1, series_version=version, received_at=received)
+
+        def sent(i: int, version: int, kind: str, at: dt.datetime | None) -> OutboxItem:
+            return OutboxItem(study_uid="1.2.3", series_uid=f"1.2.3.{i}", series_version=version,
+                              kind=kind, sop_instance_uid=f"1.2.9.{i}.{version}.{kind}",
+                              path="x.dcm", destination="pacs", sent_at=at,
+                              state=OutboxState.SENT.value if at else OutboxState.PENDING.value)
+        session.add_all([
+            image(0, 1, t0 - dt.timedelta(seconds=5)), image(0, 1, t0),
+            sent(0, 1, "seg", t0 + dt.timedelta(seconds=20)),
+            sent(0, 1, "sr", t0 + dt.timedelta(seconds=30)),  # 30 s
+            image(1, 1, t0 - dt.timedelta(hours=1)), image(1, 2, t0),  # version 2: later images
+            sent(1, 1, "sr", t0 - dt.timedelta(minutes=59)),  # 60 s, for version 1
+            sent(1, 2, "sr", t0 + dt.timedelta(seconds=50)),  # 50 s
+            image(2, 1, t0), sent(2, 1, "seg", t0 + dt.timedelta(seconds=9)),
+            sent(2, 1, "sr", None),  # not all delivered: no turnaround yet
+            image(3, 1, now - dt.timedelta(days=3)),
+            sent(3, 1, "sr", now - dt.timedelta(days=2)),  # outside the window
+        ])
     figures = figures_of(metrics.render(index, settings, now=now))
     index.close()
     assert one(figures, "trauma_node_jobs", state="done") == 5
@@ -128,5 +136,7 @@ def test_queue_age_and_job_durations_from_the_database(tmp_path):
     assert one(figures, "trauma_node_recent_job_duration_seconds", quantile="1") == 40
     assert one(figures, "trauma_node_oldest_queued_job_age_seconds") == 300
     assert one(figures, "trauma_node_deliveries", state="dead") == 0  # known states always shown
+    assert [one(figures, "trauma_node_recent_turnaround_seconds", quantile=q)
+            for q in ("0.5", "0.9", "1")] == [50, 60, 60]  # of 30, 50 and 60 s
     # Counted only by a serving node: absent from the database-only figures.
     assert "trauma_node_associations_accepted_total" not in figures
