@@ -60,6 +60,35 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retention(args: argparse.Namespace) -> int:
+    """What the next retention pass of `serve` would remove (it removes nothing itself:
+    the running node drops its in-memory state with the rows it removes)."""
+    settings = _settings(args)
+    from .index import Index
+    from .retention import Retention
+
+    index = Index(settings.database_url)
+    try:
+        days = settings.storage.retention_days
+        if days <= 0:
+            print("storage.retention_days = 0: studies are kept")
+            return 0
+        would = Retention(settings, index).run_once(dry_run=True)
+    finally:
+        index.close()
+    for study_uid in would.studies:
+        print(study_uid)
+    if would.studies:
+        print(f"retention_days = {days:g}: {len(would.studies)} studies, {would.instances} "
+              f"instances, {would.bytes / 1e6:.1f} MB to remove at the next pass of `serve`")
+    else:
+        print(f"retention_days = {days:g}: nothing to remove")
+    if would.kept_for_dead_letters:
+        print(f"{would.kept_for_dead_letters} expired studies kept: their results were never "
+              "delivered (`trauma-node retry`)")
+    return 0
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     settings = _settings(args)
     print(f"configuration OK: AE {settings.node.ae_title!r}, DICOM port "
@@ -210,6 +239,10 @@ def parser() -> argparse.ArgumentParser:
                        "directory (e.g. on a GPU host; set workers.count = 0 for serve)"))
     worker.add_argument("--count", type=int, help="how many workers (default workers.count)")
     worker.set_defaults(func=cmd_worker)
+
+    retention = with_config(sub.add_parser(
+        "retention", help="list the studies the next retention pass of serve will remove"))
+    retention.set_defaults(func=cmd_retention)
 
     check = with_config(sub.add_parser("check-config", help="validate a config file"))
     check.set_defaults(func=cmd_check_config)

@@ -58,6 +58,10 @@ class StorageSection:
     min_free_disk_mb: int = 2048
     # Empty: SQLite in the data directory.
     database_url: str = ""
+    # Studies are removed this many days after their last image, once nothing of
+    # them is in flight (node.retention); 0 keeps everything.
+    retention_days: float = 7.0
+    retention_check_interval_s: float = 3600.0
 
 
 @dataclass
@@ -215,6 +219,11 @@ def validate(settings: Settings) -> list[str]:
             re.compile(pattern)
         except re.error as exc:
             problems.append(f"selection.exclude_series_descriptions[{i}]: bad regular expression ({exc})")
+    if s.storage.retention_days < 0:
+        problems.append(f"storage.retention_days: must be 0 (keep everything) or more, got "
+                        f"{s.storage.retention_days}")
+    problems += _check_positive(s.storage.retention_check_interval_s,
+                                "storage.retention_check_interval_s")
     if s.workers.count < 0:
         problems.append(f"workers.count: must be 0 or more, got {s.workers.count}")
     for name in ("base_delay_s", "max_delay_s", "max_attempts", "check_interval_s", "timeout_s"):

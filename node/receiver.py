@@ -256,6 +256,11 @@ class Receiver:
             conn.execute(update(Series).where(Series.id == series_id).values(**values))
         return series_id, version
 
+    def forget_series(self, series_uids: list[str]) -> None:
+        """Series removed from the index (node.retention); call with the lock held."""
+        for uid in series_uids:
+            self._receiving.pop(uid, None)
+
     # -- who is still sending ------------------------------------------------
     def _mark_sending(self, series_id: int, assoc_id: int) -> None:
         self._senders.setdefault(series_id, set()).add(assoc_id)

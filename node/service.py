@@ -19,6 +19,7 @@ from .index import Index
 from .metrics import LiveFigures
 from .policy import AssociationPolicy
 from .receiver import Receiver
+from .retention import Retention
 from .scp import StorageSCP
 from .spool import Spool
 from .worker import WorkerPool
@@ -43,6 +44,8 @@ class Node:
                                             settings.selection)
         self.workers = WorkerPool(settings)
         self.delivery = Delivery(settings, self.index)
+        self.retention = Retention(settings, self.index, self.receiver.forget_series,
+                                   self.receiver.lock)
         self.http: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None
         self.stopping = threading.Event()
@@ -69,6 +72,7 @@ class Node:
         self.completion.start()
         self.workers.start()
         self.delivery.start()
+        self.retention.start()
         app = create_app(s, self.index, live=self.live)
         self.http = uvicorn.Server(server_config(app, s.node.http_bind, s.node.http_port))
         self._http_thread = threading.Thread(target=self.http.run, name="http", daemon=True)
@@ -82,6 +86,7 @@ class Node:
         self.completion.stop()
         self.workers.stop()
         self.delivery.stop()
+        self.retention.stop()
         if self.http is not None:
             self.http.should_exit = True
             if self._http_thread is not None:
