@@ -84,19 +84,27 @@ def prompt_words(paths: Sequence[Path]) -> list[str]:
                                                      medgemma_answering)]
     texts += [findings.report, json.dumps(medgemma_report.report_facts(findings), default=str)]
     found = sorted({w for text in texts for w in re.findall(r"[A-Za-z]+", text)})
-    # After a space (SentencePiece's mark) first: those merges all start at a word's
-    # beginning and outrank the rest, so such words always become one token. Bare words
-    # (in JSON keys, after punctuation) follow; their merges can pre-empt one another,
-    # which leaves some of them in two or three pieces.
+    # After a space (SentencePiece's mark) and bare (in JSON keys, after punctuation).
     return [f"\u2581{w}" for w in found] + found
 
 
 def gemma_tokenizer(words: Sequence[str] = ()):
+    """The stand-in for Gemma's tokenizer: each of ``words`` one token wherever it stands
+    (after a space, in a JSON key, after punctuation), the chat markers one token each,
+    anything else one token a character."""
+    from tokenizers import Regex, pre_tokenizers
+
     import tiny_models
 
     tok = padded_tokenizer(GEMMA_VOCAB, words, extra_special_tokens={
         "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"})
     tok.chat_template = tiny_models.CHAT_TEMPLATE
+    backend = tok.backend_tokenizer
+    # Each run of letters (with the space mark before it) is looked up whole: BPE merges
+    # alone let the words' merges pre-empt one another, leaving pieces.
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("\u2581?[A-Za-z]+|[^A-Za-z]"), "isolated")
+    backend.model.ignore_merges = True
+    tok.add_tokens(["<start_of_turn>", "<end_of_turn>"], special_tokens=True)
     return tok
 
 

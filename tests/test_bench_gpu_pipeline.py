@@ -56,11 +56,15 @@ def test_the_benchmark_tokenizer_makes_the_prompt_words_single_tokens(phantom_fa
     assert len(tok) == bench.GEMMA_VOCAB
     assert tok.tokenize("Use only the facts given") == ["Use", "\u2581only", "\u2581the", "\u2581facts",
                                                           "\u2581given"]
+    # Bare words too (JSON keys), and the chat markers, as the real tokenizer has them.
+    assert tok.tokenize('{"volumes_ml": 3.5}') == ["{", '"', "volumes", "_", "ml", '"', ":", "\u2581",
+                                                    "3", ".", "5", "}"]
+    assert tok.tokenize("<start_of_turn>model\n")[0] == "<start_of_turn>"
     messages = MedGemmaReport(PipelineSettings()).messages(run_series(truth.paths, PipelineSettings()))
     prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     tokens = len(tok(prompt)["input_ids"])
     plain = len(bench.gemma_tokenizer()(prompt)["input_ids"])  # one token a character
-    assert tokens < 0.6 * plain, (tokens, plain)
+    assert tokens < 0.45 * plain, (tokens, plain)  # 933 of 2315 when written; 1157 before bare words
 
 
 def test_the_benchmark_runs_every_model_stage_on_the_cpu_with_the_tiny_models(tmp_path):
