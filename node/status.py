@@ -94,7 +94,7 @@ def _columns(rows: list[tuple[str, ...]]) -> list[str]:
 
 def table(index: Index) -> str:
     """The status as plain-text tables for terminals: series, then deliveries."""
-    series_rows = [("STUDY", "SERIES", "MOD", "STATE", "VER", "INST", "JOB", "DETAIL")]
+    series_rows = [("STUDY", "SERIES", "MOD", "STATE", "VER", "INST", "JOB", "WORKER", "DETAIL")]
     delivery_rows = [("STUDY", "OBJECT", "SOP INSTANCE", "DESTINATION", "STATE", "TRIES",
                       "LAST ERROR")]
     for study in studies(index):
@@ -103,7 +103,8 @@ def table(index: Index) -> str:
             detail = s["skip_reason"] or (job["error"] if job and job["error"] else "") or ""
             series_rows.append((study["study_uid"], s["series_uid"], s["modality"] or "",
                                 s["state"], str(s["version"]), str(s["instances"]),
-                                f"{job['id']}:{job['state']}" if job else "-", detail))
+                                f"{job['id']}:{job['state']}" if job else "-",
+                                (job["worker"] if job else None) or "-", detail))
         for d in study["deliveries"]:
             delivery_rows.append((study["study_uid"], d["kind"], d["sop_instance_uid"],
                                   d["destination"], d["state"], str(d["attempts"]),

@@ -54,6 +54,12 @@ count = 0
 
         job = done["jobs"][-1]
         assert job["state"] == "done" and re.fullmatch(r"\S+/worker-1", job["worker"])
+        status = subprocess.run(  # the admin's view, from the shared database
+            [sys.executable, "-m", "node.cli", "status", "--config", str(node.config_path),
+             "--data-dir", str(node.data_dir)],
+            cwd=ROOT, env=node.env, capture_output=True, text=True, timeout=60)
+        line = next(l for l in status.stdout.splitlines() if truth.spec.series_uid in l)
+        assert f"{job['id']}:done" in line and job["worker"] in line
         outputs = job["result"]["outputs"]
         sr = hd.sr.srread(os.path.join(outputs["directory"], outputs["objects"]["sr"]))
         seg = hd.seg.segread(os.path.join(outputs["directory"], outputs["objects"]["seg"]))
