@@ -92,6 +92,8 @@ class WorkersSection:
     count: int = 1
     poll_interval_s: float = 0.5
     max_attempts: int = 3
+    # A running job whose worker has not beaten for this long is taken back.
+    stale_after_s: float = 120.0
 
 
 @dataclass
@@ -224,6 +226,7 @@ def validate(settings: Settings) -> list[str]:
                         f"{s.storage.retention_days}")
     problems += _check_positive(s.storage.retention_check_interval_s,
                                 "storage.retention_check_interval_s")
+    problems += _check_positive(s.workers.stale_after_s, "workers.stale_after_s")
     if s.workers.count < 0:
         problems.append(f"workers.count: must be 0 or more, got {s.workers.count}")
     for name in ("base_delay_s", "max_delay_s", "max_attempts", "check_interval_s", "timeout_s"):

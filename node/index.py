@@ -116,6 +116,16 @@ class Job(Base):
     series: Mapped[Series] = relationship(back_populates="jobs")
 
 
+class WorkerBeat(Base):
+    """A worker's heartbeat: a job whose worker stopped beating is taken back (node.jobs)."""
+
+    __tablename__ = "workers"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)  # host/role-N
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    last_seen: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+
+
 def make_engine(url: str, durable: bool = False) -> Engine:
     """An engine for url; for SQLite, WAL mode and a busy timeout between processes.
 

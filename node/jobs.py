@@ -6,13 +6,14 @@ two processes or on two hosts sharing a database, never get the same job.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import socket
 from dataclasses import dataclass
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, delete, func, insert, or_, select, update
 
-from .index import Index, Instance, Job, JobState, utcnow
+from .index import Index, Instance, Job, JobState, WorkerBeat, utcnow
 
 log = logging.getLogger("trauma_node.jobs")
 
@@ -90,13 +91,57 @@ def requeue_interrupted(index: Index, max_attempts: int, role: str | None = None
         prefix = worker_name(role, 0)[:-1]
         running = and_(running, or_(func.substr(Job.worker, 1, len(prefix)) == prefix,
                                     Job.worker.is_(None), ~Job.worker.contains("/")))
+    requeued, gave_up = _take_back(index, running, max_attempts)
+    if requeued or gave_up:
+        log.info("start-up: %d interrupted jobs requeued, %d given up", requeued, gave_up)
+    return requeued, gave_up
+
+
+def requeue_orphaned(index: Index, stale_after_s: float, max_attempts: int,
+                     now: dt.datetime | None = None) -> tuple[int, int]:
+    """Running jobs whose worker stopped beating (its process or host died) go back to
+    the queue; so do jobs running longer than stale_after_s by a worker that never beat
+    (versions before heartbeats). Returns (requeued, given up)."""
+    cutoff = (now or utcnow()) - dt.timedelta(seconds=stale_after_s)
+    alive = select(WorkerBeat.name).where(WorkerBeat.last_seen >= cutoff)
+    silent = select(WorkerBeat.name).where(WorkerBeat.last_seen < cutoff)
+    orphaned = and_(Job.state == JobState.RUNNING.value, or_(
+        Job.worker.in_(silent),
+        and_(or_(Job.worker.is_(None), Job.worker.not_in(alive)), Job.started_at < cutoff)))
+    requeued, gave_up = _take_back(index, orphaned, max_attempts)
+    if requeued or gave_up:
+        log.warning("%d jobs of workers silent for %.0f s requeued, %d given up", requeued,
+                    stale_after_s, gave_up)
+    return requeued, gave_up
+
+
+def _take_back(index: Index, running, max_attempts: int) -> tuple[int, int]:
     with index.engine.begin() as conn:
         gave_up = conn.execute(update(Job).where(running, Job.attempts >= max_attempts).values(
             state=JobState.FAILED.value, finished_at=utcnow(),
             error=f"interrupted {max_attempts} times (worker crashed or was killed)")).rowcount
         requeued = conn.execute(update(Job).where(running).values(
             state=JobState.QUEUED.value, worker=None)).rowcount
-    if requeued or gave_up:
-        log.info("start-up: %d interrupted jobs requeued, %d given up", requeued, gave_up)
     return requeued, gave_up
+
+
+def beat(index: Index, worker: str, pid: int) -> None:
+    """This worker is alive (node.worker calls it every HEARTBEAT_S)."""
+    with index.engine.begin() as conn:
+        if not conn.execute(update(WorkerBeat).where(WorkerBeat.name == worker).values(
+                pid=pid, last_seen=utcnow())).rowcount:
+            conn.execute(insert(WorkerBeat).values(name=worker, pid=pid))
+
+
+def forget_worker(index: Index, worker: str) -> None:
+    """A worker that stops cleanly leaves nothing to take back."""
+    with index.engine.begin() as conn:
+        conn.execute(delete(WorkerBeat).where(WorkerBeat.name == worker))
+
+
+def workers_alive(index: Index, stale_after_s: float) -> list[str]:
+    cutoff = utcnow() - dt.timedelta(seconds=stale_after_s)
+    with index.engine.connect() as conn:
+        return list(conn.execute(select(WorkerBeat.name).where(
+            WorkerBeat.last_seen >= cutoff).order_by(WorkerBeat.name)).scalars())
 

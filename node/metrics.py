@@ -26,7 +26,8 @@ from sqlalchemy import case, func, select
 
 from . import __version__, conversations
 from .config import Settings
-from .index import Index, Instance, Job, JobState, Series, SeriesState, Study, utcnow
+from .index import (Index, Instance, Job, JobState, Series, SeriesState, Study, WorkerBeat,
+                    utcnow)
 from .outbox import OutboxItem, OutboxState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -142,13 +143,14 @@ def render(index: Index, settings: Settings, live: LiveFigures | None = None,
     out.gauge("trauma_node_spool_min_free_bytes", "The floor below which associations and "
               "C-STOREs are refused (storage.min_free_disk_mb), in bytes.",
               [((), settings.storage.min_free_disk_mb * 2**20)])
-    _database_figures(out, index, now)
+    _database_figures(out, index, now, settings.workers.stale_after_s)
     out.gauge("trauma_node_answers_open", "Answers to questions being streamed now.",
               [((), open_answers)])
     return out.text()
 
 
-def _database_figures(out: Exposition, index: Index, now: dt.datetime) -> None:
+def _database_figures(out: Exposition, index: Index, now: dt.datetime,
+                      stale_after_s: float) -> None:
     with index.session() as session:
         def count_by(column, model) -> dict[str, int]:
             return dict(session.execute(select(column, func.count()).select_from(model)
@@ -166,6 +168,8 @@ def _database_figures(out: Exposition, index: Index, now: dt.datetime) -> None:
         recent = session.execute(select(Job.state, Job.started_at, Job.finished_at).where(
             Job.finished_at >= now - RECENT)).all()
         turnarounds = _recent_turnarounds(session, now)
+        beating = session.execute(select(WorkerBeat.name).where(
+            WorkerBeat.last_seen >= now - dt.timedelta(seconds=stale_after_s))).scalars().all()
         messages = session.execute(
             select(conversations.QaMessage.role, conversations.QaMessage.state, func.count())
             .group_by(conversations.QaMessage.role, conversations.QaMessage.state)).all()
@@ -177,6 +181,12 @@ def _database_figures(out: Exposition, index: Index, now: dt.datetime) -> None:
               _by_state(series, [s.value for s in SeriesState]))
     out.gauge("trauma_node_jobs", "Analysis jobs by state.",
               _by_state(jobs, [s.value for s in JobState]))
+    roles: dict[str, int] = defaultdict(int)
+    for name in beating:  # host/role-N
+        roles[name.rsplit("/", 1)[-1].rsplit("-", 1)[0]] += 1
+    out.gauge("trauma_node_workers_alive", "Workers that beat within workers.stale_after_s, "
+              "by role: serve (started by `serve`), worker (`trauma-node worker`, any host).",
+              _by_state(roles, ["serve", "worker"], label="role"))
     out.gauge("trauma_node_oldest_queued_job_age_seconds",
               "How long the oldest queued job has waited for a worker (0: none waits).",
               [((), _age(oldest_job, now))])
@@ -238,9 +248,11 @@ def _recent_turnarounds(session, now: dt.datetime) -> list[float]:
     return out
 
 
-def _by_state(counts: dict[str, int], states: list[str]) -> list[tuple[Labels, float]]:
+def _by_state(counts: dict[str, int], states: list[str], label: str = "state"
+              ) -> list[tuple[Labels, float]]:
     """Every known state, zero included, so that alerts on a state never see it vanish."""
-    return [((("state", s),), counts.get(s, 0)) for s in [*states, *sorted(set(counts) - set(states))]]
+    return [(((label, s),), counts.get(s, 0))
+            for s in [*states, *sorted(set(counts) - set(states))]]
 
 
 def _age(since: dt.datetime | None, now: dt.datetime) -> float:

@@ -22,7 +22,7 @@ from .receiver import Receiver
 from .retention import Retention
 from .scp import StorageSCP
 from .spool import Spool
-from .worker import WorkerPool
+from .worker import OrphanWatch, WorkerPool
 
 log = logging.getLogger("trauma_node.serve")
 
@@ -43,6 +43,7 @@ class Node:
         self.completion = CompletionMonitor(self.index, self.receiver, settings.completion,
                                             settings.selection)
         self.workers = WorkerPool(settings)
+        self.orphan_watch = OrphanWatch(settings, self.index)
         self.delivery = Delivery(settings, self.index)
         self.retention = Retention(settings, self.index, self.receiver.forget_series,
                                    self.receiver.lock)
@@ -71,6 +72,7 @@ class Node:
         self.scp.start()
         self.completion.start()
         self.workers.start()
+        self.orphan_watch.start()
         self.delivery.start()
         self.retention.start()
         app = create_app(s, self.index, live=self.live)
@@ -85,6 +87,7 @@ class Node:
         self.scp.stop()
         self.completion.stop()
         self.workers.stop()
+        self.orphan_watch.stop()
         self.delivery.stop()
         self.retention.stop()
         if self.http is not None:

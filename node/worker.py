@@ -63,6 +63,67 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+HEARTBEAT_S = 10.0  # how often a worker says it is alive (workers.stale_after_s: when not)
+
+
+class Heartbeat:
+    """Beats for one worker in a thread of its own, so that a long job never looks like
+    a dead worker; gone from the database when the worker stops cleanly."""
+
+    def __init__(self, index: Index, name: str):
+        self.index, self.name = index, name
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"beat-{name}", daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                jobs.beat(self.index, self.name, os.getpid())
+            except Exception as exc:  # noqa: BLE001 - a busy database: beat again later
+                log.warning("worker %s heartbeat failed: %s", self.name, type(exc).__name__)
+            if self._stop.wait(HEARTBEAT_S):
+                return
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc_info) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        try:
+            jobs.forget_worker(self.index, self.name)
+        except Exception as exc:  # noqa: BLE001 - it will look silent, and nothing runs
+            log.warning("worker %s: heartbeat not removed: %s", self.name, type(exc).__name__)
+
+
+class OrphanWatch:
+    """In `serve`: takes back the running jobs of workers that stopped beating (a worker
+    process or a GPU host that died), every minute or so."""
+
+    def __init__(self, settings: Settings, index: Index):
+        self.settings, self.index = settings, index
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="orphan-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        workers = self.settings.workers
+        while not self._stop.wait(min(60.0, workers.stale_after_s / 2)):
+            try:
+                jobs.requeue_orphaned(self.index, workers.stale_after_s, workers.max_attempts)
+            except Exception as exc:  # noqa: BLE001 - tried again at the next interval
+                log.warning("requeue of orphaned jobs failed: %s", type(exc).__name__)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+
 def worker_main(settings: Settings, stop: EventType | threading.Event, name: str,
                 own_process: bool = True) -> None:
     """Entry point of a worker process (or thread, own_process=False)."""
@@ -70,6 +131,15 @@ def worker_main(settings: Settings, stop: EventType | threading.Event, name: str
         _exit_with_parent()
         setup_logging(settings.node.log_level)
     index = Index(settings.database_url, durable=settings.storage.fsync)
+    try:
+        with Heartbeat(index, name):
+            _work(settings, stop, name, index)
+    finally:
+        index.close()
+        log.info("worker %s stopped", name)
+
+
+def _work(settings: Settings, stop: EventType | threading.Event, name: str, index: Index) -> None:
     log.info("worker %s started (pid %d)", name, os.getpid())
     from pipeline.models import preflight
 
@@ -86,9 +156,6 @@ def worker_main(settings: Settings, stop: EventType | threading.Event, name: str
                 stop.wait(settings.workers.poll_interval_s)
     except KeyboardInterrupt:
         pass
-    finally:
-        index.close()
-        log.info("worker %s stopped", name)
 
 
 class WorkerPool:

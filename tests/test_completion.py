@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import multiprocessing as mp
 import time
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 
 from node import jobs
 from node.completion import CompletionMonitor
 from node.config import CompletionSection, SelectionSection
 from node.headers import InstanceHeader
-from node.index import Index, Job, JobState, Series, Study
+from node.index import Index, Job, JobState, Series, Study, WorkerBeat, utcnow
 from node.receiver import Receiver
 from node.spool import Spool
 
@@ -180,6 +181,37 @@ def test_a_restart_requeues_only_the_jobs_of_its_own_host_and_role(tmp_path):
     assert running() == {"worker here", "serve elsewhere", "worker elsewhere", "prefix of ours"}
     assert jobs.requeue_interrupted(index, max_attempts=3, role="worker") == (1, 0)
     assert running() == {"serve elsewhere", "worker elsewhere", "prefix of ours"}
+    index.close()
+
+
+def test_jobs_of_workers_that_stopped_beating_are_taken_back(tmp_path):
+    """A GPU host that dies mid-job: `serve` requeues its job once the worker has been
+    silent for workers.stale_after_s; jobs of workers still beating are left alone."""
+    index = Index(f"sqlite:///{tmp_path / 'index.sqlite'}")
+    now = utcnow()
+    jobs.beat(index, "gpu-1/worker-1", 101)  # beating now
+    jobs.beat(index, "gpu-2/worker-1", 102)
+    with index.engine.begin() as conn:  # gpu-2 went silent five minutes ago
+        conn.execute(update(WorkerBeat).where(WorkerBeat.name == "gpu-2/worker-1")
+                     .values(last_seen=now - dt.timedelta(minutes=5)))
+    started = {"alive": ("gpu-1/worker-1", now - dt.timedelta(hours=1)),
+               "silent": ("gpu-2/worker-1", now - dt.timedelta(minutes=6)),
+               "never beat, long": ("worker-1", now - dt.timedelta(hours=1)),
+               "never beat yet": ("gpu-3/worker-1", now - dt.timedelta(seconds=5))}
+    with index.session() as session, session.begin():
+        study = Study(study_uid="1.2")
+        for i, (worker, at) in enumerate(started.values()):
+            session.add(Job(series=Series(study=study, series_uid=f"1.2.{i}", state="queued"),
+                            series_version=1, state=JobState.RUNNING.value, worker=worker,
+                            started_at=at, attempts=1))
+    assert jobs.requeue_orphaned(index, stale_after_s=120, max_attempts=3, now=now) == (2, 0)
+    with index.session() as session:
+        running = set(session.execute(select(Job.worker).where(
+            Job.state == JobState.RUNNING.value)).scalars())
+    assert running == {"gpu-1/worker-1", "gpu-3/worker-1"}
+    assert jobs.workers_alive(index, stale_after_s=120) == ["gpu-1/worker-1"]
+    jobs.forget_worker(index, "gpu-1/worker-1")  # a clean stop
+    assert jobs.workers_alive(index, stale_after_s=120) == []
     index.close()
 
 

@@ -67,6 +67,8 @@ port = {closed_port}
     assert one(figures, "trauma_node_oldest_pending_delivery_age_seconds") > 0
     assert "trauma_node_recent_turnaround_seconds" not in figures  # nothing delivered yet
     assert one(figures, "trauma_node_oldest_queued_job_age_seconds") == 0
+    assert one(figures, "trauma_node_workers_alive", role="serve") == 1
+    assert one(figures, "trauma_node_workers_alive", role="worker") == 0
     assert one(figures, "trauma_node_spool_free_bytes") > one(figures,
                                                               "trauma_node_spool_min_free_bytes")
     info = next(iter(figures["trauma_node_info"]))

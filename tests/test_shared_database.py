@@ -14,7 +14,8 @@ import sys
 import highdicom as hd
 import httpx
 
-from conftest import AUTH, FAST, ROOT, storescu, wait_for
+from conftest import AUTH, FAST, ROOT, storescu
+from metrics_support import one, scrape
 from postgres import PostgresServer
 from qa_support import BLEED, ask
 
@@ -44,9 +45,15 @@ count = 0
                 cwd=ROOT, env=node.env, stdout=log, stderr=subprocess.STDOUT)
             try:
                 done = node.wait_series_state(truth.spec.series_uid, {"done"}, timeout=120)
+                with httpx.Client(timeout=30) as client:  # its heartbeat, seen by the node
+                    alive = scrape(client, node.url)
             finally:
                 worker.send_signal(signal.SIGTERM)
                 code = worker.wait(timeout=60)
+        assert one(alive, "trauma_node_workers_alive", role="worker") == 1
+        assert one(alive, "trauma_node_workers_alive", role="serve") == 0
+        with httpx.Client(timeout=30) as client:  # gone at a clean stop
+            assert one(scrape(client, node.url), "trauma_node_workers_alive", role="worker") == 0
         text = worker_log.read_text()
         assert code == 0, text
         assert "received SIGTERM" in text and text.rstrip().endswith("stopped")
