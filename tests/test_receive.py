@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from pydicom.uid import (
 )
 
 from conftest import DCMTK_ENV, ECHOSCU, FAST, ROOT, storescu, wait_for
+from postgres import PostgresServer
 
 
 def spool_file(node, study_uid: str, series_uid: str, sop_uid: str) -> Path:
@@ -134,10 +136,21 @@ def test_three_senders_at_once(node_factory, phantom_factory):
         assert s["instances"] == 30 and processed_slices(s) == 30
 
 
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_duplicates_are_stored_once_and_late_instances_make_a_new_version(
-        node_factory, phantom_factory):
+        node_factory, phantom_factory, database):
     truth = phantom_factory("versions", slices=20, rows=128, cols=128)
-    node = node_factory(FAST)
+    with contextlib.ExitStack() as stack:
+        config = FAST
+        if database == "postgresql":  # the receive path's statements on a shared database
+            pg = stack.enter_context(PostgresServer())
+            config = FAST.replace("[storage]\n", f'[storage]\ndatabase_url = "{pg.url}"\n')
+        node = node_factory(config)
+        _duplicates_then_late_instances(node, truth)
+        node.stop()
+
+
+def _duplicates_then_late_instances(node, truth) -> None:
     first, late = truth.paths[:15], truth.paths[15:]
     storescu(first, node.dicom_port)
     s = node.wait_series_state(truth.spec.series_uid, {"done"}, timeout=60)
