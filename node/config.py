@@ -62,6 +62,8 @@ class StorageSection:
     # them is in flight (node.retention); 0 keeps everything.
     retention_days: float = 7.0
     retention_check_interval_s: float = 3600.0
+    # Below this much free disk (MB) the oldest studies go early (0: never).
+    purge_below_free_mb: int = 4096
 
 
 @dataclass
@@ -224,6 +226,9 @@ def validate(settings: Settings) -> list[str]:
     if s.storage.retention_days < 0:
         problems.append(f"storage.retention_days: must be 0 (keep everything) or more, got "
                         f"{s.storage.retention_days}")
+    if s.storage.purge_below_free_mb < 0:
+        problems.append(f"storage.purge_below_free_mb: must be 0 (never) or more, got "
+                        f"{s.storage.purge_below_free_mb}")
     problems += _check_positive(s.storage.retention_check_interval_s,
                                 "storage.retention_check_interval_s")
     problems += _check_positive(s.workers.stale_after_s, "workers.stale_after_s")

@@ -25,6 +25,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -52,7 +53,8 @@ class Removed:
 
 
 def _expired(cutoff: dt.datetime, study_id=None):
-    """Studies whose last image is older than cutoff and with nothing in flight."""
+    """Oldest last image first."""
+    # Studies whose last image is older than cutoff and with nothing in flight.
     last_image = (select(Series.study_id, func.max(Instance.received_at).label("last"))
                   .join(Instance, Instance.series_id == Series.id)
                   .group_by(Series.study_id).subquery())
@@ -66,7 +68,7 @@ def _expired(cutoff: dt.datetime, study_id=None):
              .where(func.coalesce(last_image.c.last, Study.created_at) < cutoff,
                     Study.id.not_in(receiving), Study.id.not_in(working),
                     Study.id.not_in(pending))
-             .order_by(Study.id))
+             .order_by(func.coalesce(last_image.c.last, Study.created_at), Study.id))
     return query.where(Study.id == study_id) if study_id is not None else query
 
 
@@ -75,16 +77,25 @@ def _dead_letters(study_uid: str):
         OutboxItem.study_uid == study_uid, OutboxItem.state == OutboxState.DEAD.value)
 
 
+# Low disk: studies may go before their time, but never within this long of their last
+# image (the radiologist may still be reading and asking about them).
+PRESSURE_MIN_AGE = dt.timedelta(hours=1)
+PRESSURE_CHECK_S = 30.0
+
+
 class Retention:
     def __init__(self, settings: Settings, index: Index,
                  forget_series: Callable[[list[str]], None] | None = None,
-                 lock: threading.Lock | None = None):
+                 lock: threading.Lock | None = None,
+                 free_bytes: Callable[[], int] | None = None):
         """forget_series: drops in-memory state of the series removed (the receiver's
-        hints); lock: held while rows are removed (the receiver's)."""
+        hints); lock: held while rows are removed (the receiver's); free_bytes: the
+        spool's free space now."""
         self.settings = settings
         self.index = index
         self.forget_series = forget_series or (lambda uids: None)
         self.lock = lock if lock is not None else threading.Lock()
+        self.free_bytes = free_bytes or (lambda: shutil.disk_usage(settings.spool_dir).free)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -96,13 +107,43 @@ class Retention:
         return (now or utcnow()) - dt.timedelta(days=self.settings.storage.retention_days)
 
     def run_once(self, now: dt.datetime | None = None, dry_run: bool = False) -> Removed:
-        removed = Removed()
+        """The studies past storage.retention_days."""
         if not self.enabled:
-            return removed
-        cutoff = self.cutoff(now)
+            return Removed()
+        removed = self._remove_expired(self.cutoff(now), dry_run)
+        if removed.studies and not dry_run:
+            log.info("retention: removed %d studies (%d instances, %.1f MB) whose last image "
+                     "is older than %s days", len(removed.studies), removed.instances,
+                     removed.bytes / 1e6, self.settings.storage.retention_days)
+        return removed
+
+    def relieve_disk(self, now: dt.datetime | None = None) -> Removed:
+        """Free space below storage.purge_below_free_mb: the oldest studies go early (never
+        within PRESSURE_MIN_AGE of their last image) until it is above again, so that the
+        node goes on receiving instead of refusing new studies."""
+        mark = self.settings.storage.purge_below_free_mb * 2**20
+        if mark <= 0 or self.free_bytes() >= mark:
+            return Removed()
+        removed = self._remove_expired((now or utcnow()) - PRESSURE_MIN_AGE, dry_run=False,
+                                       enough=lambda: self.free_bytes() >= mark)
+        free_mb = self.free_bytes() / 2**20
+        if removed.studies:
+            log.warning("retention: free disk below %d MB: removed %d studies early (%.1f MB); "
+                        "%.0f MB free now", self.settings.storage.purge_below_free_mb,
+                        len(removed.studies), removed.bytes / 1e6, free_mb)
+        if free_mb < self.settings.storage.purge_below_free_mb:
+            log.warning("retention: free disk still below %d MB (%.0f MB free): nothing more "
+                        "may go yet", self.settings.storage.purge_below_free_mb, free_mb)
+        return removed
+
+    def _remove_expired(self, cutoff: dt.datetime, dry_run: bool,
+                        enough: Callable[[], bool] | None = None) -> Removed:
+        removed = Removed()
         with self.index.session() as session:
             candidates = session.execute(_expired(cutoff)).all()
         for study_id, study_uid in candidates:
+            if enough is not None and enough():
+                break
             with self.index.session() as session:
                 if session.execute(_dead_letters(study_uid)).scalar_one():
                     removed.kept_for_dead_letters += 1
@@ -121,10 +162,6 @@ class Retention:
                 for folder in results:
                     shutil.rmtree(folder, ignore_errors=True)
                     _remove_empty_parents(folder, self.settings.data_dir / "results")
-        if removed.studies and not dry_run:
-            log.info("retention: removed %d studies (%d instances, %.1f MB) whose last image "
-                     "is older than %s days", len(removed.studies), removed.instances,
-                     removed.bytes / 1e6, self.settings.storage.retention_days)
         if removed.kept_for_dead_letters:
             log.warning("retention: kept %d expired studies whose results were never delivered "
                         "(dead letters: `trauma-node retry`)", removed.kept_for_dead_letters)
@@ -183,18 +220,24 @@ class Retention:
     # -- in serve ---------------------------------------------------------------
     def start(self) -> None:
         if not self.enabled:
-            log.info("retention: storage.retention_days = 0, studies are kept")
-            return
+            log.info("retention: storage.retention_days = 0, studies are kept%s",
+                     f" (unless free disk falls below {self.settings.storage.purge_below_free_mb}"
+                     " MB)" if self.settings.storage.purge_below_free_mb else "")
         self._thread = threading.Thread(target=self._loop, name="retention", daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
+        interval = self.settings.storage.retention_check_interval_s
+        last_pass = float("-inf")
         while True:
             try:
-                self.run_once()
-            except Exception as exc:  # noqa: BLE001 - tried again at the next interval
+                self.relieve_disk()
+                if time.monotonic() - last_pass >= interval:
+                    last_pass = time.monotonic()
+                    self.run_once()
+            except Exception as exc:  # noqa: BLE001 - tried again at the next check
                 log.error("retention pass failed: %s: %s", type(exc).__name__, exc)
-            if self._stop.wait(self.settings.storage.retention_check_interval_s):
+            if self._stop.wait(min(interval, PRESSURE_CHECK_S)):
                 return
 
     def stop(self) -> None:

@@ -46,7 +46,7 @@ class Node:
         self.orphan_watch = OrphanWatch(settings, self.index)
         self.delivery = Delivery(settings, self.index)
         self.retention = Retention(settings, self.index, self.receiver.forget_series,
-                                   self.receiver.lock)
+                                   self.receiver.lock, self.spool.free_bytes)
         self.http: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None
         self.stopping = threading.Event()

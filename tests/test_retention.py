@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import httpx
+from sqlalchemy import select
 
 from conftest import AUTH, FAST, ROOT, free_port, storescu, wait_for
 from qa_support import ask
@@ -147,4 +148,54 @@ def test_a_file_that_arrives_during_removal_is_kept(tmp_path):
         rows = conn.exec_driver_sql("SELECT sop_instance_uid, path FROM instances").all()
     assert [r[0] for r in rows] == ["1.2.3.4.99"]
     assert (settings.spool_dir / rows[0][1]).exists()
+    index.close()
+
+
+def test_low_disk_removes_the_oldest_studies_early_and_nothing_in_flight(tmp_path):
+    from node import jobs
+    from node.config import load_settings
+    from node.headers import InstanceHeader
+    from node.index import Index, Job, JobState, Series, Study
+    from node.receiver import Receiver
+    from node.retention import Retention
+    from node.spool import Spool
+
+    settings = load_settings(None, overrides={"node.data_dir": str(tmp_path / "data")}, env={})
+    settings.data_dir.mkdir(parents=True)
+    index = Index(settings.database_url)
+    receiver = Receiver(index, Spool(settings.spool_dir))
+    now = dt.datetime.utcnow()
+    ages = {"1.1": dt.timedelta(days=1), "1.2": dt.timedelta(days=3), "1.3": dt.timedelta(days=2),
+            "1.4": dt.timedelta(days=4),  # the oldest, but its job is running
+            "1.5": dt.timedelta(minutes=30)}  # too recent even for low disk
+    for n, study in enumerate(ages):
+        header = InstanceHeader(study_uid=study, series_uid=f"{study}.9", sop_uid=f"{study}.9.1",
+                                sop_class_uid="1.2.840.10008.5.1.4.1.1.2", modality="CT")
+        receiver.store(header, b"DICM" * 64, "1.2.840.10008.1.2.1", "CT1", n)
+        receiver.association_closed(n)
+    with index.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE series SET state = 'queued'")
+        for study, age in ages.items():
+            conn.exec_driver_sql("UPDATE instances SET received_at = ? WHERE sop_instance_uid = ?",
+                                 ((now - age).strftime("%Y-%m-%d %H:%M:%S.%f"), f"{study}.9.1"))
+    with index.session() as session, session.begin():
+        series = session.execute(select(Series).where(Series.series_uid == "1.4.9")).scalar_one()
+        session.add(Job(series_id=series.id, series_version=1, state=JobState.RUNNING.value,
+                        worker=jobs.worker_name("serve", 1)))
+
+    def studies() -> list[str]:
+        with index.session() as session:
+            return sorted(session.execute(select(Study.study_uid)).scalars())
+
+    mark = settings.storage.purge_below_free_mb * 2**20
+    low = {"until": 3}  # free space is low while more than this many studies are held
+    retention = Retention(settings, index, receiver.forget_series, receiver.lock,
+                          free_bytes=lambda: mark - 1 if len(studies()) > low["until"] else mark)
+    assert retention.run_once(now=now).studies == []  # none past the 7 days
+    assert retention.relieve_disk(now=now).studies == ["1.2", "1.3"]  # oldest first, then enough
+    assert studies() == ["1.1", "1.4", "1.5"]
+    low["until"] = 0  # the disk stays low: everything that may go, goes; nothing else
+    assert retention.relieve_disk(now=now).studies == ["1.1"]
+    assert studies() == ["1.4", "1.5"]
+    assert not (settings.spool_dir / "1.2").exists() and (settings.spool_dir / "1.5").exists()
     index.close()
