@@ -98,6 +98,7 @@ class Retention:
         self.free_bytes = free_bytes or (lambda: shutil.disk_usage(settings.spool_dir).free)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._stuck_reported = False
 
     @property
     def enabled(self) -> bool:
@@ -123,6 +124,7 @@ class Retention:
         node goes on receiving instead of refusing new studies."""
         mark = self.settings.storage.purge_below_free_mb * 2**20
         if mark <= 0 or self.free_bytes() >= mark:
+            self._stuck_reported = False
             return Removed()
         removed = self._remove_expired((now or utcnow()) - PRESSURE_MIN_AGE, dry_run=False,
                                        enough=lambda: self.free_bytes() >= mark)
@@ -131,7 +133,9 @@ class Retention:
             log.warning("retention: free disk below %d MB: removed %d studies early (%.1f MB); "
                         "%.0f MB free now", self.settings.storage.purge_below_free_mb,
                         len(removed.studies), removed.bytes / 1e6, free_mb)
-        if free_mb < self.settings.storage.purge_below_free_mb:
+        # Once per low-disk spell, not at every check (every PRESSURE_CHECK_S).
+        if free_mb < self.settings.storage.purge_below_free_mb and not self._stuck_reported:
+            self._stuck_reported = True
             log.warning("retention: free disk still below %d MB (%.0f MB free): nothing more "
                         "may go yet", self.settings.storage.purge_below_free_mb, free_mb)
         return removed
