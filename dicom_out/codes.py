@@ -8,6 +8,7 @@ declares in its CodingSchemeIdentificationSequence.
 from __future__ import annotations
 
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from highdicom.sr import FindingSite
 from pydicom.sr.coding import Code
 
 # --- anatomy (SNOMED CT) -----------------------------------------------------
@@ -29,6 +30,34 @@ ORGAN_SITES: dict[str, tuple[str, Code, Code | None]] = {
 }
 
 
+# Compartments of pipeline.compartments -> (name for people, finding site). Standard
+# SNOMED CT sites: the quadrant a perihepatic or perisplenic space lies in, the
+# retroperitoneum beside a kidney, the peritoneal cavity with a modifier.
+RIGHT_UPPER_QUADRANT = Code("50519007", "SCT", "Right upper quadrant of abdomen")
+LEFT_UPPER_QUADRANT = Code("86367003", "SCT", "Left upper quadrant of abdomen")
+RETROPERITONEUM = Code("82849001", "SCT", "Retroperitoneal space")
+PELVIC_CAVITY = Code("21844003", "SCT", "Pelvic cavity structure")
+LATERAL = Code("49370004", "SCT", "Lateral")
+CENTRAL = Code("26216008", "SCT", "Central")
+INTRAPARENCHYMAL = Code("91772007", "SCT", "Parenchyma")  # a blood volume's site within an organ
+
+
+def compartment_site(name: str) -> tuple[str, FindingSite]:
+    sites = {
+        "perihepatic": ("perihepatic space / Morison's pouch", FindingSite(RIGHT_UPPER_QUADRANT)),
+        "perisplenic": ("perisplenic space", FindingSite(LEFT_UPPER_QUADRANT)),
+        "perirenal_right": ("right perirenal space", FindingSite(RETROPERITONEUM, laterality=RIGHT)),
+        "perirenal_left": ("left perirenal space", FindingSite(RETROPERITONEUM, laterality=LEFT)),
+        "right_paracolic": ("right paracolic gutter", FindingSite(
+            PERITONEAL_CAVITY, laterality=RIGHT, topographical_modifier=LATERAL)),
+        "left_paracolic": ("left paracolic gutter", FindingSite(
+            PERITONEAL_CAVITY, laterality=LEFT, topographical_modifier=LATERAL)),
+        "central": ("central (mesenteric) space", FindingSite(PERITONEAL_CAVITY, topographical_modifier=CENTRAL)),
+        "pelvic": ("pelvis", FindingSite(PELVIC_CAVITY)),
+    }
+    return sites.get(name, (name.replace("_", " "), FindingSite(PERITONEAL_CAVITY)))
+
+
 def organ_site(organ: str) -> tuple[str, Code, Code | None]:
     """An organ the table does not know yet is reported in the peritoneal cavity."""
     return ORGAN_SITES.get(organ, (organ.replace("_", " ").capitalize(), PERITONEAL_CAVITY, None))
@@ -47,9 +76,8 @@ CUBIC_CENTIMETRE = Code("cm3", "UCUM", "cubic centimeter")  # = mL
 GRADE_UNIT = Code("{grade}", "UCUM", "grade")  # a UCUM annotation: a dimensionless ordinal
 
 # --- the report --------------------------------------------------------------
-# CID 100 offers no CT abdomen/pelvis code; this is its CT entry. The anatomy is
-# carried by the finding sites and the SEG's anatomic region.
-CT_PROCEDURE = Code("25045-6", "LN", "CT unspecified body region")
+# LOINC/RSNA Radiology Playbook: the trauma CT of the abdomen and pelvis.
+CT_PROCEDURE = Code("36813-4", "LN", "CT Abdomen and Pelvis W contrast IV")
 QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")  # TID 1500 row 12
 IMPRESSION = Code("121073", "DCM", "Impression")
 RECOMMENDATION = Code("121075", "DCM", "Recommendation")
@@ -69,9 +97,6 @@ PRIVATE_SCHEME = "99TRAUMANODE"
 RISK_TIER = Code("RISK-TIER", PRIVATE_SCHEME, "Hemorrhage risk tier")
 AAST_GRADE_LOWER_BOUND = Code("AAST-GRADE-MIN", PRIVATE_SCHEME,
                               "AAST injury grade estimate, lower bound")
-ADJACENT_BLOOD_VOLUME = Code("ADJ-BLOOD-VOL", PRIVATE_SCHEME, "Volume of blood adjacent to organ")
-INTRAPARENCHYMAL_BLOOD_VOLUME = Code("IPH-BLOOD-VOL", PRIVATE_SCHEME,
-                                     "Volume of intraparenchymal blood")
 
 
 def private_coding_scheme() -> CodingSchemeIdentificationItem:

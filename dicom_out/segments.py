@@ -26,10 +26,17 @@ class FindingType:
     label_values: tuple[int, ...]  # label volume values that belong to it
 
 
+# The two segments never overlap (each voxel has one label value): viewers that
+# compute statistics per labelmap, OHIF among them, get both volumes right, and the
+# SR states their total separately.
 HEMORRHAGE_FINDING = FindingType(
-    "hemorrhage", "Hemorrhage", "Blood-density material (hemoperitoneum, hematoma, clot), "
-    "contrast blush included", codes.HEMORRHAGE, (200, 30, 30),
-    (HEMORRHAGE, ACTIVE_EXTRAVASATION))  # blush is blood too, as in Findings.volumes_ml
+    "non_enhancing_hemorrhage", "Hemorrhage, non-enhancing",
+    "Blood-density material without contrast (hemoperitoneum, hematoma, clot); "
+    "the active extravasation within it is its own segment", codes.HEMORRHAGE,
+    # Recommended display colour of Hemorrhage (SCT 50960005) in the DICOM master
+    # segmentation terminology (dcmqi/3D Slicer SegmentationCategoryTypeModifier-DICOM-Master).
+    (188, 65, 28),
+    (HEMORRHAGE,))
 ACTIVE_EXTRAVASATION_FINDING = FindingType(
     "active_extravasation", "Active extravasation", "Contrast-density focus (blush) within "
     "blood: suspected active bleeding", codes.EXTRAVASATION, (255, 220, 0),
@@ -56,7 +63,7 @@ class Segment:
 
 def planned_segments(findings: Findings, masks: bool = True,
                      slices: np.ndarray | None = None) -> list[Segment]:
-    """Hemorrhage always (empty when none was found: an explicit negative result the
+    """Non-enhancing hemorrhage always (empty when none was found: an explicit negative result the
     viewer shows), active extravasation only when the pipeline found some.
 
     Presence comes from the label volume when there is one (a tiny volume can
@@ -79,8 +86,6 @@ def planned_segments(findings: Findings, masks: bool = True,
         if not masks or labels is None:
             return None
         picked = labels if slices is None else labels[slices]
-        if len(finding.label_values) == 1:
-            return picked == finding.label_values[0]
         return np.isin(picked, finding.label_values, kind="table")
 
     return [Segment(n, f, mask(f), float(findings.volumes_ml.get(f.key, 0.0)))

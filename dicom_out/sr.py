@@ -10,11 +10,16 @@ SR carries everything and no second, text-only SR is needed):
     Image Library: every source image (one IMAGE entry each; the descriptors all
       images share stated once for the group: see image_library.py)
     Imaging Measurements
-      one TID 1411 group per SEG segment: tracking id + UID (the segment's),
-        referenced segment, finding, finding site, Volume (cm3); the hemorrhage
-        group also holds Extravasation present/absent and the risk tier
-      one TID 1501 group per organ with injury evidence: Traumatic injury at
-        the organ, adjacent/intraparenchymal blood volumes, AAST grade lower bound
+      one TID 1411 group per SEG segment (non-enhancing hemorrhage, active
+        extravasation: they never overlap): tracking id + UID (the segment's),
+        referenced segment, finding, finding site, Volume (cm3)
+      one TID 1501 group for the total hemorrhage (the segments' sum), with
+        Extravasation present/absent and the risk tier
+      one TID 1501 group per peritoneal compartment holding blood (each voxel
+        in one: their volumes add up to the total), its site coded
+      one TID 1501 group per organ with parenchymal evidence of injury only:
+        Traumatic injury at the organ, the blood inside it, AAST grade lower
+        bound (blood beside an organ is never coded as its injury)
     Qualitative Evaluations (TID 1500 row 12): TEXT Impression, Recommendation
       (EAST-aligned), Findings (the full report), Comment (research-use notice)
 """
@@ -34,7 +39,7 @@ from dicom_out.device import (MANUFACTURER, Algorithm, output_series_number,
 from dicom_out.image_library import fill_image_library, library_header
 from dicom_out.segments import Segment, planned_segments
 from dicom_out.source import source_images
-from pipeline.findings import Findings, OrganFinding
+from pipeline.findings import Compartment, Findings, OrganFinding
 
 RelationshipType = hd.sr.RelationshipTypeValues
 MeasurementGroup = (hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
@@ -73,10 +78,10 @@ def build_sr(findings: Findings, source_datasets: Sequence[Dataset], seg: Datase
                          f"{len(segments)}: was it built from other findings?")
     if previous_sr is not None and previous_sr.StudyInstanceUID != findings.series["study_instance_uid"]:
         raise ValueError("the previous SR belongs to another study")
-    overall = _overall_evaluations(findings, segments)
-    groups: list[MeasurementGroup] = [
-        _segment_group(s, [] if s.is_extravasation else overall, report, seg) for s in segments]
-    groups += [_organ_group(o, report) for o in findings.organs.values() if _has_injury_evidence(o)]
+    groups: list[MeasurementGroup] = [_segment_group(s, report, seg) for s in segments]
+    groups.append(_total_group(findings, segments, report))
+    groups += [_compartment_group(c, report) for c in findings.compartments if not c.parenchymal]
+    groups += [_organ_group(o, report) for o in findings.organs.values() if o.injured]
     content = hd.sr.MeasurementReport(
         observation_context=algorithm.observer_context(uids.device_uid(algorithm.name)),
         procedure_reported=codes.CT_PROCEDURE,
@@ -121,8 +126,7 @@ def _present(flag: bool) -> Code:
     return codes.PRESENT if flag else codes.ABSENT
 
 
-def _segment_group(segment: Segment, evaluations: list[hd.sr.QualitativeEvaluation],
-                   report: _Report, seg: Dataset | None) -> MeasurementGroup:
+def _segment_group(segment: Segment, report: _Report, seg: Dataset | None) -> MeasurementGroup:
     finding = segment.finding
     common = dict(
         tracking_identifier=report.tracking(finding.label, finding.key),
@@ -131,7 +135,6 @@ def _segment_group(segment: Segment, evaluations: list[hd.sr.QualitativeEvaluati
         algorithm_id=report.algorithm.sr_identification(),
         finding_sites=[hd.sr.FindingSite(codes.PERITONEAL_CAVITY)],
         measurements=[_volume(codes.VOLUME, segment.volume_ml)],
-        qualitative_evaluations=evaluations or None,
     )
     if seg is None:
         return hd.sr.MeasurementsAndQualitativeEvaluations(**common)
@@ -145,38 +148,60 @@ def _segment_group(segment: Segment, evaluations: list[hd.sr.QualitativeEvaluati
         referenced_segment=referenced, **common)
 
 
-def _overall_evaluations(findings: Findings,
-                         segments: list[Segment]) -> list[hd.sr.QualitativeEvaluation]:
-    """Blush present/absent and the risk tier, stated once, in the hemorrhage group."""
+def _total_group(findings: Findings, segments: list[Segment],
+                 report: _Report) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """All blood (the segments' sum), with blush present/absent and the risk tier, stated once."""
     tier = codes.RISK_TIER_VALUES.get(findings.risk_tier)
     if tier is None:
         raise ValueError(f"unknown risk tier {findings.risk_tier!r}")
     blush = any(s.is_extravasation for s in segments)
-    return [hd.sr.QualitativeEvaluation(codes.EXTRAVASATION, _present(blush)),
-            hd.sr.QualitativeEvaluation(codes.RISK_TIER, tier)]
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=report.tracking("Hemorrhage, total", "hemorrhage"),
+        finding_type=codes.HEMORRHAGE,
+        finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+        algorithm_id=report.algorithm.sr_identification(),
+        finding_sites=[hd.sr.FindingSite(codes.PERITONEAL_CAVITY)],
+        measurements=[_volume(codes.VOLUME, findings.volumes_ml.get("hemorrhage", 0.0))],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.EXTRAVASATION, _present(blush)),
+                                 hd.sr.QualitativeEvaluation(codes.RISK_TIER, tier)])
 
 
-def _has_injury_evidence(organ: OrganFinding) -> bool:
-    return bool(organ.adjacent_blood_ml > 0 or organ.intraparenchymal_blood_ml > 0
-                or organ.blush_inside or organ.blush_outside_adjacent or organ.aast_grade)
+def _compartment_group(compartment: Compartment,
+                       report: _Report) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """The blood of one compartment: where it lies, not which organ bled."""
+    name, site = codes.compartment_site(compartment.name)
+    evaluations = [hd.sr.QualitativeEvaluation(codes.EXTRAVASATION,
+                                               _present(compartment.active_extravasation_ml > 0))]
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=report.tracking(f"Hemorrhage, {name}", f"compartment/{compartment.name}"),
+        finding_type=codes.HEMORRHAGE,
+        finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+        algorithm_id=report.algorithm.sr_identification(),
+        finding_sites=[site],
+        measurements=[_volume(codes.VOLUME, compartment.volume_ml)],
+        qualitative_evaluations=evaluations)
 
 
 def _organ_group(organ: OrganFinding,
                  report: _Report) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """An organ with parenchymal evidence of injury: the blood inside it, the grade it supports."""
     name, structure, laterality = codes.organ_site(organ.organ)
-    measurements = [_volume(codes.ADJACENT_BLOOD_VOLUME, organ.adjacent_blood_ml),
-                    _volume(codes.INTRAPARENCHYMAL_BLOOD_VOLUME, organ.intraparenchymal_blood_ml)]
+    measurements = [hd.sr.Measurement(
+        name=codes.VOLUME, value=round(float(organ.intraparenchymal_blood_ml), 3),
+        unit=codes.CUBIC_CENTIMETRE,
+        finding_sites=[hd.sr.FindingSite(structure, laterality=laterality,
+                                         topographical_modifier=codes.INTRAPARENCHYMAL)])]
     if organ.aast_grade is not None:
         measurements.append(hd.sr.Measurement(
             name=codes.AAST_GRADE_LOWER_BOUND, value=int(organ.aast_grade), unit=codes.GRADE_UNIT))
-    blush = organ.blush_inside or organ.blush_outside_adjacent
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=report.tracking(f"{name} injury", f"organ/{organ.organ}"),
         finding_type=codes.TRAUMATIC_INJURY,
         algorithm_id=report.algorithm.sr_identification(),
         finding_sites=[hd.sr.FindingSite(structure, laterality=laterality)],
         measurements=measurements,
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.EXTRAVASATION, _present(blush))],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(
+            codes.EXTRAVASATION, _present(organ.blush_inside))],
     )
 
 

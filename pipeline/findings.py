@@ -15,7 +15,7 @@ import numpy as np
 
 from pipeline.labels import LABEL_NAMES
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: compartments, non-overlapping labels, organ injury on parenchymal evidence
 RESEARCH_USE = ("RESEARCH USE ONLY. Not for diagnosis or treatment decisions; every finding "
                 "must be confirmed by a radiologist.")
 
@@ -35,19 +35,33 @@ class BloodComponent:
     id: int
     volume_ml: float
     active_extravasation_ml: float
-    region: str  # perihepatic, perisplenic, perirenal_right, ..., pelvic, other
-    organs_touched: list[str]  # organs within the contact distance
-    inside_organ: str | None  # enclosed by that organ's parenchyma (hematoma or contained blush)
+    region: str  # the compartment holding most of it (pipeline.compartments.NAMES)
+    organs_touched: list[str]  # organs within the contact distance: adjacency, not injury
+    inside_organ: str | None  # mostly within that organ's parenchyma (hematoma or contained blush)
     max_extent_mm: float  # largest bounding-box side: a diameter estimate
     slices: list[int]  # first and last slice index
     centroid_mm: list[float]  # patient coordinates (LPS)
+    compartments: dict[str, float] = field(default_factory=dict)  # its mL in each compartment
+
+
+@dataclass
+class Compartment:
+    """The blood in one compartment; every voxel of blood is in exactly one."""
+
+    name: str  # pipeline.compartments.NAMES: intrasplenic, perisplenic, hepatorenal, pelvic, ...
+    volume_ml: float
+    active_extravasation_ml: float
+    parenchymal: bool  # inside an organ: evidence of that organ's injury
+    organ: str | None  # the organ it is named after (its parenchyma, or the space beside it)
+    organs_adjacent: list[str]  # organs its blood touches (within organ_contact_mm)
+    largest_extent_mm: float  # of its largest connected piece
 
 
 @dataclass
 class OrganFinding:
     organ: str
     located: bool  # found by the backend's anatomy step
-    adjacent_blood_ml: float
+    adjacent_blood_ml: float  # in the compartments named after it (perisplenic, ...): each mL once
     intraparenchymal_blood_ml: float
     largest_intraparenchymal_mm: float
     blush_inside: bool
@@ -56,6 +70,11 @@ class OrganFinding:
     aast_scale: str | None
     aast_rules: list[str]
     note: str
+    # Parenchymal evidence only (blood inside it, a contained blush): blood beside
+    # an organ never makes it injured. injury_evidence says what was seen.
+    injured: bool = False
+    injury_evidence: list[str] = field(default_factory=list)
+    adjacent_compartments: list[str] = field(default_factory=list)  # where blood touches it
 
 
 @dataclass
@@ -98,8 +117,9 @@ class Findings:
     research_use: str
     series: dict[str, Any]  # geometry and the source slices, in volume order
     triage: TriageResult
-    volumes_ml: dict[str, float]  # hemorrhage (all blood, blush included), active_extravasation
-    volumes_by_region_ml: dict[str, float]
+    # hemorrhage (all blood), non_enhancing_hemorrhage + active_extravasation (= hemorrhage)
+    volumes_ml: dict[str, float]
+    volumes_by_region_ml: dict[str, float]  # per compartment: adds up to the hemorrhage
     components: list[BloodComponent]
     organs: dict[str, OrganFinding]
     reading: dict[str, Any]
@@ -113,6 +133,7 @@ class Findings:
     labels_file: str | None = None  # where the caller saved the labels, if it did
     # Reading vs segmentation (pipeline.reconcile): both kept, disagreements stated.
     reconciliation: dict[str, Any] = field(default_factory=dict)
+    compartments: list[Compartment] = field(default_factory=list)
 
     def to_json_dict(self) -> dict[str, Any]:
         out = {f.name: _plain(getattr(self, f.name))
@@ -132,11 +153,15 @@ class Findings:
         provenance["stages"] = [StageProvenance(**s) for s in provenance["stages"]]
         recommendation = dict(data["recommendation"])
         recommendation["rules_fired"] = [RuleFiring(**r) for r in recommendation["rules_fired"]]
+        volumes = dict(data["volumes_ml"])
+        volumes.setdefault("non_enhancing_hemorrhage", round(
+            volumes.get("hemorrhage", 0.0) - volumes.get("active_extravasation", 0.0), 3))
         return cls(
             research_use=data["research_use"], series=data["series"],
-            triage=TriageResult(**data["triage"]), volumes_ml=data["volumes_ml"],
+            triage=TriageResult(**data["triage"]), volumes_ml=volumes,
             volumes_by_region_ml=data["volumes_by_region_ml"],
             components=[BloodComponent(**c) for c in data["components"]],
+            compartments=[Compartment(**c) for c in data.get("compartments", [])],
             organs={k: OrganFinding(**v) for k, v in data["organs"].items()},
             reading=data["reading"], risk_tier=data["risk_tier"],
             risk_tier_reasons=data["risk_tier_reasons"],

@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 
 from pipeline import rules
 from pipeline.findings import OrganFinding, Recommendation, RuleFiring
-from pipeline.quantification import INTRA_REGION, PERI_REGION, Quantification
+from pipeline.quantification import Quantification
 from pipeline.settings import PipelineSettings, RiskTierSettings
 from pipeline.stages import StageContext
 
@@ -23,25 +23,30 @@ class Grading:
 
 
 def organ_evidence(organ: str, located: bool, quantification: Quantification) -> rules.OrganEvidence:
-    inside = [c for c in quantification.components if c.inside_organ == organ]
-    beside = [c for c in quantification.components if c.inside_organ != organ and organ in c.organs_touched]
-    own_region = PERI_REGION.get(organ)
+    """What the compartments show of one organ: inside it (injury) and beside it (adjacency)."""
+    own = [c for c in quantification.compartments if c.organ == organ]
+    inside = [c for c in own if c.parenchymal]
+    beside = [c for c in own if not c.parenchymal]
     return rules.OrganEvidence(
         organ=organ, located=located,
         adjacent_blood_ml=round(sum(c.volume_ml for c in beside), 3),
         intraparenchymal_blood_ml=round(sum(c.volume_ml for c in inside), 3),
-        largest_intraparenchymal_mm=max((c.max_extent_mm for c in inside), default=0.0),
+        largest_intraparenchymal_mm=max((c.largest_extent_mm for c in inside), default=0.0),
         blush_inside=any(c.active_extravasation_ml > 0 for c in inside),
-        # A blush beside several organs is attributed to the one its collection hugs most.
-        blush_outside_adjacent=any(c.active_extravasation_ml > 0 and c.region == own_region
-                                   for c in beside))
+        blush_outside_adjacent=any(c.active_extravasation_ml > 0 for c in beside))
+
+
+def spaces_with_blood(quantification: Quantification, min_ml: float) -> list[str]:
+    """The peritoneal compartments holding blood (parenchyma is not a space)."""
+    return sorted(c.name for c in quantification.compartments
+                  if not c.parenchymal and c.volume_ml >= min_ml)
 
 
 def risk_tier(quantification: Quantification, tiers: RiskTierSettings) -> tuple[str, list[str]]:
-    """Tier from volume, spread over regions, and blush (see RiskTierSettings)."""
+    """Tier from volume, spread over compartments, and blush (see RiskTierSettings)."""
     blood = quantification.volumes_ml["hemorrhage"]
     blush = quantification.volumes_ml["active_extravasation"]
-    spaces = sorted({c.region for c in quantification.components if c.region not in INTRA_REGION.values()})
+    spaces = spaces_with_blood(quantification, tiers.min_space_ml)
     if blood == 0:
         return "none", ["no blood detected"]
     reasons_by_tier: dict[str, list[str]] = {"high": [], "moderate": []}
@@ -95,7 +100,8 @@ class RuleTableGrading:
             hemorrhage_ml=quantification.volumes_ml["hemorrhage"],
             active_extravasation_ml=quantification.volumes_ml["active_extravasation"],
             amount_tier=amount_tier,
-            spleen_involved=spleen.adjacent_blood_ml > 0 or spleen.intraparenchymal_blood_ml > 0)
+            # Splenic injury, or blood in its own space: the amount rule is about splenic injury.
+            spleen_involved=spleen.injured or spleen.adjacent_blood_ml > 0)
         return Grading(organs, tier, reasons, recommend(case, context.hemodynamic_status))
 
     @staticmethod
@@ -103,19 +109,26 @@ class RuleTableGrading:
         evidence = organ_evidence(organ, located, quantification)
         scale = rules.GRADED_ORGANS.get(organ)
         grade, fired = rules.grade(evidence) if scale else (None, [])
+        injury = _injury_evidence(evidence)
+        touching = [c.name for c in quantification.compartments
+                    if not c.parenchymal and organ in c.organs_adjacent]
         if not located:
             note = "organ not located by this backend: no organ-level finding"
         elif grade is not None:
             note = (f"AAST grade at least {rules.ROMAN[grade]} from the image evidence: "
                     + "; ".join(r.statement for r in fired))
-        elif scale and evidence.adjacent_blood_ml > 0:
-            note = ("blood beside the organ suggests injury; grading needs laceration depth and "
-                    "capsule assessment, which this backend does not measure")
-        elif scale:
-            note = "no blood or blush at this organ detected"
+        elif injury:
+            note = "parenchymal injury: " + "; ".join(injury)
+        elif touching:
+            note = (f"no parenchymal injury detected; blood in the {_names(touching)} space(s) touches "
+                    "it (adjacency, not evidence of injury of this organ)")
         else:
-            note = ("AAST scale for this organ is not in the rule table; "
-                    + ("adjacent blood reported" if evidence.adjacent_blood_ml > 0 else "no blood detected here"))
+            note = "no blood in or beside the organ detected"
+        if located and not scale:
+            note += "; its AAST scale is not in the rule table"
+        if evidence.blush_outside_adjacent and not injury:
+            note += ("; active extravasation in the space beside it, its source not shown by this "
+                     "backend")
         return OrganFinding(organ=organ, located=located,
                             adjacent_blood_ml=evidence.adjacent_blood_ml,
                             intraparenchymal_blood_ml=evidence.intraparenchymal_blood_ml,
@@ -123,4 +136,21 @@ class RuleTableGrading:
                             blush_inside=evidence.blush_inside,
                             blush_outside_adjacent=evidence.blush_outside_adjacent,
                             aast_grade=grade, aast_scale=scale if grade is not None else None,
-                            aast_rules=[r.id for r in fired], note=note)
+                            aast_rules=[r.id for r in fired], note=note,
+                            injured=bool(injury), injury_evidence=injury,
+                            adjacent_compartments=touching)
+
+
+def _injury_evidence(evidence: rules.OrganEvidence) -> list[str]:
+    """Parenchymal evidence only: blood inside the organ, a blush contained in it."""
+    found = []
+    if evidence.intraparenchymal_blood_ml > 0:
+        found.append(f"intraparenchymal blood {evidence.intraparenchymal_blood_ml:.1f} mL "
+                     f"(largest {evidence.largest_intraparenchymal_mm:.0f} mm)")
+    if evidence.blush_inside:
+        found.append("contrast blush within the parenchyma")
+    return found
+
+
+def _names(items: list[str]) -> str:
+    return ", ".join(i.replace("_", " ") for i in items)

@@ -2,6 +2,8 @@
 
 BACKGROUND = 0
 HEMORRHAGE = 1  # blood without contrast: hemoperitoneum, hematoma, clot
-ACTIVE_EXTRAVASATION = 2  # contrast blush; also counted as hemorrhage
+ACTIVE_EXTRAVASATION = 2  # contrast blush; also counted in the total hemorrhage
 
-LABEL_NAMES = {HEMORRHAGE: "hemorrhage", ACTIVE_EXTRAVASATION: "active_extravasation"}
+# Every voxel has one value: the two findings never overlap, and the total
+# hemorrhage ("hemorrhage" in Findings.volumes_ml) is their sum.
+LABEL_NAMES = {HEMORRHAGE: "non_enhancing_hemorrhage", ACTIVE_EXTRAVASATION: "active_extravasation"}

@@ -10,32 +10,32 @@ exactly to the total.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
 
-from pipeline.anatomy import ORGAN_CODES, SOLID_CODES, Anatomy
-from pipeline.findings import BloodComponent
+from pipeline import compartments
+from pipeline.anatomy import ORGAN_CODES, Anatomy
+from pipeline.findings import BloodComponent, Compartment
 from pipeline.labels import ACTIVE_EXTRAVASATION, LABEL_NAMES
 from pipeline.settings import PipelineSettings
 from pipeline.stages import StageContext
 
 ORGAN_OF_CODE = {code: organ for organ, code in ORGAN_CODES.items()}
-PERI_REGION = {"liver": "perihepatic", "spleen": "perisplenic", "kidney_right": "perirenal_right",
-               "kidney_left": "perirenal_left", "bowel": "peribowel"}
-INTRA_REGION = {"liver": "intrahepatic", "spleen": "intrasplenic", "kidney_right": "intrarenal_right",
-                "kidney_left": "intrarenal_left"}
-INSIDE_FRACTION = 0.5  # of a collection's voxels within an organ's outline
+INSIDE_FRACTION = 0.5  # of a collection's blood in an organ's parenchyma
 
 
 @dataclass
 class Quantification:
-    volumes_ml: dict[str, float]  # hemorrhage (all blood incl. blush), active_extravasation
+    # hemorrhage (all blood: the sum of the two labels), non_enhancing_hemorrhage,
+    # active_extravasation
+    volumes_ml: dict[str, float]
     voxel_counts: dict[str, int]
     voxel_volume_mm3: float
-    by_region_ml: dict[str, float]
+    by_region_ml: dict[str, float]  # per compartment, each voxel in one: adds up to the total
     components: list[BloodComponent]
+    compartments: list[Compartment] = field(default_factory=list)
 
 
 def labelled_slices(labels: np.ndarray) -> np.ndarray:
@@ -44,16 +44,17 @@ def labelled_slices(labels: np.ndarray) -> np.ndarray:
 
 
 def count_labels(labels: np.ndarray) -> dict[str, int]:
-    """Full-resolution voxel counts per finding (hemorrhage includes the blush)."""
+    """Full-resolution voxel counts per label, and of all blood ("hemorrhage": their sum)."""
     blood = blush = 0
     for k in labelled_slices(labels):
         blood += int(np.count_nonzero(labels[k]))
         blush += int(np.count_nonzero(labels[k] == ACTIVE_EXTRAVASATION))
-    return {"hemorrhage": blood, "active_extravasation": blush}
+    return {"hemorrhage": blood, "non_enhancing_hemorrhage": blood - blush, "active_extravasation": blush}
 
 
 def volumes_ml(counts: dict[str, int], voxel_volume_mm3: float) -> dict[str, float]:
-    return {name: counts[name] * voxel_volume_mm3 / 1000.0 for name in LABEL_NAMES.values()}
+    return {name: counts[name] * voxel_volume_mm3 / 1000.0
+            for name in ("hemorrhage", *LABEL_NAMES.values())}
 
 
 class VoxelQuantification:
@@ -69,38 +70,62 @@ class VoxelQuantification:
         counts = count_labels(labels)
         voxel_mm3 = volume.voxel_volume_mm3
         blood_blocks, blush_blocks = _block_counts(labels, anatomy)
-        components = self._components(context, blood_blocks, blush_blocks, voxel_mm3)
-        by_region: dict[str, float] = {}
-        for c in components:
-            by_region[c.region] = by_region.get(c.region, 0.0) + c.volume_ml
-        return Quantification(volumes_ml(counts, voxel_mm3), counts, voxel_mm3, by_region, components)
+        blood_ml, blush_ml = blood_blocks * (voxel_mm3 / 1000), blush_blocks * (voxel_mm3 / 1000)
+        where = compartments.assign(volume, anatomy, blood_blocks > 0, self.settings, blood_ml, blush_ml)
+        found = self._compartments(anatomy, where, blood_ml, blush_ml)
+        components = self._components(context, where, blood_ml, blush_ml)
+        by_region = {c.name: c.volume_ml for c in found}
+        return Quantification(volumes_ml(counts, voxel_mm3), counts, voxel_mm3, by_region, components, found)
 
-    def _components(self, context: StageContext, blood_blocks: np.ndarray, blush_blocks: np.ndarray,
-                    voxel_mm3: float) -> list[BloodComponent]:
+    def _compartments(self, anatomy: Anatomy, where: compartments.CompartmentMap, blood_ml: np.ndarray,
+                      blush_ml: np.ndarray) -> list[Compartment]:
+        reach = self.settings.segmentation.organ_contact_mm
+        out = []
+        for code, name in enumerate(compartments.NAMES):
+            mask = where.codes == code
+            if not mask.any():
+                continue
+            organ = compartments.OWNER.get(name)
+            parenchymal = name in compartments.INTRA.values()
+            out.append(Compartment(
+                name=name, volume_ml=round(float(blood_ml[mask].sum()), 3),
+                active_extravasation_ml=round(float(blush_ml[mask].sum()), 3),
+                parenchymal=parenchymal, organ=organ,
+                organs_adjacent=[organ] if parenchymal else where.adjacent_organs(code, reach),
+                largest_extent_mm=round(float(compartments.largest_extent_mm(mask, anatomy.spacing)), 1)))
+        return sorted(out, key=lambda c: -c.volume_ml)
+
+    def _components(self, context: StageContext, where: compartments.CompartmentMap,
+                    blood_ml: np.ndarray, blush_ml: np.ndarray) -> list[BloodComponent]:
         anatomy = context.anatomy
-        occupied = blood_blocks > 0
+        occupied = where.codes != compartments.NONE
         if not occupied.any():
             return []
         ids, count = ndimage.label(occupied, structure=np.ones((3, 3, 3), bool))
-        blood_ml = np.bincount(ids.ravel(), weights=blood_blocks.ravel(), minlength=count + 1) * voxel_mm3 / 1000
-        blush_ml = np.bincount(ids.ravel(), weights=blush_blocks.ravel(), minlength=count + 1) * voxel_mm3 / 1000
-        lowest_organ_slice = _lowest_solid_organ_slice(anatomy)
+        total_ml = np.bincount(ids.ravel(), weights=blood_ml.ravel(), minlength=count + 1)
+        total_blush = np.bincount(ids.ravel(), weights=blush_ml.ravel(), minlength=count + 1)
         out = []
         for index, box in enumerate(ndimage.find_objects(ids), start=1):
             component = ids[box] == index
-            touched, inside = _contacts(anatomy, box, component,
-                                        self.settings.segmentation.organ_contact_mm)
+            codes, ml = where.codes[box][component], blood_ml[box][component]
+            by_compartment = {compartments.NAMES[c]: round(float(ml[codes == c].sum()), 3)
+                              for c in np.unique(codes)}
+            main = max(by_compartment, key=by_compartment.get)
+            inside = compartments.OWNER[main] if (
+                main in compartments.INTRA.values()
+                and by_compartment[main] >= INSIDE_FRACTION * total_ml[index]) else None
+            touched = _touched(anatomy, box, component, self.settings.segmentation.organ_contact_mm)
             k, i, j = np.asarray(ndimage.center_of_mass(component)) + [s.start for s in box]
             centroid = anatomy.patient_point(context.volume, k, i, j)
             extent = max((s.stop - s.start) * d for s, d in zip(box, anatomy.spacing))
             out.append(BloodComponent(
-                id=index, volume_ml=round(float(blood_ml[index]), 3),
-                active_extravasation_ml=round(float(blush_ml[index]), 3),
-                region=_region(touched, inside, k, lowest_organ_slice),
-                organs_touched=touched, inside_organ=inside,
+                id=index, volume_ml=round(float(total_ml[index]), 3),
+                active_extravasation_ml=round(float(total_blush[index]), 3),
+                region=main, organs_touched=touched, inside_organ=inside,
                 max_extent_mm=round(float(extent), 1),
                 slices=[anatomy.full_slices(box[0].start)[0], anatomy.full_slices(box[0].stop - 1)[-1]],
-                centroid_mm=[round(float(v), 1) for v in centroid]))
+                centroid_mm=[round(float(v), 1) for v in centroid],
+                compartments=dict(sorted(by_compartment.items(), key=lambda t: -t[1]))))
         return sorted(out, key=lambda c: -c.volume_ml)
 
 
@@ -122,15 +147,9 @@ def _block_counts(labels: np.ndarray, anatomy: Anatomy) -> tuple[np.ndarray, np.
     return blood, blush
 
 
-def _lowest_solid_organ_slice(anatomy: Anatomy) -> int | None:
-    solid = np.isin(anatomy.regions, SOLID_CODES).any(axis=(1, 2))
-    found = np.flatnonzero(solid)
-    return int(found[-1]) if found.size else None
-
-
-def _contacts(anatomy: Anatomy, box: tuple[slice, ...], component: np.ndarray,
-              reach_mm: float) -> tuple[list[str], str | None]:
-    """Organs within reach of the collection, and the organ enclosing it, if any."""
+def _touched(anatomy: Anatomy, box: tuple[slice, ...], component: np.ndarray,
+             reach_mm: float) -> list[str]:
+    """Organs within reach of the collection, the most touched first (adjacency, not injury)."""
     margin = [math.ceil(reach_mm / d) for d in anatomy.spacing]
     grown = tuple(slice(max(0, s.start - m), min(n, s.stop + m))
                   for s, m, n in zip(box, margin, anatomy.regions.shape))
@@ -140,20 +159,5 @@ def _contacts(anatomy: Anatomy, box: tuple[slice, ...], component: np.ndarray,
     regions = anatomy.regions[grown]
     near = ndimage.distance_transform_edt(~local, sampling=anatomy.spacing) <= reach_mm
     codes, hits = np.unique(regions[near & ~local], return_counts=True)
-    touched = [ORGAN_OF_CODE[c] for c, _ in sorted(zip(codes, hits), key=lambda t: -t[1])
-               if c in ORGAN_OF_CODE]
-    own = regions[local]
-    inside = None
-    for code, organ in ORGAN_OF_CODE.items():
-        if organ in INTRA_REGION and np.mean(own == code) >= INSIDE_FRACTION:
-            inside = organ
-    return touched, inside
-
-
-def _region(touched: list[str], inside: str | None, slice_index: float,
-            lowest_organ_slice: int | None) -> str:
-    if inside:
-        return INTRA_REGION[inside]
-    if lowest_organ_slice is not None and slice_index > lowest_organ_slice:
-        return "pelvic"  # below the liver, spleen and kidneys (slices run cranial to caudal)
-    return PERI_REGION[touched[0]] if touched else "other"
+    return [ORGAN_OF_CODE[c] for c, _ in sorted(zip(codes, hits), key=lambda t: -t[1])
+            if c in ORGAN_OF_CODE]

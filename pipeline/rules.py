@@ -26,7 +26,12 @@ class OrganEvidence:
     intraparenchymal_blood_ml: float
     largest_intraparenchymal_mm: float
     blush_inside: bool
-    blush_outside_adjacent: bool
+    blush_outside_adjacent: bool  # a blush in the space named after the organ
+
+    @property
+    def parenchymal(self) -> bool:
+        """Evidence inside the organ: a blush beside it alone does not show its source."""
+        return self.intraparenchymal_blood_ml > 0 or self.blush_inside
 
 
 @dataclass(frozen=True)
@@ -42,7 +47,7 @@ class GradeRule:
 GRADE_RULES: tuple[GradeRule, ...] = (
     GradeRule("AAST-SPLEEN-V-BLEED-BEYOND", "spleen", 5,
               "active bleeding extending beyond the spleen into the peritoneum", AAST_SPLEEN,
-              lambda e: e.blush_outside_adjacent),
+              lambda e: e.blush_outside_adjacent and e.parenchymal),
     GradeRule("AAST-SPLEEN-IV-BLEED-CONTAINED", "spleen", 4,
               "active bleeding confined within the splenic capsule", AAST_SPLEEN,
               lambda e: e.blush_inside),
@@ -54,7 +59,7 @@ GRADE_RULES: tuple[GradeRule, ...] = (
               lambda e: 0 < e.largest_intraparenchymal_mm < 50),
     GradeRule("AAST-LIVER-IV-BLEED-BEYOND", "liver", 4,
               "active bleeding extending beyond the liver parenchyma into the peritoneum", AAST_LIVER,
-              lambda e: e.blush_outside_adjacent),
+              lambda e: e.blush_outside_adjacent and e.parenchymal),
     GradeRule("AAST-LIVER-III-BLEED-CONTAINED", "liver", 3,
               "active bleeding contained within the liver parenchyma", AAST_LIVER,
               lambda e: e.blush_inside),

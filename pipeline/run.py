@@ -122,17 +122,25 @@ def run_volume(volume: Volume, settings: PipelineSettings | None = None,
                          "position": list(s.position)} for s in volume.slices]
     findings = Findings(
         research_use=RESEARCH_USE, series=series, triage=triage,
-        volumes_ml={k: round(float(v), 3) for k, v in quantification.volumes_ml.items()},
+        volumes_ml=_rounded_volumes(quantification.volumes_ml),
         volumes_by_region_ml={k: round(float(v), 3) for k, v in quantification.by_region_ml.items()},
         components=quantification.components, organs=grading.organs, reading=reading,
         risk_tier=grading.risk_tier, risk_tier_reasons=grading.risk_tier_reasons,
         recommendation=grading.recommendation, report="",
         provenance=Provenance(PIPELINE_VERSION, _backend_summary(chosen), stages.records,
                               asdict(settings), context.notes),
-        labels=labels, reconciliation=reconciliation)
+        labels=labels, reconciliation=reconciliation, compartments=quantification.compartments)
     with stages.stage("report", chosen["report"]):
         findings.report = chosen["report"].run(findings)
     return findings
+
+
+def _rounded_volumes(volumes: dict[str, float]) -> dict[str, float]:
+    """To the microlitre, the two labels' volumes adding up exactly to the stated total."""
+    out = {k: round(float(v), 3) for k, v in volumes.items()}
+    if "non_enhancing_hemorrhage" in out:
+        out["non_enhancing_hemorrhage"] = round(out["hemorrhage"] - out["active_extravasation"], 3)
+    return out
 
 
 def _backend_summary(chosen: dict[str, Any]) -> str:

@@ -77,8 +77,12 @@ class SegmentationSettings:
     min_blush_ml: float = 0.05
     # A blush component larger than this is a vessel, not a leak.
     max_blush_ml: float = 50.0
-    # Blood within this distance of an organ counts as touching it.
+    # Blood within this distance of an organ counts as touching it (adjacency).
     organ_contact_mm: float = 10.0
+    # Blood deep inside an organ's outline calls the organ injured only from this
+    # much on (or with a blush there): a collection's rim blurred into the organ's
+    # edge is not an injury.
+    min_intraparenchymal_ml: float = 1.0
     # Abdominal wall thickness used when it cannot be measured.
     default_wall_mm: float = 10.0
 
@@ -110,6 +114,9 @@ class RiskTierSettings:
     moderate_regions: int = 2
     high_regions: int = 3
     blush_is_high: bool = True
+    # A compartment counts as a space with blood from this much on: a sliver of a
+    # collection that crosses into the next compartment does not add a space.
+    min_space_ml: float = 5.0
 
 
 # Texts MedSigLIP scores each slice against (zero-shot). Two classes, each the
@@ -292,6 +299,8 @@ class PipelineSettings:
         need(hu.parenchyma_min < hu.parenchyma_max, "pipeline.hu.parenchyma_max must be > parenchyma_min")
         need(seg.working_pixel_mm > 0 and seg.working_slice_mm > 0,
              "pipeline.segmentation.working_pixel_mm and working_slice_mm must be > 0")
+        need(seg.min_intraparenchymal_ml >= 0, "pipeline.segmentation.min_intraparenchymal_ml must be >= 0")
+        need(tiers.min_space_ml >= 0, "pipeline.risk_tiers.min_space_ml must be >= 0")
         need(seg.min_component_ml >= 0 and seg.min_blush_ml >= 0,
              "pipeline.segmentation minimum volumes must be >= 0")
         need(seg.max_blush_ml > seg.min_blush_ml, "pipeline.segmentation.max_blush_ml must be > min_blush_ml")

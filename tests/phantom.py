@@ -6,7 +6,10 @@ subcutaneous fat ring and a muscular wall, intra-abdominal fat, liver, spleen,
 kidneys, aorta, IVC, spine and air-filled bowel, in a portal-venous phase.
 Blood collections (hemoperitoneum, 40-55 HU) and an optional contrast blush
 (~250 HU, inside the perisplenic collection) are painted with known voxel
-counts, so tests can compare a pipeline's volumes with the truth.
+counts, so tests can compare a pipeline's volumes with the truth. Harder
+layouts (bench/fidelity.py) put blood against the abdominal wall with no fat
+plane, or pooled in the fat against a kidney or bowel; the body habitus,
+the blood's HU and partial volume across thick slices can be varied too.
 
 HU values follow common abdominal CT figures (see ../shared/REFERENCES.md):
 unclotted blood 30-45 HU, clotted blood 45-70 HU, active extravasation close to
@@ -87,10 +90,91 @@ PERIHEPATIC = Ellipsoid((-40.0, 60.0, 15.0), (14.0, 16.0, 25.0))
 PELVIC = Ellipsoid((0.0, -10.0, -120.0), (40.0, 30.0, 22.0))
 BLUSH_SITE = Ellipsoid((116.0, 18.0, 72.0), (5.0, 5.0, 6.0))
 
-BLOOD_LAYOUTS: dict[str, tuple[Ellipsoid, ...]] = {
+
+
+@dataclass(frozen=True)
+class WallLining:
+    """Blood lining the inside of the abdominal wall on one side, no fat plane
+    between them: a crescent up to `thickness` mm deep, tapering in y and z.
+    It displaces whatever lies there (fat, the edge of the liver or spleen)."""
+
+    side: int  # -1: patient right (x < 0), +1: left
+    centre: tuple[float, float]  # (y, z) of the thickest part
+    half_extent: tuple[float, float]  # (y, z)
+    thickness: float
+
+    def mask(self, xs: np.ndarray, ys: np.ndarray, z: float, cavity: np.ndarray,
+             semi_axes: tuple[float, float]) -> np.ndarray | None:
+        (yc, zc), (hy, hz) = self.centre, self.half_extent
+        taper = 1.0 - ((ys - yc) / hy) ** 2 - ((z - zc) / hz) ** 2
+        if taper.max() <= 0:
+            return None
+        t = self.thickness * np.sqrt(np.clip(taper, 0.0, None))
+        a, b = semi_axes
+        deeper = (xs / np.maximum(a - t, 1.0)) ** 2 + (ys / np.maximum(b - t, 1.0)) ** 2 <= 1.0
+        return cavity & ~deeper & (t > 0) & (np.sign(xs) == self.side)
+
+
+@dataclass(frozen=True)
+class Pooled:
+    """Blood pooled in the intra-abdominal fat within an ellipsoid: it touches
+    the organs and wall there without displacing them (no parenchymal injury)."""
+
+    shape: Ellipsoid
+
+
+Collection = Ellipsoid | WallLining | Pooled
+
+# Against the right lateral wall beside the liver, and the left one beside the spleen.
+WALL_RIGHT = WallLining(-1, (0.0, 55.0), (60.0, 45.0), 18.0)
+WALL_LEFT = WallLining(+1, (25.0, 75.0), (55.0, 40.0), 18.0)
+# Lateral to the right kidney below the liver; around a bowel loop.
+PERIRENAL = Pooled(Ellipsoid((-85.0, 65.0, -12.0), (30.0, 28.0, 22.0)))
+PERIBOWEL = Pooled(Ellipsoid((30.0, -50.0, -30.0), (35.0, 35.0, 30.0)))
+
+# Deep in the spleen (about 8 mL, 28 mm across): parenchymal evidence of injury.
+SPLENIC_HEMATOMA = Ellipsoid((85.0, 50.0, 85.0), (10.0, 14.0, 14.0))
+
+BLOOD_LAYOUTS: dict[str, tuple[Collection, ...]] = {
     "none": (),
     "small": (PERIHEPATIC,),
     "large": (PERISPLENIC, PERIHEPATIC, PELVIC),
+    "wall_right": (WALL_RIGHT,),
+    "wall_left": (WALL_LEFT,),
+    "wall_both": (WALL_RIGHT, WALL_LEFT),
+    "perirenal": (PERIRENAL,),
+    "peribowel": (PERIBOWEL,),
+    # A splenic injury: a hematoma inside the parenchyma, blood around it and beyond.
+    "splenic_injury": (SPLENIC_HEMATOMA, PERISPLENIC, PERIHEPATIC, PELVIC),
+}
+
+
+@dataclass(frozen=True)
+class Habitus:
+    """Body build: the cavity inside the muscular wall (semi-axes, mm), the
+    wall's thickness and the subcutaneous fat's; the organs stay where they are.
+    fill_hu is what fills the cavity between the organs: fat, or in a thin
+    patient bowel and mesentery, with fat left only round the mesenteric root
+    (fat_core: semi-axes of a central ellipse)."""
+
+    cavity: tuple[float, float]
+    wall_mm: float
+    subcutaneous_mm: float
+    fill_hu: float = HU_FAT
+    fat_core: tuple[float, float] | None = None
+
+    def ellipses(self) -> tuple[tuple[float, float], ...]:
+        """Semi-axes of the skin, the wall's outer surface and the cavity."""
+        (a, b), w, s = self.cavity, self.wall_mm, self.subcutaneous_mm
+        return (a + w + s, b + w + s), (a + w, b + w), (a, b)
+
+
+HABITUS = {
+    "average": Habitus((143.0, 98.0), 12.0, 15.0),
+    # Thin: 4 mm of subcutaneous fat, the liver against the lateral wall, and
+    # no fat plane inside the wall (fluid-filled bowel, 10 HU) except centrally.
+    "thin": Habitus((137.0, 98.0), 8.0, 4.0, fill_hu=10.0, fat_core=(55.0, 40.0)),
+    "obese": Habitus((150.0, 104.0), 14.0, 38.0),  # needs a field of view over 400 mm
 }
 
 
@@ -105,9 +189,13 @@ class PhantomSpec:
     slice_spacing: float = 2.5
     slice_thickness: float | None = None  # defaults to slice_spacing
     z_top: float | None = None  # z of the most cranial slice; centred by default
-    blood: str = "none"  # none | small | large
+    blood: str = "none"  # a key of BLOOD_LAYOUTS: none | small | large | wall_right | ...
     blush: bool = False
     noise_hu: float = 8.0
+    blood_hu: float = HU_BLOOD
+    habitus: str = "average"  # average | thin | obese (HABITUS)
+    # Planes averaged across each slice's thickness (partial volume); 1: the centre plane alone.
+    slab_samples: int = 1
     seed: int = 0
     # File and instance order: "ascending" (feet->head), "descending"
     # (head->feet, as most scanners), "shuffled" (random InstanceNumber/file names).
@@ -158,18 +246,41 @@ def _grid(spec: PhantomSpec) -> tuple[np.ndarray, np.ndarray, float, float]:
 def render_slice(spec: PhantomSpec, z: float, rng: np.random.Generator,
                  grid: tuple[np.ndarray, np.ndarray, float, float] | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """HU (int16) and truth labels (uint8) of the axial plane at height z."""
-    xs, ys, _, _ = grid if grid is not None else _grid(spec)
+    """HU (int16) and truth labels (uint8) of the axial plane at height z.
+
+    With slab_samples > 1 the HU is the mean over planes across the slice
+    thickness (partial volume); the labels are those of the centre plane.
+    """
+    grid = grid if grid is not None else _grid(spec)
+    hu, labels = _render_plane(spec, z, grid)
+    if spec.slab_samples > 1:
+        thickness = spec.slice_thickness or spec.slice_spacing
+        offsets = (np.arange(spec.slab_samples) + 0.5) / spec.slab_samples - 0.5
+        hu = np.mean([_render_plane(spec, z + o * thickness, grid)[0] for o in offsets], axis=0)
+    if spec.noise_hu:
+        hu += rng.normal(0.0, spec.noise_hu, hu.shape).astype(np.float32)
+    return np.clip(np.rint(hu), -1024, 3071).astype(np.int16), labels
+
+
+def _render_plane(spec: PhantomSpec, z: float, grid: tuple[np.ndarray, np.ndarray, float, float]
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Noise-free HU (float32) and labels of one plane."""
+    xs, ys, _, _ = grid
     hu = np.full((spec.rows, spec.cols), HU_AIR, dtype=np.float32)
     labels = np.zeros((spec.rows, spec.cols), dtype=np.uint8)
 
     def ellipse(cx: float, cy: float, ax: float, ay: float) -> np.ndarray:
         return ((xs - cx) / ax) ** 2 + ((ys - cy) / ay) ** 2 <= 1.0
 
-    body = ellipse(0, 0, 170, 125)
+    habitus = HABITUS[spec.habitus]
+    skin, muscle, cavity_axes = habitus.ellipses()
+    body = ellipse(0, 0, *skin)
+    cavity = ellipse(0, 0, *cavity_axes)
     hu[body] = HU_FAT
-    hu[ellipse(0, 0, 155, 110)] = HU_MUSCLE  # abdominal wall muscles
-    hu[ellipse(0, 0, 143, 98)] = HU_FAT  # intra-abdominal fat
+    hu[ellipse(0, 0, *muscle)] = HU_MUSCLE  # abdominal wall muscles
+    hu[cavity] = habitus.fill_hu  # intra-abdominal fat (or bowel and mesentery)
+    if habitus.fat_core:
+        hu[ellipse(0, 0, *habitus.fat_core)] = HU_FAT
     hu[ellipse(0, 80, 20, 18)] = HU_BONE  # vertebral body
     hu[ellipse(15, 52, 11, 11)] = HU_AORTA
     hu[ellipse(-20, 52, 12, 10)] = HU_IVC
@@ -189,11 +300,18 @@ def render_slice(spec: PhantomSpec, z: float, rng: np.random.Generator,
             mi = inner.cross_section(xs, ys, z)
             if mi is not None:
                 hu[mi] = HU_BOWEL_GAS
+    free_fat = cavity & ((hu == HU_FAT) | (hu == habitus.fill_hu))  # where pooled blood can go
     for collection in BLOOD_LAYOUTS[spec.blood]:
-        m = collection.cross_section(xs, ys, z)
+        if isinstance(collection, WallLining):
+            m = collection.mask(xs, ys, z, cavity, cavity_axes)
+        elif isinstance(collection, Pooled):
+            m = collection.shape.cross_section(xs, ys, z)
+            m = None if m is None else m & free_fat
+        else:
+            m = collection.cross_section(xs, ys, z)
+            m = None if m is None else m & body
         if m is not None:
-            m &= body
-            hu[m] = HU_BLOOD
+            hu[m] = spec.blood_hu
             labels[m] = BLOOD
     if spec.blush:
         m = BLUSH_SITE.cross_section(xs, ys, z)
@@ -201,9 +319,7 @@ def render_slice(spec: PhantomSpec, z: float, rng: np.random.Generator,
             m &= body
             hu[m] = HU_BLUSH
             labels[m] = BLUSH
-    if spec.noise_hu:
-        hu += rng.normal(0.0, spec.noise_hu, hu.shape).astype(np.float32)
-    return np.clip(np.rint(hu), -1024, 3071).astype(np.int16), labels
+    return hu, labels
 
 
 def _dataset(spec: PhantomSpec, k: int, z: float, hu: np.ndarray, instance_number: int,

@@ -26,10 +26,10 @@ from node.http_api import create_app, server_config
 from node.index import Index, Job, Series, Study, utcnow
 from pipeline import PipelineSettings, run_series
 
-# A coarse phantom that still shows the whole abdomen: blood beside the spleen and the
-# right kidney/liver, a blush in the perisplenic collection.
+# A coarse phantom that still shows the whole abdomen: a splenic hematoma, blood beside
+# the spleen and the right kidney/liver, a blush in the perisplenic collection.
 BLEED = dict(slices=40, rows=128, cols=128, pixel_spacing=(3.125, 3.125), slice_spacing=5.0,
-             blood="large", blush=True)
+             blood="splenic_injury", blush=True)
 CLEAN = dict(slices=40, rows=128, cols=128, pixel_spacing=(3.125, 3.125), slice_spacing=5.0,
              blood="none", blush=False)
 

@@ -28,7 +28,7 @@ from dicom_out.device import output_series_number
 from dicom_out.source import source_images
 from pipeline import PipelineSettings, run_series
 from pipeline.findings import Findings
-from pipeline.labels import ACTIVE_EXTRAVASATION
+from pipeline.labels import ACTIVE_EXTRAVASATION, HEMORRHAGE
 
 DCIODVFY = "/usr/bin/dciodvfy"
 DSRDUMP = "/usr/bin/dsrdump"
@@ -145,26 +145,30 @@ def test_seg_pixels_equal_the_pipeline_masks(bled):
     labels = bled.findings.labels
     volumes = _segment_volumes(bled.seg, bled.slice_keys)
     labels_of = {s.SegmentLabel: int(s.SegmentNumber) for s in bled.seg.SegmentSequence}
-    assert set(labels_of) == {"Hemorrhage", "Active extravasation"}
-    np.testing.assert_array_equal(volumes[labels_of["Hemorrhage"]], labels > 0)
-    np.testing.assert_array_equal(volumes[labels_of["Active extravasation"]],
-                                  labels == ACTIVE_EXTRAVASATION)
+    assert set(labels_of) == {"Hemorrhage, non-enhancing", "Active extravasation"}
+    non_enhancing, blush = volumes[labels_of["Hemorrhage, non-enhancing"]], volumes[labels_of["Active extravasation"]]
+    np.testing.assert_array_equal(non_enhancing, labels == HEMORRHAGE)
+    np.testing.assert_array_equal(blush, labels == ACTIVE_EXTRAVASATION)
+    # Every voxel in one segment at most (OHIF halves the volumes of overlapping segments),
+    # and together they are all the blood.
+    assert not (non_enhancing & blush).any() and blush.any()
+    np.testing.assert_array_equal(non_enhancing | blush, labels > 0)
     # Empty frames are left out, so there are fewer frames than slices x segments.
     assert int(bled.seg.NumberOfFrames) == sum(int(v.any(axis=(1, 2)).sum()) for v in volumes.values())
-    assert bled.seg.SegmentsOverlap == "YES"  # the blush lies inside the blood
+    assert bled.seg.get("SegmentsOverlap", "NO") in ("NO", "UNDEFINED")
 
 
 def test_seg_pixels_read_back_by_highdicom(bleed):
     seg = hd.seg.segread(bleed.seg_path)
     pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=bleed.slice_uids,
                                                segment_numbers=[1, 2])
-    np.testing.assert_array_equal(pixels[..., 0] > 0, bleed.findings.labels > 0)
+    np.testing.assert_array_equal(pixels[..., 0] > 0, bleed.findings.labels == HEMORRHAGE)
     np.testing.assert_array_equal(pixels[..., 1] > 0, bleed.findings.labels == ACTIVE_EXTRAVASATION)
 
 
 def test_seg_without_blood_has_one_empty_hemorrhage_segment(clean):
     seg = clean.seg
-    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Hemorrhage (none detected)"]
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Hemorrhage, non-enhancing (none detected)"]
     assert not _segment_volumes(seg, clean.slice_keys)[1].any()
 
 
@@ -257,10 +261,11 @@ def test_sr_volumes_equal_the_findings(built):
     report = hd.sr.srread(built.sr_path)
     groups = report.content.get_volumetric_roi_measurement_groups()
     blush = built.findings.volumes_ml["active_extravasation"] > 0
-    assert [g.tracking_identifier for g in groups] == ["Hemorrhage", *(["Active extravasation"] * blush)]
+    assert [g.tracking_identifier for g in groups] == ["Hemorrhage, non-enhancing",
+                                                       *(["Active extravasation"] * blush)]
     for group in groups:
-        key = {"Hemorrhage": "hemorrhage", "Active extravasation": "active_extravasation"}[
-            group.tracking_identifier]
+        key = {"Hemorrhage, non-enhancing": "non_enhancing_hemorrhage",
+               "Active extravasation": "active_extravasation"}[group.tracking_identifier]
         (volume,) = group.get_measurements(name=codes.SCT.Volume)
         assert volume.value == pytest.approx(built.findings.volumes_ml[key], abs=1e-6)
         assert volume.unit.value == "cm3" and volume.unit.scheme_designator == "UCUM"
@@ -311,7 +316,7 @@ def test_sr_states_the_evaluations_and_the_texts(bleed):
     observer = _named(items, "Device Observer Name")[0]
     assert observer.TextValue == "trauma-node test"
     procedure = _named(items, "Procedure reported")[0]
-    assert procedure.ConceptCodeSequence[0].CodeValue == "25045-6"
+    assert procedure.ConceptCodeSequence[0].CodeValue == "36813-4"  # CT abdomen and pelvis
     texts = {i.ConceptNameCodeSequence[0].CodeMeaning: i.TextValue for i in items if i.ValueType == "TEXT"
              and i.ConceptNameCodeSequence[0].CodeMeaning in ("Impression", "Recommendation", "Findings",
                                                                 "Comment")}
@@ -329,8 +334,10 @@ def test_sr_states_the_evaluations_and_the_texts(bleed):
 def test_sr_without_blood_reports_absence(clean):
     items = list(_items(clean.sr))
     assert _named(items, "Extravasation")[0].ConceptCodeSequence[0].CodeMeaning == "Absent"
-    (volume,) = _named(items, "Volume")
-    assert float(volume.MeasuredValueSequence[0].NumericValue) == 0.0
+    volumes = _named(items, "Volume")  # the empty segment's and the total's
+    assert [float(v.MeasuredValueSequence[0].NumericValue) for v in volumes] == [0.0, 0.0]
+    assert not _named(items, "Finding site") or all(
+        i.ConceptCodeSequence[0].CodeValue == "83670000" for i in _named(items, "Finding site"))
 
 
 # --- validators, reading back, stable UIDs ------------------------------------
@@ -407,7 +414,10 @@ def test_without_label_volume_the_sr_stands_alone(bleed, tmp_path):
     assert not [i for i in items if i.ValueType == "IMAGE" and "ReferencedSegmentNumber"
                 in i.ReferencedSOPSequence[0]]
     volumes = [float(i.MeasuredValueSequence[0].NumericValue) for i in _named(items, "Volume")]
-    assert volumes == [findings.volumes_ml["hemorrhage"], findings.volumes_ml["active_extravasation"]]
+    # The two segments, their total, then one per compartment (each mL once: they add up).
+    assert volumes[:3] == [findings.volumes_ml["non_enhancing_hemorrhage"],
+                           findings.volumes_ml["active_extravasation"], findings.volumes_ml["hemorrhage"]]
+    assert sum(volumes[3:]) == pytest.approx(findings.volumes_ml["hemorrhage"], abs=1e-3)
 
 
 def test_missing_source_instances_are_refused(bleed):
@@ -434,7 +444,7 @@ def test_a_later_version_names_the_report_it_supersedes(bleed, tmp_path):
     (series_dir / "v2").mkdir()
     written = write_outputs(findings, paths, series_dir / "v3", 3)
     first = pydicom.dcmread(series_dir / "v1" / "sr.dcm")
-    third = pydicom.dcmread(written["sr"])
+    third = pydicom.dcmread(written["sr"][0])
     assert "PredecessorDocumentsSequence" not in first
     (study,) = third.PredecessorDocumentsSequence
     assert study.StudyInstanceUID == first.StudyInstanceUID
@@ -444,7 +454,7 @@ def test_a_later_version_names_the_report_it_supersedes(bleed, tmp_path):
     assert (instance.ReferencedSOPClassUID, instance.ReferencedSOPInstanceUID) == (
         first.SOPClassUID, first.SOPInstanceUID)
     assert third.SOPInstanceUID != first.SOPInstanceUID
-    errors, warnings = _dciodvfy_problems(written["sr"])
+    errors, warnings = _dciodvfy_problems(written["sr"][0])
     assert errors == [] and warnings == []
     other_study = pydicom.dcmread(series_dir / "v1" / "sr.dcm")
     other_study.StudyInstanceUID = "1.2.3.4"

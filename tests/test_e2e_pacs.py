@@ -72,17 +72,17 @@ def check_content(node, truth, seg_ds: pydicom.Dataset, sr_ds: pydicom.Dataset,
             continue
         source = item.DerivationImageSequence[0].SourceImageSequence[0]
         hemorrhage[slice_of[source.ReferencedSOPInstanceUID]] |= frame.astype(bool)
-    assert hemorrhage.any() and np.array_equal(hemorrhage, labels > 0)
+    assert hemorrhage.any() and np.array_equal(hemorrhage, labels == 1)  # blood without contrast
 
     # SR: TID 1500, volume equal to Findings, image library = the source images.
     sr = hd.sr.srread(tmp / "sr.dcm")
     assert sr.StudyInstanceUID == truth.spec.study_uid
     groups = {g.tracking_identifier: g for g in
               sr.content.get_volumetric_roi_measurement_groups()}
-    (volume,) = groups["Hemorrhage"].get_measurements(name=VOLUME)
-    assert abs(volume.value - findings["volumes_ml"]["hemorrhage"]) < 1e-6
-    assert groups["Hemorrhage"].referenced_segment.referenced_sop_instance_uid == \
-        seg.SOPInstanceUID
+    blood = groups["Hemorrhage, non-enhancing"]
+    (volume,) = blood.get_measurements(name=VOLUME)
+    assert abs(volume.value - findings["volumes_ml"]["non_enhancing_hemorrhage"]) < 1e-6
+    assert blood.referenced_segment.referenced_sop_instance_uid == seg.SOPInstanceUID
     (container,) = [item for item in sr.ContentSequence
                     if item.ConceptNameCodeSequence[0].CodeValue == "111028"]  # Image Library
     library = {item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID

@@ -83,12 +83,19 @@ def test_tier_and_recommendation_as_the_rules_say(analysed, name, tier, rules):
     assert {r.id for r in findings.recommendation.rules_fired if r.branch is None} == rules
 
 
-def test_blush_grades_the_spleen_and_the_regions_are_named(analysed):
+def test_blood_beside_organs_is_reported_by_compartment_never_as_injury(analysed):
+    """The phantoms' collections lie beside the spleen, liver and right kidney, none inside
+    them: no organ may be called injured or graded, and the blush is placed in its space."""
     _, findings = analysed["large_blush"]
-    assert {"perisplenic", "pelvic"} <= set(findings.volumes_by_region_ml)
+    assert {"perisplenic", "perihepatic", "pelvic"} <= set(findings.volumes_by_region_ml)
+    perisplenic = next(c for c in findings.compartments if c.name == "perisplenic")
+    assert perisplenic.active_extravasation_ml > 0 and "spleen" in perisplenic.organs_adjacent
     spleen = findings.organs["spleen"]
-    assert spleen.blush_outside_adjacent and spleen.aast_grade == 5
-    assert findings.organs["liver"].aast_grade is None  # blood beside it, no blush: no grade
+    assert spleen.blush_outside_adjacent and spleen.adjacent_blood_ml == perisplenic.volume_ml
+    assert "source not shown" in spleen.note
+    for name, phantom in analysed.items():
+        for organ in phantom[1].organs.values():
+            assert not organ.injured and organ.aast_grade is None, (name, organ.organ)
     assert "perisplenic" in findings.reading["bleeding_description"]
     assert "active arterial extravasation" in findings.reading["differential_diagnosis"]
     _, large = analysed["large"]
@@ -134,7 +141,12 @@ def test_findings_json_round_trip(analysed):
     for key in ("volumes_ml", "risk_tier", "organs", "recommendation", "report", "provenance",
                 "triage", "reading", "components", "series", "label_volume", "schema_version"):
         assert key in document
-    assert set(document["volumes_ml"]) == {"hemorrhage", "active_extravasation"}
+    volumes = document["volumes_ml"]
+    assert set(volumes) == {"hemorrhage", "non_enhancing_hemorrhage", "active_extravasation"}
+    assert volumes["non_enhancing_hemorrhage"] + volumes["active_extravasation"] == pytest.approx(
+        volumes["hemorrhage"], abs=1e-9)
+    # Each mL in one compartment: they add up to the total.
+    assert sum(c["volume_ml"] for c in document["compartments"]) == pytest.approx(volumes["hemorrhage"], abs=0.01)
     assert set(document["reading"]) >= {"injury_pattern", "organs_involved", "bleeding_description",
                                         "severity_estimate", "differential_diagnosis"}
     assert Findings.from_json_dict(document).to_json_dict() == document

@@ -5,27 +5,26 @@ from __future__ import annotations
 import pytest
 
 from pipeline import rules
-from pipeline.findings import BloodComponent
+from pipeline.compartments import INTRA, OWNER
+from pipeline.findings import Compartment
 from pipeline.grading import organ_evidence, recommend, risk_tier
 from pipeline.quantification import Quantification
 from pipeline.settings import PipelineSettings, RiskTierSettings
 
 
-def component(ml: float, region: str, touched: list[str], inside: str | None = None,
-              blush: float = 0.0, extent: float = 30.0) -> BloodComponent:
-    return BloodComponent(id=1, volume_ml=ml, active_extravasation_ml=blush, region=region,
-                          organs_touched=touched, inside_organ=inside, max_extent_mm=extent,
-                          slices=[0, 1], centroid_mm=[0.0, 0.0, 0.0])
+def compartment(ml: float, name: str, adjacent: list[str], blush: float = 0.0,
+                extent: float = 30.0) -> Compartment:
+    parenchymal = name in INTRA.values()
+    return Compartment(name=name, volume_ml=ml, active_extravasation_ml=blush, parenchymal=parenchymal,
+                       organ=OWNER.get(name), organs_adjacent=adjacent, largest_extent_mm=extent)
 
 
-def quantification(*components: BloodComponent) -> Quantification:
-    blood = sum(c.volume_ml for c in components)
-    blush = sum(c.active_extravasation_ml for c in components)
-    by_region: dict[str, float] = {}
-    for c in components:
-        by_region[c.region] = by_region.get(c.region, 0.0) + c.volume_ml
-    return Quantification({"hemorrhage": blood, "active_extravasation": blush}, {}, 1.0, by_region,
-                          list(components))
+def quantification(*found: Compartment) -> Quantification:
+    blood = sum(c.volume_ml for c in found)
+    blush = sum(c.active_extravasation_ml for c in found)
+    return Quantification({"hemorrhage": blood, "non_enhancing_hemorrhage": blood - blush,
+                           "active_extravasation": blush}, {}, 1.0,
+                          {c.name: c.volume_ml for c in found}, [], list(found))
 
 
 def evidence(organ: str, **changes) -> rules.OrganEvidence:
@@ -35,11 +34,13 @@ def evidence(organ: str, **changes) -> rules.OrganEvidence:
 
 
 @pytest.mark.parametrize("organ, changes, grade, rule", [
-    ("spleen", dict(blush_outside_adjacent=True), 5, "AAST-SPLEEN-V-BLEED-BEYOND"),
+    ("spleen", dict(blush_outside_adjacent=True, intraparenchymal_blood_ml=4.0), 5,
+     "AAST-SPLEEN-V-BLEED-BEYOND"),
     ("spleen", dict(blush_inside=True), 4, "AAST-SPLEEN-IV-BLEED-CONTAINED"),
     ("spleen", dict(largest_intraparenchymal_mm=50.0), 3, "AAST-SPLEEN-III-HEMATOMA-5CM"),
     ("spleen", dict(largest_intraparenchymal_mm=20.0), 2, "AAST-SPLEEN-II-HEMATOMA"),
-    ("liver", dict(blush_outside_adjacent=True), 4, "AAST-LIVER-IV-BLEED-BEYOND"),
+    ("liver", dict(blush_outside_adjacent=True, intraparenchymal_blood_ml=4.0), 4,
+     "AAST-LIVER-IV-BLEED-BEYOND"),
     ("liver", dict(blush_inside=True), 3, "AAST-LIVER-III-BLEED-CONTAINED"),
     ("liver", dict(largest_intraparenchymal_mm=120.0), 3, "AAST-LIVER-III-HEMATOMA-10CM"),
     ("liver", dict(largest_intraparenchymal_mm=60.0), 2, "AAST-LIVER-II-HEMATOMA"),
@@ -52,23 +53,30 @@ def test_each_grade_rule(organ, changes, grade, rule):
 
 def test_no_grade_without_evidence_and_every_rule_has_a_source():
     assert rules.grade(evidence("spleen", adjacent_blood_ml=80.0)) == (None, [])
+    # A blush in the blood beside the spleen does not show the spleen is its source.
+    assert rules.grade(evidence("spleen", adjacent_blood_ml=80.0, blush_outside_adjacent=True)) == (None, [])
     assert rules.grade(evidence("kidney_left", blush_inside=True)) == (None, [])
     for rule in (*rules.GRADE_RULES, *rules.DECISION_RULES):
         assert rule.source and rule.statement
 
 
 def test_highest_grade_wins():
-    got, fired = rules.grade(evidence("spleen", blush_inside=True, largest_intraparenchymal_mm=60.0))
+    got, fired = rules.grade(evidence("spleen", blush_inside=True, intraparenchymal_blood_ml=3.0,
+                                      largest_intraparenchymal_mm=60.0))
     assert got == 4 and len(fired) == 2
 
 
-def test_organ_evidence_attributes_a_blush_to_the_collections_own_organ():
-    q = quantification(component(60.0, "perisplenic", ["spleen", "kidney_left"], blush=0.6))
-    assert organ_evidence("spleen", True, q).blush_outside_adjacent
-    assert not organ_evidence("kidney_left", True, q).blush_outside_adjacent
-    inside = quantification(component(5.0, "intrasplenic", ["spleen"], inside="spleen", extent=40.0))
+def test_organ_evidence_counts_each_compartment_for_its_own_organ_only():
+    q = quantification(compartment(60.0, "perisplenic", ["spleen", "kidney_left"], blush=0.6))
+    spleen, kidney = organ_evidence("spleen", True, q), organ_evidence("kidney_left", True, q)
+    assert spleen.blush_outside_adjacent and spleen.adjacent_blood_ml == 60.0
+    assert not spleen.parenchymal  # blood and a blush beside it: no injury of the spleen shown
+    assert not kidney.blush_outside_adjacent and kidney.adjacent_blood_ml == 0.0
+    inside = quantification(compartment(5.0, "intrasplenic", ["spleen"], extent=40.0),
+                            compartment(20.0, "perisplenic", ["spleen"]))
     e = organ_evidence("spleen", True, inside)
     assert e.intraparenchymal_blood_ml == 5.0 and e.largest_intraparenchymal_mm == 40.0
+    assert e.adjacent_blood_ml == 20.0 and e.parenchymal
 
 
 TIERS = RiskTierSettings()  # 200 / 500 mL, 2 / 3 spaces, blush is high
@@ -76,13 +84,16 @@ TIERS = RiskTierSettings()  # 200 / 500 mL, 2 / 3 spaces, blush is high
 
 @pytest.mark.parametrize("components, tier", [
     ((), "none"),
-    ((component(30.0, "perihepatic", ["liver"]),), "low"),
-    ((component(250.0, "perihepatic", ["liver"]),), "moderate"),
-    ((component(30.0, "perihepatic", ["liver"]), component(20.0, "pelvic", [])), "moderate"),
-    ((component(600.0, "perihepatic", ["liver"]),), "high"),
-    ((component(10.0, "perihepatic", ["liver"]), component(10.0, "pelvic", []),
-      component(10.0, "perisplenic", ["spleen"])), "high"),
-    ((component(5.0, "perisplenic", ["spleen"], blush=0.5),), "high"),
+    ((compartment(30.0, "perihepatic", ["liver"]),), "low"),
+    ((compartment(250.0, "perihepatic", ["liver"]),), "moderate"),
+    ((compartment(30.0, "perihepatic", ["liver"]), compartment(20.0, "pelvic", [])), "moderate"),
+    ((compartment(600.0, "perihepatic", ["liver"]),), "high"),
+    ((compartment(10.0, "perihepatic", ["liver"]), compartment(10.0, "pelvic", []),
+      compartment(10.0, "perisplenic", ["spleen"])), "high"),
+    ((compartment(5.0, "perisplenic", ["spleen"], blush=0.5),), "high"),
+    # Blood inside an organ is not a space; a sliver under min_space_ml is not one either.
+    ((compartment(30.0, "perihepatic", ["liver"]), compartment(40.0, "intrahepatic", ["liver"])), "low"),
+    ((compartment(30.0, "perihepatic", ["liver"]), compartment(2.0, "right_paracolic", [])), "low"),
 ])
 def test_risk_tiers(components, tier):
     got, reasons = risk_tier(quantification(*components), TIERS)
@@ -90,9 +101,9 @@ def test_risk_tiers(components, tier):
 
 
 def test_risk_tier_thresholds_are_configurable():
-    q = quantification(component(30.0, "perihepatic", ["liver"]))
+    q = quantification(compartment(30.0, "perihepatic", ["liver"]))
     assert risk_tier(q, RiskTierSettings(moderate_ml=10.0, high_ml=20.0))[0] == "high"
-    blush = quantification(component(5.0, "perisplenic", ["spleen"], blush=0.5))
+    blush = quantification(compartment(5.0, "perisplenic", ["spleen"], blush=0.5))
     assert risk_tier(blush, RiskTierSettings(blush_is_high=False))[0] == "low"
 
 

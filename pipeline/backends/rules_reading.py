@@ -43,25 +43,25 @@ class RulesReading:
         blood = quantification.volumes_ml["hemorrhage"]
         blush = quantification.volumes_ml["active_extravasation"]
         components = quantification.components
-        organs: list[str] = []
-        for c in components:
-            for organ in ([c.inside_organ] if c.inside_organ else []) + c.organs_touched:
-                if organ not in organs:
-                    organs.append(organ)
-        regions = sorted(quantification.by_region_ml, key=lambda r: -quantification.by_region_ml[r])
+        found = quantification.compartments
+        # Organs with parenchymal evidence only; blood beside an organ is no injury of it.
+        organs = [c.organ for c in found if c.parenchymal and c.organ]
+        spaces = [c.name for c in found]
         if blood == 0:
             pattern = "no hemoperitoneum or active extravasation detected"
             description = "No blood-density collection above the minimum size in the peritoneal cavity."
         else:
             pattern = "hemoperitoneum" + (" with active contrast extravasation" if blush > 0 else "")
-            pattern += f" ({_names(regions)})"
+            pattern += f" ({_names(spaces)})"
             description = (f"About {blood:.0f} mL of blood-density material ({hu.blood_min:g}-{hu.blood_max:g} HU) "
-                           f"in {len(components)} collection(s): "
-                           + "; ".join(f"{c.region.replace('_', ' ')} {c.volume_ml:.1f} mL" for c in components)
-                           + ".")
+                           f"in {len(components)} collection(s), by compartment: "
+                           + "; ".join(f"{c.name.replace('_', ' ')} {c.volume_ml:.1f} mL"
+                                       + (f" (touching the {_names(c.organs_adjacent)})"
+                                          if c.organs_adjacent and not c.parenchymal else "")
+                                       for c in found) + ".")
             if blush > 0:
-                where = _names([c.region for c in components if c.active_extravasation_ml > 0])
-                description += f" Contrast-density focus (blush) of {blush:.1f} mL in the {where} collection."
+                where = _names([c.name for c in found if c.active_extravasation_ml > 0])
+                description += f" Contrast-density focus (blush) of {blush:.1f} mL in the {where} compartment."
         tier, _ = risk_tier(quantification, self.settings.risk_tiers)
         differential = (BLUSH_DIFFERENTIAL if blush > 0 else []) + (BLOOD_DIFFERENTIAL if blood > 0 else [])
         return {

@@ -11,19 +11,29 @@ ORGAN_TITLES = {"liver": "Liver", "spleen": "Spleen", "kidney_right": "Right kid
 
 
 def _organ_line(finding: OrganFinding) -> str:
-    parts = []
-    if finding.adjacent_blood_ml:
-        parts.append(f"{finding.adjacent_blood_ml:.1f} mL of blood beside it")
-    if finding.intraparenchymal_blood_ml:
-        parts.append(f"{finding.intraparenchymal_blood_ml:.1f} mL within it "
-                     f"(largest {finding.largest_intraparenchymal_mm:.0f} mm)")
-    if finding.blush_inside:
-        parts.append("contrast blush within the parenchyma")
-    if finding.blush_outside_adjacent:
-        parts.append("contrast blush in the adjacent collection")
-    head = "; ".join(parts) if parts else ("not located" if not finding.located else "no blood detected")
+    """Injury only on parenchymal evidence; the note says what touches the organ otherwise."""
+    if not finding.located:
+        head = "not located"
+    elif finding.injured:
+        head = "INJURY (parenchymal evidence): " + "; ".join(finding.injury_evidence)
+    else:
+        head = "no parenchymal injury detected"
     note = finding.note[:1].upper() + finding.note[1:]
     return f"- {ORGAN_TITLES[finding.organ]}: {head}. {note}."
+
+
+def _compartment_lines(findings: Findings) -> list[str]:
+    """Each mL of blood once, in the compartment it lies in, with the organs it touches."""
+    lines = []
+    for c in findings.compartments:
+        where = c.name.replace("_", " ")
+        text = f"  - {where}: {c.volume_ml:.1f} mL"
+        if c.active_extravasation_ml > 0:
+            text += f", active extravasation {c.active_extravasation_ml:.1f} mL"
+        if c.organs_adjacent and not c.parenchymal:
+            text += " (touching the " + ", ".join(ORGAN_TITLES.get(o, o).lower() for o in c.organs_adjacent) + ")"
+        lines.append(text + ".")
+    return lines
 
 
 class TemplateReport:
@@ -49,12 +59,12 @@ class TemplateReport:
             f"- Hemodynamic status given: {rec.hemodynamic_status}.",
             "",
             "FINDINGS",
-            f"- Hemorrhage (all blood, blush included): {f.volumes_ml['hemorrhage']:.1f} mL"
-            + (" (" + ", ".join(f"{r.replace('_', ' ')} {v:.1f} mL"
-                               for r, v in sorted(f.volumes_by_region_ml.items(), key=lambda t: -t[1])) + ")"
-               if f.volumes_by_region_ml else "") + ".",
+            f"- Hemorrhage, total: {f.volumes_ml['hemorrhage']:.1f} mL = non-enhancing "
+            f"{f.volumes_ml.get('non_enhancing_hemorrhage', 0.0):.1f} mL + active extravasation "
+            f"{f.volumes_ml['active_extravasation']:.1f} mL.",
             f"- Active extravasation: " + (f"present, {f.volumes_ml['active_extravasation']:.1f} mL."
                                            if f.volumes_ml["active_extravasation"] > 0 else "none detected."),
+            *(["- By compartment (each mL counted once):", *_compartment_lines(f)] if f.compartments else []),
             *[_organ_line(o) for o in f.organs.values()],
             "",
             "AAST GRADE ESTIMATES (lower bounds from the image evidence)",

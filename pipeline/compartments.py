@@ -1,0 +1,170 @@
+"""Where each voxel of blood lies: organ parenchyma or a peritoneal compartment.
+
+Every occupied working block gets exactly one compartment, so the compartment
+volumes add up to the total. An organ is injured only on evidence inside it
+(blood deep in its parenchyma, or a contained blush); blood beside an organ
+belongs to the compartment it lies in, and the organs it touches are listed as
+adjacency, never as injury.
+
+Compartments follow the peritoneal spaces a trauma reader names (Federle &
+Jeffrey, Radiology 1983;148:187-92, counted them to size hemoperitoneum):
+perihepatic (Morison's pouch included: blood there lists the right kidney as
+adjacent), perisplenic (the left upper quadrant, splenorenal recess included),
+the paracolic gutters, the central (mesenteric) space and the pelvis; perirenal
+for blood beside a kidney that no liver or spleen is near.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from pipeline.anatomy import ORGAN_CODES, OUTSIDE, SOLID_CODES, Anatomy
+from pipeline.settings import PipelineSettings
+from pipeline.volume import Volume
+
+INTRA = {"liver": "intrahepatic", "spleen": "intrasplenic", "kidney_right": "intrarenal_right",
+         "kidney_left": "intrarenal_left"}
+NAMES = (*INTRA.values(), "perihepatic", "perisplenic", "perirenal_right",
+         "perirenal_left", "right_paracolic", "left_paracolic", "central", "pelvic")
+CODE = {name: code for code, name in enumerate(NAMES)}
+NONE = -1
+# The organ each compartment is named after: its blood counts as that organ's
+# adjacent (or intraparenchymal) blood, each compartment for one organ only.
+OWNER = {**{intra: organ for organ, intra in INTRA.items()},
+         "perihepatic": "liver", "perisplenic": "spleen",
+         "perirenal_right": "kidney_right", "perirenal_left": "kidney_left"}
+
+# Blood this close to the liver or spleen lies in its space (about the depth of
+# a large perihepatic or perisplenic collection); kidneys, retroperitoneal
+# and smaller, claim only what lies against them.
+UPPER_ORGAN_REACH_MM = 40.0
+KIDNEY_REACH_MM = 15.0
+# Beyond this share of the body's half-width from its centre, blood is in a
+# paracolic gutter rather than the central (mesenteric) space.
+LATERAL_FRACTION = 0.5
+
+
+@dataclass
+class CompartmentMap:
+    """One compartment code per working block (NONE where there is no blood)."""
+
+    codes: np.ndarray  # int8, the working grid's shape
+    distances_mm: dict[str, np.ndarray]  # organ -> distance of each block to it, in the crop
+    crop: tuple[slice, ...]  # the working-grid region the distances cover
+
+    def adjacent_organs(self, code: int, reach_mm: float) -> list[str]:
+        """Organs within reach of the compartment's blood, nearest first."""
+        inside = self.codes[self.crop] == code
+        if not inside.any():
+            return []
+        nearest = {organ: float(d[inside].min()) for organ, d in self.distances_mm.items()}
+        return [organ for organ, d in sorted(nearest.items(), key=lambda t: t[1]) if d <= reach_mm]
+
+
+def assign(volume: Volume, anatomy: Anatomy, occupied: np.ndarray, settings: PipelineSettings,
+           blood_ml: np.ndarray, blush_ml: np.ndarray) -> CompartmentMap:
+    """The compartment of each occupied block.
+
+    blood_ml and blush_ml: the full-resolution blood and blush in each block,
+    in mL (an organ keeps intraparenchymal blocks only when they add up to
+    segmentation.min_intraparenchymal_ml, or hold a blush: a collection's rim
+    blurred into an organ's edge is not an injury).
+    """
+    codes = np.full(occupied.shape, NONE, dtype=np.int8)
+    if not occupied.any():
+        return CompartmentMap(codes, {}, tuple(slice(0, 0) for _ in occupied.shape))
+    crop = _crop(occupied, anatomy)
+    regions, here = anatomy.regions[crop], occupied[crop]
+    distances = {organ: _distance(regions == code, anatomy.spacing) for organ, code in ORGAN_CODES.items()}
+    out = np.full(here.shape, NONE, dtype=np.int8)
+
+    # Deep inside an organ (one working pixel in from its outline): parenchymal.
+    min_ml = settings.segmentation.min_intraparenchymal_ml
+    for organ, intra in INTRA.items():
+        deep = here & _eroded(regions == ORGAN_CODES[organ])
+        if deep.any() and (blood_ml[crop][deep].sum() >= min_ml or blush_ml[crop][deep].sum() > 0):
+            out[deep] = CODE[intra]
+
+    rest = here & (out == NONE)
+    d = distances
+    near_spleen = rest & (d["spleen"] <= UPPER_ORGAN_REACH_MM) & (d["spleen"] <= d["liver"])
+    near_liver = rest & ~near_spleen & (d["liver"] <= UPPER_ORGAN_REACH_MM)
+    out[near_liver] = CODE["perihepatic"]  # Morison's pouch is part of it
+    out[near_spleen] = CODE["perisplenic"]  # the splenorenal recess is part of it
+    rest &= out == NONE
+    for organ in ("kidney_right", "kidney_left"):
+        out[rest & (d[organ] <= KIDNEY_REACH_MM) & (out == NONE)] = CODE[f"perirenal_{organ[7:]}"]
+    rest &= out == NONE
+
+    below = _below_solid_organs(anatomy, crop, here.shape)
+    out[rest & below] = CODE["pelvic"]
+    rest &= ~below
+    lateral, left = _lateral_side(volume, anatomy, crop)
+    out[rest & lateral & left] = CODE["left_paracolic"]
+    out[rest & lateral & ~left] = CODE["right_paracolic"]
+    out[rest & ~lateral] = CODE["central"]
+    codes[crop] = out
+    return CompartmentMap(codes, distances, crop)
+
+
+def largest_extent_mm(mask: np.ndarray, spacing: tuple[float, float, float]) -> float:
+    """The largest bounding-box side of the mask's largest connected piece: a diameter estimate."""
+    labels, count = ndimage.label(mask)
+    if not count:
+        return 0.0
+    biggest = int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
+    box = ndimage.find_objects(labels)[biggest - 1]
+    return max((s.stop - s.start) * d for s, d in zip(box, spacing))
+
+
+def _crop(occupied: np.ndarray, anatomy: Anatomy) -> tuple[slice, ...]:
+    """The blood's bounding box grown by the farthest reach: distances within it are exact."""
+    margin = [math.ceil(UPPER_ORGAN_REACH_MM / d) + 1 for d in anatomy.spacing]
+    found = np.nonzero(occupied)
+    return tuple(slice(max(0, int(a.min()) - m), min(n, int(a.max()) + 1 + m))
+                 for a, m, n in zip(found, margin, occupied.shape))
+
+
+def _distance(organ: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    if not organ.any():
+        return np.full(organ.shape, np.inf, dtype=np.float32)
+    return ndimage.distance_transform_edt(~organ, sampling=spacing).astype(np.float32)
+
+
+def _eroded(organ: np.ndarray) -> np.ndarray:
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = ndimage.generate_binary_structure(2, 1)
+    return ndimage.binary_erosion(organ, structure=structure)
+
+
+def _below_solid_organs(anatomy: Anatomy, crop: tuple[slice, ...], shape: tuple[int, ...]) -> np.ndarray:
+    """Slices caudal to every liver, spleen and kidney slice: the pelvis (slices run cranial first)."""
+    solid = np.flatnonzero(np.isin(anatomy.regions, SOLID_CODES).any(axis=(1, 2)))
+    below = np.zeros(shape, dtype=bool)
+    if solid.size:
+        first = max(0, int(solid[-1]) + 1 - crop[0].start)
+        below[first:] = True
+    return below
+
+
+def _lateral_side(volume: Volume, anatomy: Anatomy, crop: tuple[slice, ...]
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Per block of the crop: beyond LATERAL_FRACTION of the body's half-width, and on the patient's left."""
+    body = anatomy.regions[crop[0]] > OUTSIDE  # whole rows and columns: the body's full width
+    columns = np.arange(body.shape[2])
+    has = body.any(axis=1)  # (slices, columns)
+    first = np.where(has.any(axis=1), np.argmax(has, axis=1), 0)
+    last = np.where(has.any(axis=1), body.shape[2] - 1 - np.argmax(has[:, ::-1], axis=1), body.shape[2] - 1)
+    centre, half = (first + last) / 2, np.maximum((last - first) / 2, 1)
+    offset = (columns[None, :] - centre[:, None]) / half[:, None]  # (slices, columns)
+    # LPS: +x is the patient's left; the row direction says which way columns run.
+    left_is_up = volume.row_direction[0] > 0
+    lateral = np.abs(offset) > LATERAL_FRACTION
+    left = offset > 0 if left_is_up else offset < 0
+    rows = crop[1].stop - crop[1].start
+    expand = lambda a: np.repeat(a[:, None, crop[2]], rows, axis=1)  # noqa: E731
+    return expand(lateral), expand(left)
