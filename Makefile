@@ -10,9 +10,10 @@ RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the tests use: DCMTK (storescu, dsrdump), dicom3tools (dciodvfy), Orthanc,
-# Chromium and its driver (the page test, headless), PostgreSQL (the shared-database test).
+# Chromium and its driver (the page test, headless), PostgreSQL (the shared-database test),
+# poppler-utils (pdftotext reads the report PDF back).
 TEST_TOOLS := /usr/bin/storescu /usr/bin/dciodvfy /usr/sbin/Orthanc /usr/bin/chromium \
-	/usr/bin/chromedriver /usr/lib/postgresql/*/bin/initdb
+	/usr/bin/chromedriver /usr/lib/postgresql/*/bin/initdb /usr/bin/pdftotext
 
 .PHONY: run test install install-test system-deps bench bench-gpu clean
 
@@ -39,10 +40,11 @@ install-test: $(TEST_STAMP)
 system-deps:
 	@missing=0; for t in $(TEST_TOOLS); do [ -x $$t ] || missing=1; done; \
 	if [ $$missing = 1 ]; then \
-		echo "installing dcmtk dicom3tools orthanc chromium chromium-driver postgresql (Debian packages)"; \
+		echo "installing dcmtk dicom3tools orthanc chromium chromium-driver postgresql" \
+			"poppler-utils (Debian packages)"; \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dcmtk dicom3tools orthanc \
-			chromium chromium-driver postgresql >/dev/null; \
+			chromium chromium-driver postgresql poppler-utils >/dev/null; \
 	fi
 
 run: install

@@ -19,18 +19,23 @@ DEVICE_SERIAL_NUMBER = "not-applicable"  # software, no serial number; highdicom
 LO_MAX = 64  # Long String (LO) limit: SeriesDescription, ContentDescription, names
 ST_MAX = 1024  # Short Text (ST) limit: SegmentDescription
 OUTPUT_SERIES_NUMBER_BASE = 9000  # high, so that the results sort after the source series
+# The place of each kind of object within a version's block of ten series numbers.
+OUTPUT_SERIES_SLOTS = {"SEG": 1, "SR": 2, "SC": 3, "PDF": 4, "KOS": 5}
+SERIES_NUMBERS_PER_VERSION = 10
 
 
-def output_series_number(modality: str, series_version: int) -> int:
-    """SeriesNumber of the SEG or SR of one version: 9001/9002 for version 1, 9003/9004 for 2.
+def output_series_number(kind: str, series_version: int) -> int:
+    """SeriesNumber of one kind of object of one version: version 1 has 9001 (SEG),
+    9002 (SR), 9003 (summary SC), 9004 (PDF), 9005 (KOS); version 2 the same from 9011.
 
-    SEG odd and SR even, so that the two never share a number whatever the version,
-    and each version's pair sorts after the one before it.
+    A block of ten numbers per version: no two kinds or versions ever share a number,
+    each version's series sort after the version before it, the last digit names
+    the kind, and five numbers are left for kinds to come.
     """
     if series_version < 1:
         raise ValueError(f"series_version must be 1 or more, not {series_version}")
-    offset = {"SEG": 1, "SR": 0}[modality]
-    return OUTPUT_SERIES_NUMBER_BASE + 2 * series_version - offset
+    return (OUTPUT_SERIES_NUMBER_BASE + SERIES_NUMBERS_PER_VERSION * (series_version - 1)
+            + OUTPUT_SERIES_SLOTS[kind])
 
 
 @dataclass(frozen=True)
@@ -55,11 +60,14 @@ class Algorithm:
 
     def observer_context(self, device_uid: str) -> hd.sr.ObservationContext:
         """TID 1002 with a device observer: the report names the software, not a person."""
+        return hd.sr.ObservationContext(observer_device_context=self.device_observer(device_uid))
+
+    def device_observer(self, device_uid: str) -> hd.sr.ObserverContext:
         device = hd.sr.DeviceObserverIdentifyingAttributes(
             uid=device_uid, name=self.name, manufacturer_name=_lo(MANUFACTURER),
             model_name=_lo(f"{self.name} {self.version}"))
-        return hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
-            observer_type=codes.cid270.Device, observer_identifying_attributes=device))
+        return hd.sr.ObserverContext(observer_type=codes.cid270.Device,
+                                     observer_identifying_attributes=device)
 
     def notice(self) -> str:
         """The research-use sentence every textual output carries, naming the backend."""

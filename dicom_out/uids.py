@@ -20,6 +20,12 @@ SEG_SERIES = "seg/series"
 SEG_INSTANCE = "seg/instance"
 SR_SERIES = "sr/series"
 SR_INSTANCE = "sr/instance"
+SC_SERIES = "sc/series"
+SC_INSTANCE = "sc/instance/{number}"  # one per image: .format(number=InstanceNumber)
+PDF_SERIES = "pdf/series"
+PDF_INSTANCE = "pdf/instance"
+KOS_SERIES = "kos/series"
+KOS_INSTANCE = "kos/instance"
 
 
 def output_uid(source_series_uid: str, series_version: int, purpose: str) -> str:

@@ -5,7 +5,10 @@ Writes to OUTDIR:
 - labels.npy: the label volume (uint8, slices x rows x columns, in the order of
   findings.json's series.slices; 1 = hemorrhage, 2 = active extravasation);
 - report.txt: the report text, also printed;
-- seg.dcm and sr.dcm: the DICOM SEG and TID 1500 SR, as the node sends them to the PACS.
+- seg.dcm and sr.dcm: the DICOM SEG and TID 1500 SR, as the node sends them to the PACS;
+- sc-01.dcm...: the summary Secondary Capture images (the page, then the key images),
+  pdf.dcm: the report as an Encapsulated PDF, kos.dcm: the Key Object Selection of the
+  key slices (none when no blood was found), for viewers without SEG/SR support.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ def analyze(input_dir: Path, out_dir: Path, settings: PipelineSettings | None = 
 
     objects = write_outputs(findings, series.paths, out_dir, series_version=1)
     progress(findings.report)
-    names = ["findings.json", "labels.npy", "report.txt"] + [p.name for p in objects.values()]
+    names = ["findings.json", "labels.npy", "report.txt",
+             *(path.name for paths in objects.values() for path in paths)]
     progress(f"wrote {', '.join(names)} to {out_dir}")
     return findings

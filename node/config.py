@@ -135,6 +135,11 @@ class Peer:
     host: str
 
 
+# The kinds of result object a destination may want (dicom_out.KINDS): seg, sr, and for
+# viewers without SEG/SR support sc (summary images), pdf (the report), kos (key images).
+OBJECT_KINDS = ("seg", "sr", "sc", "pdf", "kos")
+
+
 @dataclass
 class Destination:
     name: str
@@ -263,9 +268,11 @@ def validate(settings: Settings) -> list[str]:
         names.add(dest.name)
         if dest.tls and not s.tls.ca_certificates:
             problems.append(f"destinations[{i}].tls: needs tls.ca_certificates to verify the PACS")
-        unknown = set(dest.objects) - {"seg", "sr"}
-        if unknown:
-            problems.append(f"destinations[{i}].objects: unknown {sorted(unknown)} (use seg, sr)")
+        unknown = sorted(str(kind) for kind in set(dest.objects) - set(OBJECT_KINDS))
+        if unknown or not dest.objects:
+            problems.append(f"destinations[{i}].objects: "
+                            + (f"unknown {unknown}" if unknown else "empty: nothing would be sent")
+                            + f" (use some of {', '.join(OBJECT_KINDS)})")
     pipeline_validate = getattr(s.pipeline, "validate", None)
     if callable(pipeline_validate):
         problems += [p if p.startswith("pipeline") else f"pipeline: {p}" for p in pipeline_validate()]

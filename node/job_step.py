@@ -1,6 +1,6 @@
 """What a worker does with one series version.
 
-The pipeline turns the series into Findings; the SEG and SR are built and
+The pipeline turns the series into Findings; the DICOM objects are built and
 written with findings.json beside them (node.results); one outbox row per
 object and destination queues them for delivery. The returned dict is
 findings.json plus where its outputs went; it is stored as the job's result.
@@ -34,5 +34,6 @@ def run_job(settings: Settings, index: Index, job: ClaimedJob, paths: list[Path]
              "+".join(sorted(objects)) or "no objects", queued)
     result = findings.to_json_dict()
     result["outputs"] = {"directory": str(out_dir),
-                         "objects": {kind: path.name for kind, path in objects.items()}}
+                         "objects": {kind: [path.name for path in paths]
+                                     for kind, paths in objects.items()}}
     return result

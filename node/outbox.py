@@ -34,7 +34,7 @@ class OutboxItem(Base):
     study_uid: Mapped[str] = mapped_column(String(64), index=True)
     series_uid: Mapped[str] = mapped_column(String(64))  # the source series
     series_version: Mapped[int] = mapped_column(Integer)
-    kind: Mapped[str] = mapped_column(String(8))  # seg | sr
+    kind: Mapped[str] = mapped_column(String(8))  # seg | sr | sc | pdf | kos
     sop_instance_uid: Mapped[str] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(Text)  # absolute path of the object file
     destination: Mapped[str] = mapped_column(String(64))

@@ -1,10 +1,12 @@
 """A job's results on disk and in the outbox.
 
 For series version N: data/results/<study>/<series>/v<N>/ holds findings.json,
-labels.npy, report.txt, seg.dcm and sr.dcm (`trauma-node analyze` writes the
-same files to its --out folder). The DICOM objects get UIDs derived from the
-series version (dicom_out), so writing them again replaces rather than
-duplicates, and each is queued once per destination that wants its kind.
+labels.npy, report.txt and the DICOM objects: seg.dcm, sr.dcm, sc-01.dcm...
+(the summary page, then the key images), pdf.dcm and kos.dcm (`trauma-node
+analyze` writes the same files to its --out folder). The DICOM objects get UIDs
+derived from the series version (dicom_out), so writing them again replaces
+rather than duplicates, and each is queued once per destination that wants its
+kind.
 """
 
 from __future__ import annotations
@@ -46,26 +48,29 @@ def _write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
 
 
 def write_outputs(findings: Findings, source_paths: list[Path], out_dir: Path,
-                  series_version: int) -> dict[str, Path]:
-    """findings.json, labels.npy, report.txt, seg.dcm and sr.dcm in out_dir.
+                  series_version: int) -> dict[str, list[Path]]:
+    """findings.json, labels.npy, report.txt and the DICOM objects in out_dir.
 
-    Returns the DICOM objects written, {"seg": path, "sr": path}.
+    Returns the DICOM objects written by kind, {"seg": [path], "sr": [path],
+    "sc": [path, ...], ...}; a kind with no object (no KOS without key slices) is left out.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     if findings.labels is not None:
         labels = findings.labels
         _write_atomically(out_dir / "labels.npy", lambda h: np.save(h, labels, allow_pickle=False))
         findings.labels_file = "labels.npy"
-    # dicom_out needs the source headers only.
+    # dicom_out needs the source headers, and the pixels of the key slices only, which
+    # it reads from the files the headers name.
     sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in source_paths]
     outputs = build_outputs(findings, sources, series_version=series_version,
                             algorithm_name=ALGORITHM_NAME, algorithm_version=__version__,
                             previous_sr=previous_sr(out_dir, series_version))
-    written: dict[str, Path] = {}
-    for kind, dataset in (("seg", outputs.seg), ("sr", outputs.sr)):
-        if dataset is not None:
-            written[kind] = out_dir / f"{kind}.dcm"
-            _write_atomically(written[kind], lambda h, ds=dataset: ds.save_as(h))
+    written: dict[str, list[Path]] = {}
+    for kind, datasets in outputs.by_kind().items():
+        for number, dataset in enumerate(datasets, start=1):
+            path = out_dir / (f"{kind}-{number:02d}.dcm" if kind == "sc" else f"{kind}.dcm")
+            _write_atomically(path, lambda h, ds=dataset: ds.save_as(h))
+            written.setdefault(kind, []).append(path)
     document = json.dumps(findings.to_json_dict(), indent=2).encode()
     _write_atomically(out_dir / "findings.json", lambda h: h.write(document))
     _write_atomically(out_dir / "report.txt", lambda h: h.write(findings.report.encode()))
@@ -91,10 +96,10 @@ def previous_sr(out_dir: Path, series_version: int) -> pydicom.Dataset | None:
 
 
 def queue_delivery(settings: Settings, index: Index, study_uid: str, series_uid: str,
-                   version: int, objects: dict[str, Path]) -> int:
+                   version: int, objects: dict[str, list[Path]]) -> int:
     """One outbox row per object and destination that wants that kind of object."""
     items: list[dict[str, Any]] = []
-    for kind, path in objects.items():
+    for kind, path in ((kind, path) for kind, paths in objects.items() for path in paths):
         sop_uid = str(pydicom.dcmread(path, stop_before_pixels=True,
                                       specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
         for dest in settings.destinations:

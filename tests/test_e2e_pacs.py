@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 VOLUME = hd.sr.CodedConcept("118565006", "SCT", "Volume")
 
 
-def destination_config(pacs: Orthanc) -> str:
+def destination_config(pacs: Orthanc, objects: tuple[str, ...] = ("seg", "sr")) -> str:
     return FAST + f"""
 [delivery]
 base_delay_s = 0.5
@@ -31,7 +32,7 @@ name = "pacs"
 ae_title = "{pacs.aet}"
 host = "127.0.0.1"
 port = {pacs.dicom_port}
-objects = ["seg", "sr"]
+objects = {json.dumps(list(objects))}
 """
 
 

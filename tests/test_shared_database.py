@@ -68,8 +68,8 @@ count = 0
         line = next(l for l in status.stdout.splitlines() if truth.spec.series_uid in l)
         assert f"{job['id']}:done" in line and job["worker"] in line
         outputs = job["result"]["outputs"]
-        sr = hd.sr.srread(os.path.join(outputs["directory"], outputs["objects"]["sr"]))
-        seg = hd.seg.segread(os.path.join(outputs["directory"], outputs["objects"]["seg"]))
+        sr = hd.sr.srread(os.path.join(outputs["directory"], outputs["objects"]["sr"][0]))
+        seg = hd.seg.segread(os.path.join(outputs["directory"], outputs["objects"]["seg"][0]))
         assert sr.StudyInstanceUID == seg.StudyInstanceUID == uid
         # The node serves what the worker found, and answers questions from it.
         with httpx.Client(timeout=30) as client:
