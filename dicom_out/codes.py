@@ -90,6 +90,8 @@ RISK_TIER_VALUES: dict[str, Code] = {
     "low": Code("62482003", "SCT", "Low"),
     "moderate": Code("6736007", "SCT", "Moderate"),
     "high": Code("75540009", "SCT", "High"),
+    # A series the pipeline could not assess (pipeline.plausibility): never a tier.
+    "not_assessed": Code("373121007", "SCT", "Not Evaluated"),
 }
 
 # --- private concepts (no standard code found) -------------------------------

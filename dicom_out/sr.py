@@ -78,10 +78,13 @@ def build_sr(findings: Findings, source_datasets: Sequence[Dataset], seg: Datase
                          f"{len(segments)}: was it built from other findings?")
     if previous_sr is not None and previous_sr.StudyInstanceUID != findings.series["study_instance_uid"]:
         raise ValueError("the previous SR belongs to another study")
-    groups: list[MeasurementGroup] = [_segment_group(s, report, seg) for s in segments]
-    groups.append(_total_group(findings, segments, report))
-    groups += [_compartment_group(c, report) for c in findings.compartments if not c.parenchymal]
-    groups += [_organ_group(o, report) for o in findings.organs.values() if o.injured]
+    if findings.assessment.assessed:
+        groups: list[MeasurementGroup] = [_segment_group(s, report, seg) for s in segments]
+        groups.append(_total_group(findings, segments, report))
+        groups += [_compartment_group(c, report) for c in findings.compartments if not c.parenchymal]
+        groups += [_organ_group(o, report) for o in findings.organs.values() if o.injured]
+    else:  # no volume, no presence or absence: only that it was not evaluated
+        groups = [_not_assessed_group(findings, report)]
     content = hd.sr.MeasurementReport(
         observation_context=algorithm.observer_context(uids.device_uid(algorithm.name)),
         procedure_reported=codes.CT_PROCEDURE,
@@ -164,6 +167,17 @@ def _total_group(findings: Findings, segments: list[Segment],
         measurements=[_volume(codes.VOLUME, findings.volumes_ml.get("hemorrhage", 0.0))],
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.EXTRAVASATION, _present(blush)),
                                  hd.sr.QualitativeEvaluation(codes.RISK_TIER, tier)])
+
+
+def _not_assessed_group(findings: Findings,
+                        report: _Report) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=report.tracking("Hemorrhage, not assessed", "hemorrhage"),
+        finding_type=codes.HEMORRHAGE,
+        algorithm_id=report.algorithm.sr_identification(),
+        finding_sites=[hd.sr.FindingSite(codes.PERITONEAL_CAVITY)],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(
+            codes.RISK_TIER, codes.RISK_TIER_VALUES[findings.risk_tier])])
 
 
 def _compartment_group(compartment: Compartment,

@@ -9,6 +9,9 @@ TAG = f"[{RESEARCH_USE} - AI-generated] "  # leads every text a viewer may show 
 
 
 def impression(findings: Findings) -> str:
+    if not findings.assessment.assessed:
+        return (f"{TAG}NOT ASSESSED: this series could not be assessed, so no hemorrhage result and "
+                f"no risk tier are given. Why: {'; '.join(findings.assessment.reasons)}.")
     pattern = str(findings.reading.get("injury_pattern") or "no intra-abdominal blood detected")
     volumes = findings.volumes_ml
     reasons = "; ".join(findings.risk_tier_reasons)

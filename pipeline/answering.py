@@ -267,6 +267,11 @@ class GroundedAnswerer:
         if status is not None and status not in HEMODYNAMIC_STATUSES:
             raise ValueError(f"hemodynamic status must be one of {HEMODYNAMIC_STATUSES}, not {status!r}")
 
+        if not f.assessment.assessed:  # no finding to answer from: say so, whatever was asked
+            return "\n\n".join([
+                "This study could not be assessed, so there is no hemorrhage result, no organ "
+                "finding and no risk tier to answer from. Why: " + "; ".join(f.assessment.reasons) + ".",
+                "Review the images directly. " + _ABOUT, self._footer(f)])
         paragraphs: list[str] = [context_note] if context_note else []
         outside_first = bool(parsed.outside) and not parsed.organs
         if outside_first:

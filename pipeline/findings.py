@@ -15,7 +15,8 @@ import numpy as np
 
 from pipeline.labels import LABEL_NAMES
 
-SCHEMA_VERSION = "1.1"  # 1.1: compartments, non-overlapping labels, organ injury on parenchymal evidence
+# 1.1: compartments, non-overlapping labels, organ injury on parenchymal evidence, assessment
+SCHEMA_VERSION = "1.1"
 RESEARCH_USE = ("RESEARCH USE ONLY. Not for diagnosis or treatment decisions; every finding "
                 "must be confirmed by a radiologist.")
 
@@ -78,6 +79,15 @@ class OrganFinding:
 
 
 @dataclass
+class Assessment:
+    """Whether the series could be assessed at all (pipeline.plausibility)."""
+
+    assessed: bool
+    reasons: list[str]  # why not, for people; empty when assessed
+    measured: dict[str, Any] = field(default_factory=dict)  # what the checks measured
+
+
+@dataclass
 class RuleFiring:
     id: str
     statement: str
@@ -123,7 +133,7 @@ class Findings:
     components: list[BloodComponent]
     organs: dict[str, OrganFinding]
     reading: dict[str, Any]
-    risk_tier: str  # none | low | moderate | high
+    risk_tier: str  # none | low | moderate | high, or not_assessed (see assessment)
     risk_tier_reasons: list[str]
     recommendation: Recommendation
     report: str
@@ -134,6 +144,7 @@ class Findings:
     # Reading vs segmentation (pipeline.reconcile): both kept, disagreements stated.
     reconciliation: dict[str, Any] = field(default_factory=dict)
     compartments: list[Compartment] = field(default_factory=list)
+    assessment: Assessment = field(default_factory=lambda: Assessment(True, []))
 
     def to_json_dict(self) -> dict[str, Any]:
         out = {f.name: _plain(getattr(self, f.name))
@@ -162,6 +173,7 @@ class Findings:
             volumes_by_region_ml=data["volumes_by_region_ml"],
             components=[BloodComponent(**c) for c in data["components"]],
             compartments=[Compartment(**c) for c in data.get("compartments", [])],
+            assessment=Assessment(**data.get("assessment", {"assessed": True, "reasons": []})),
             organs={k: OrganFinding(**v) for k, v in data["organs"].items()},
             reading=data["reading"], risk_tier=data["risk_tier"],
             risk_tier_reasons=data["risk_tier_reasons"],

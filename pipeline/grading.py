@@ -12,6 +12,7 @@ from pipeline.stages import StageContext
 
 ORGANS = ("liver", "spleen", "kidney_right", "kidney_left", "bowel")
 TIERS = ("none", "low", "moderate", "high")
+NOT_ASSESSED = "not_assessed"  # the tier of a series that could not be assessed (pipeline.plausibility)
 
 
 @dataclass

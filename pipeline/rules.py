@@ -120,6 +120,14 @@ DECISION_RULES: tuple[DecisionRule, ...] = (
 )
 
 
+# Not a rule of the table: what a series that could not be assessed gets instead of any.
+NOT_ASSESSED_ID = "NOT-ASSESSED"
+NOT_ASSESSED_STATEMENT = ("The series could not be assessed by this backend (see the reasons): no "
+                          "hemorrhage result and no risk tier are given. Radiologist review of the "
+                          "whole series.")
+NOT_ASSESSED_SOURCE = "pipeline policy: no finding without evidence (pipeline/plausibility.py)"
+
+
 def grade(evidence: OrganEvidence) -> tuple[int | None, list[GradeRule]]:
     """Highest grade the evidence supports (a lower bound), and the rules that fired."""
     fired = [r for r in GRADE_RULES if r.organ == evidence.organ and r.applies(evidence)]

@@ -15,9 +15,13 @@ from typing import Any, Callable, Iterator, Sequence
 
 import pydicom
 
-from pipeline import backends
-from pipeline.anatomy import build_anatomy
-from pipeline.findings import RESEARCH_USE, Findings, Provenance, StageProvenance
+from pipeline import backends, rules
+from pipeline.anatomy import Anatomy, build_anatomy
+from pipeline.findings import (RESEARCH_USE, Assessment, Findings, OrganFinding, Provenance,
+                               Recommendation, RuleFiring, StageProvenance)
+from pipeline.grading import NOT_ASSESSED, ORGANS, Grading
+from pipeline.plausibility import assess
+from pipeline.quantification import Quantification
 from pipeline.reconcile import reconcile
 from pipeline.settings import PipelineSettings
 from pipeline.stages import StageContext
@@ -109,10 +113,17 @@ def run_volume(volume: Volume, settings: PipelineSettings | None = None,
         quantification = chosen["quantification"].run(context, labels)
     progress(f"quantification: hemorrhage {quantification.volumes_ml['hemorrhage']:.1f} mL, "
              f"active extravasation {quantification.volumes_ml['active_extravasation']:.1f} mL")
-    with stages.stage("reading", chosen["reading"]):
-        reading = chosen["reading"].run(context, triage, quantification)
-    with stages.stage("grading", chosen["grading"]):
-        grading = chosen["grading"].run(context, quantification)
+    assessment = assess(volume, anatomy, quantification, settings)
+    if assessment.assessed:
+        with stages.stage("reading", chosen["reading"]):
+            reading = chosen["reading"].run(context, triage, quantification)
+        with stages.stage("grading", chosen["grading"]):
+            grading = chosen["grading"].run(context, quantification)
+    else:
+        progress("not assessed: " + "; ".join(assessment.reasons))
+        context.notes.extend(f"not assessed: {reason}" for reason in assessment.reasons)
+        quantification, labels = _nothing_measured(quantification), None
+        reading, grading = _not_assessed_reading(assessment), _not_assessed_grading(anatomy, status, assessment)
     del context.anatomy, anatomy  # the working grid is not needed any more
     reconciliation = reconcile(reading, quantification.volumes_ml, grading.organs, grading.risk_tier)
     context.notes.extend(f"reading vs segmentation: {d}" for d in reconciliation["disagreements"])
@@ -129,10 +140,39 @@ def run_volume(volume: Volume, settings: PipelineSettings | None = None,
         recommendation=grading.recommendation, report="",
         provenance=Provenance(PIPELINE_VERSION, _backend_summary(chosen), stages.records,
                               asdict(settings), context.notes),
-        labels=labels, reconciliation=reconciliation, compartments=quantification.compartments)
+        labels=labels, reconciliation=reconciliation, compartments=quantification.compartments,
+        assessment=assessment)
     with stages.stage("report", chosen["report"]):
         findings.report = chosen["report"].run(findings)
     return findings
+
+
+def _nothing_measured(quantification: Quantification) -> Quantification:
+    """No hemorrhage result for a series that could not be assessed: not even a zero that
+    would read as 'none' (the Findings' assessment says why; measured keeps the candidate)."""
+    return Quantification({name: 0.0 for name in quantification.volumes_ml}, {}, quantification.voxel_volume_mm3,
+                          {}, [], [])
+
+
+def _not_assessed_reading(assessment: Assessment) -> dict[str, Any]:
+    reasons = "; ".join(assessment.reasons)
+    return {"injury_pattern": f"not assessed: {reasons}",
+            "organs_involved": [], "bleeding_description": f"Not assessed: {reasons}.",
+            "severity_estimate": "not assessed", "differential_diagnosis": [],
+            "slices_considered": []}
+
+
+def _not_assessed_grading(anatomy: Anatomy, status: str, assessment: Assessment) -> Grading:
+    note = "not assessed: the series could not be assessed (see the assessment)"
+    organs = {organ: OrganFinding(organ=organ, located=anatomy.organ_found(organ), adjacent_blood_ml=0.0,
+                                  intraparenchymal_blood_ml=0.0, largest_intraparenchymal_mm=0.0,
+                                  blush_inside=False, blush_outside_adjacent=False, aast_grade=None,
+                                  aast_scale=None, aast_rules=[], note=note)
+              for organ in ORGANS}
+    firing = RuleFiring(rules.NOT_ASSESSED_ID, rules.NOT_ASSESSED_STATEMENT, rules.NOT_ASSESSED_SOURCE)
+    recommendation = Recommendation(status, rules.NOT_ASSESSED_STATEMENT, [rules.NOT_ASSESSED_STATEMENT],
+                                    {}, [firing])
+    return Grading(organs, NOT_ASSESSED, list(assessment.reasons), recommendation)
 
 
 def _rounded_volumes(volumes: dict[str, float]) -> dict[str, float]:

@@ -262,6 +262,27 @@ class ModelSettings:
 
 
 @dataclass
+class PlausibilitySettings:
+    """What a series must show before any hemorrhage result leaves the node.
+
+    A series that fails is reported as not assessed, never as a risk tier.
+    """
+
+    # Share of the image border inside the body above which there is no body
+    # outline (noise, a phantom or a reconstruction that fills the field of view
+    # edge to edge); a patient truncated by the field of view touches far less.
+    max_border_in_body: float = 0.6
+    # Blood above this share of the body's volume in the scanned range, or above
+    # this many mL (more than an adult's whole blood volume), is not physical.
+    max_blood_share_of_body: float = 0.3
+    max_blood_ml: float = 5000.0
+    # The abdomen must show a liver or a spleen.
+    require_liver_or_spleen: bool = True
+    # Enhancing liver or spleen parenchyma means contrast: the aorta must then be found.
+    require_aorta_when_enhanced: bool = True
+
+
+@dataclass
 class PipelineSettings:
     backends: BackendSettings = field(default_factory=BackendSettings)
     hu: HuSettings = field(default_factory=HuSettings)
@@ -269,6 +290,7 @@ class PipelineSettings:
     triage: TriageSettings = field(default_factory=TriageSettings)
     risk_tiers: RiskTierSettings = field(default_factory=RiskTierSettings)
     models: ModelSettings = field(default_factory=ModelSettings)
+    plausibility: PlausibilitySettings = field(default_factory=PlausibilitySettings)
     # Stable / unstable / unknown; the Q&A request may override it per study.
     hemodynamic_status: HemodynamicStatus = "unknown"
     # Series with fewer slices are refused as not a volume.
@@ -301,6 +323,11 @@ class PipelineSettings:
              "pipeline.segmentation.working_pixel_mm and working_slice_mm must be > 0")
         need(seg.min_intraparenchymal_ml >= 0, "pipeline.segmentation.min_intraparenchymal_ml must be >= 0")
         need(tiers.min_space_ml >= 0, "pipeline.risk_tiers.min_space_ml must be >= 0")
+        plausible = self.plausibility
+        need(0 < plausible.max_border_in_body <= 1, "pipeline.plausibility.max_border_in_body must be in (0, 1]")
+        need(0 < plausible.max_blood_share_of_body <= 1,
+             "pipeline.plausibility.max_blood_share_of_body must be in (0, 1]")
+        need(plausible.max_blood_ml > 0, "pipeline.plausibility.max_blood_ml must be > 0")
         need(seg.min_component_ml >= 0 and seg.min_blush_ml >= 0,
              "pipeline.segmentation minimum volumes must be >= 0")
         need(seg.max_blush_ml > seg.min_blush_ml, "pipeline.segmentation.max_blush_ml must be > min_blush_ml")

@@ -47,7 +47,7 @@ class TemplateReport:
     def run(self, findings: Findings) -> str:
         f, rec = findings, findings.recommendation
         series = f.series
-        lines = [
+        head = [
             "RESEARCH USE ONLY - NOT FOR CLINICAL DECISIONS",
             f"Automated abdominal trauma CT analysis. Backend: {f.provenance.backend_summary}.",
             RESEARCH_USE,
@@ -58,6 +58,18 @@ class TemplateReport:
             f"{series['spacing_mm'][0]:.2f} mm (slice spacing from positions).",
             f"- Hemodynamic status given: {rec.hemodynamic_status}.",
             "",
+        ]
+        if not f.assessment.assessed:
+            return "\n".join(head + [
+                "NOT ASSESSED",
+                "- This series could not be assessed: no hemorrhage result and no risk tier are given.",
+                *[f"- {reason[:1].upper()}{reason[1:]}." for reason in f.assessment.reasons],
+                "",
+                "IMPRESSION",
+                "- Not assessed. Risk tier: NOT ASSESSED.",
+                f"- {rec.summary}",
+            ]) + "\n"
+        lines = head + [
             "FINDINGS",
             f"- Hemorrhage, total: {f.volumes_ml['hemorrhage']:.1f} mL = non-enhancing "
             f"{f.volumes_ml.get('non_enhancing_hemorrhage', 0.0):.1f} mL + active extravasation "
