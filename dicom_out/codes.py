@@ -106,3 +106,9 @@ def private_coding_scheme() -> CodingSchemeIdentificationItem:
     return CodingSchemeIdentificationItem(
         designator=PRIVATE_SCHEME, name="trauma-node private concepts",
         responsible_organization="trauma-node project (research use only)")
+
+
+def ihe_coding_scheme() -> CodingSchemeIdentificationItem:
+    """IHE's scheme of the AI Results profile (Processing Algorithm, Newcode1)."""
+    return CodingSchemeIdentificationItem(designator="99IHE", name="IHE Radiology Technical Framework",
+                                          responsible_organization="IHE")

@@ -10,7 +10,7 @@ from pydicom.dataset import Dataset
 from pydicom.valuerep import format_number_as_ds
 
 from dicom_out import codes, uids
-from dicom_out.device import (DEVICE_SERIAL_NUMBER, MANUFACTURER, Algorithm,
+from dicom_out.device import (CONTENT_CREATOR, DEVICE_SERIAL_NUMBER, MANUFACTURER, Algorithm, copy_body_part,
                               output_series_number, series_description, short_text)
 from dicom_out.segments import Segment, planned_segments
 from dicom_out.source import SourceImages, source_images
@@ -65,10 +65,14 @@ def build_seg(findings: Findings, source_datasets: Sequence[Dataset], *, series_
         content_description=series_description("SEG", series_version),
         series_description=series_description("SEG", series_version),
         omit_empty_frames=True,
+        content_creator_name=CONTENT_CREATOR,
+        contributing_equipment=algorithm.contributing_equipment(),
     )
     if picked is not None:
         _as_if_given_all(seg, source.datasets)
     seg.ImageComments = algorithm.notice()  # LT: room for the backend that ran
+    copy_body_part(seg, source.datasets[0])
+    seg.CodingSchemeIdentificationSequence = [codes.ihe_coding_scheme()]  # the Contributing Equipment's
     for item, segment in zip(seg.SegmentSequence, segments):
         item.SegmentDescription = short_text(f"{segment.finding.description}. {algorithm.notice()}")
     return seg

@@ -104,8 +104,9 @@ def build_sr(findings: Findings, source_datasets: Sequence[Dataset], seg: Datase
         is_final=False,  # PRELIMINARY and UNVERIFIED: no person has signed it
         is_verified=False,
         series_description=series_description("SR", series_version),
-        coding_schemes=[codes.private_coding_scheme()],
+        coding_schemes=[codes.private_coding_scheme(), codes.ihe_coding_scheme()],
         previous_versions=[previous_sr] if previous_sr is not None else None,
+        contributing_equipment=algorithm.contributing_equipment(),
     )
     fill_image_library(sr, [library_header(ds) for ds in source.datasets])
     return _plain(sr)
@@ -211,7 +212,7 @@ def _organ_group(organ: OrganFinding,
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=report.tracking(f"{name} injury", f"organ/{organ.organ}"),
         finding_type=codes.TRAUMATIC_INJURY,
-        algorithm_id=report.algorithm.sr_identification(),
+        algorithm_id=report.algorithm.sr_identification("grading"),
         finding_sites=[hd.sr.FindingSite(structure, laterality=laterality)],
         measurements=measurements,
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(

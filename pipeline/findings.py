@@ -43,6 +43,9 @@ class BloodComponent:
     slices: list[int]  # first and last slice index
     centroid_mm: list[float]  # patient coordinates (LPS)
     compartments: dict[str, float] = field(default_factory=dict)  # its mL in each compartment
+    # Why its edge is uncertain, e.g. "abuts the abdominal wall without a fat
+    # plane" (tissue of blood's HU against it); empty when the edge was seen.
+    boundary_uncertain: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -85,6 +88,7 @@ class Assessment:
     assessed: bool
     reasons: list[str]  # why not, for people; empty when assessed
     measured: dict[str, Any] = field(default_factory=dict)  # what the checks measured
+    notes: list[str] = field(default_factory=list)  # limits that did not stop the assessment
 
 
 @dataclass
@@ -111,6 +115,7 @@ class StageProvenance:
     version: str
     description: str
     seconds: float
+    weights: str = ""  # the model weights it used (pipeline.models.fingerprint); '' for none
 
 
 @dataclass

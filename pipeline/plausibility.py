@@ -34,11 +34,19 @@ def assess(volume: Volume, anatomy: Anatomy, quantification: "Quantification",
     body = anatomy.regions > OUTSIDE
     body_ml = float(np.count_nonzero(body)) * anatomy.voxel_volume_mm3 / 1000.0
     measured["body_ml"] = round(body_ml, 1)
+    hu = settings.hu
+    fat = float(np.mean((anatomy.hu[body] >= hu.fat_min) & (anatomy.hu[body] <= hu.fat_max))) if body_ml else 0.0
+    measured["fat_share_of_body"] = round(fat, 3)
+    notes: list[str] = []
     if body_ml == 0:
         reasons.append("no patient found in the images")
+    elif border > rules.max_border_in_body and fat < rules.min_fat_share:
+        reasons.append(f"no body outline: {border:.0%} of the image border lies inside the body and "
+                       f"{fat:.1%} of it is fat (a patient has at least {rules.min_fat_share:.0%}): "
+                       "the image is filled edge to edge, not with a patient")
     elif border > rules.max_border_in_body:
-        reasons.append(f"no body outline: {border:.0%} of the image border lies inside the body "
-                       f"(at most {rules.max_border_in_body:.0%}), the image is filled edge to edge")
+        notes.append(f"the field of view cuts the body ({border:.0%} of the image border inside it): "
+                     "blood at its edge may be missed")
 
     liver, spleen = bool(np.any(anatomy.regions == LIVER)), bool(np.any(anatomy.regions == SPLEEN))
     measured.update(liver_found=liver, spleen_found=spleen, aorta_found=anatomy.aorta_hu is not None)
@@ -56,7 +64,7 @@ def assess(volume: Volume, anatomy: Anatomy, quantification: "Quantification",
     if body_ml and blood_ml > rules.max_blood_share_of_body * body_ml:
         reasons.append(f"blood-density material fills {blood_ml / body_ml:.0%} of the body in the "
                        f"scanned range (limit {rules.max_blood_share_of_body:.0%})")
-    return Assessment(assessed=not reasons, reasons=reasons, measured=measured)
+    return Assessment(assessed=not reasons, reasons=reasons, measured=measured, notes=notes)
 
 
 def _border_in_body(hu: np.ndarray, body_min: float) -> float:

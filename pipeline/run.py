@@ -20,6 +20,7 @@ from pipeline.anatomy import Anatomy, build_anatomy
 from pipeline.findings import (RESEARCH_USE, Assessment, Findings, OrganFinding, Provenance,
                                Recommendation, RuleFiring, StageProvenance)
 from pipeline.grading import NOT_ASSESSED, ORGANS, Grading
+from pipeline.models.fingerprint import stage_weights
 from pipeline.plausibility import assess
 from pipeline.quantification import Quantification
 from pipeline.reconcile import reconcile
@@ -114,6 +115,7 @@ def run_volume(volume: Volume, settings: PipelineSettings | None = None,
     progress(f"quantification: hemorrhage {quantification.volumes_ml['hemorrhage']:.1f} mL, "
              f"active extravasation {quantification.volumes_ml['active_extravasation']:.1f} mL")
     assessment = assess(volume, anatomy, quantification, settings)
+    context.notes.extend(assessment.notes)
     if assessment.assessed:
         with stages.stage("reading", chosen["reading"]):
             reading = chosen["reading"].run(context, triage, quantification)
@@ -138,7 +140,7 @@ def run_volume(volume: Volume, settings: PipelineSettings | None = None,
         components=quantification.components, organs=grading.organs, reading=reading,
         risk_tier=grading.risk_tier, risk_tier_reasons=grading.risk_tier_reasons,
         recommendation=grading.recommendation, report="",
-        provenance=Provenance(PIPELINE_VERSION, _backend_summary(chosen), stages.records,
+        provenance=Provenance(PIPELINE_VERSION, _backend_summary(chosen), _with_weights(stages.records, settings),
                               asdict(settings), context.notes),
         labels=labels, reconciliation=reconciliation, compartments=quantification.compartments,
         assessment=assessment)
@@ -173,6 +175,12 @@ def _not_assessed_grading(anatomy: Anatomy, status: str, assessment: Assessment)
     recommendation = Recommendation(status, rules.NOT_ASSESSED_STATEMENT, [rules.NOT_ASSESSED_STATEMENT],
                                     {}, [firing])
     return Grading(organs, NOT_ASSESSED, list(assessment.reasons), recommendation)
+
+
+def _with_weights(records: list[StageProvenance], settings: PipelineSettings) -> list[StageProvenance]:
+    for record in records:
+        record.weights = stage_weights(record.stage, record.backend, settings)
+    return records
 
 
 def _rounded_volumes(volumes: dict[str, float]) -> dict[str, float]:

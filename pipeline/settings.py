@@ -272,6 +272,9 @@ class PlausibilitySettings:
     # outline (noise, a phantom or a reconstruction that fills the field of view
     # edge to edge); a patient truncated by the field of view touches far less.
     max_border_in_body: float = 0.6
+    # ...unless the body holds fat like a patient (then the field of view only cuts it):
+    # uniform soft tissue edge to edge is no patient.
+    min_fat_share: float = 0.02
     # Blood above this share of the body's volume in the scanned range, or above
     # this many mL (more than an adult's whole blood volume), is not physical.
     max_blood_share_of_body: float = 0.3

@@ -178,7 +178,9 @@ def test_seg_describes_the_findings(built):
         assert segment.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "49755003"
         assert segment.SegmentAlgorithmType == "AUTOMATIC"
         algorithm = segment.SegmentationAlgorithmIdentificationSequence[0]
-        assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == ("trauma-node test", "9.8.7")
+        # TID 4019 names the backend that drew the masks; the node is its source.
+        assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == ("hu-baseline", "1.0")
+        assert algorithm.AlgorithmSource == "trauma-node test 9.8.7"
         family = algorithm.AlgorithmFamilyCodeSequence[0]
         assert (family.CodeValue, family.CodingSchemeDesignator) == ("123110", "DCM")
         assert segment.AnatomicRegionSequence[0].CodeValue == "83670000"
@@ -461,3 +463,49 @@ def test_a_later_version_names_the_report_it_supersedes(bleed, tmp_path):
     with pytest.raises(ValueError, match="another study"):
         build_outputs(bleed.findings, bleed.sources, series_version=4, previous_sr=other_study,
                       **ALGORITHM)
+
+
+# --- IHE AI Results (AIR) -------------------------------------------------------
+
+def test_the_seg_copies_the_body_part(bleed):
+    assert bleed.seg.BodyPartExamined == "ABDOMEN" == bleed.sources[0].BodyPartExamined
+
+
+def test_each_algorithm_is_contributing_equipment_with_a_device_uid(built):
+    for obj in (built.seg, built.sr):
+        stages = [(item.ManufacturerModelName, item.ContributionDescription.split(":")[0])
+                  for item in obj.ContributingEquipmentSequence
+                  if item.PurposeOfReferenceCodeSequence[0].CodeValue == "Newcode1"]
+        assert [stage for _, stage in stages] == ["triage", "segmentation", "quantification", "reading",
+                                                  "grading", "report"]
+        assert ("hu-baseline", "segmentation") in stages
+        for item in obj.ContributingEquipmentSequence:
+            if item.PurposeOfReferenceCodeSequence[0].CodeValue == "Newcode1":
+                assert item.PurposeOfReferenceCodeSequence[0].CodingSchemeDesignator == "99IHE"
+                assert item.DeviceSerialNumber.startswith("2.25.")
+        assert "99IHE" in [s.CodingSchemeDesignator for s in obj.CodingSchemeIdentificationSequence]
+    assert built.seg.get("BodyPartExamined") == built.sources[0].get("BodyPartExamined")
+    assert str(built.seg.ContentCreatorName) == "trauma-node^AI-generated"
+
+
+def test_the_device_uid_changes_with_the_weights(bleed):
+    findings = bleed.findings
+    stages = [dataclasses.replace(s, weights="checkpoint /models/unet.pt sha256:0123456789abcdef")
+              if s.stage == "segmentation" else s for s in findings.provenance.stages]
+    other = dataclasses.replace(findings, provenance=dataclasses.replace(findings.provenance, stages=stages))
+    before = {i.ContributionDescription.split(":")[0]: i.DeviceSerialNumber
+              for i in build_seg(findings, bleed.sources, series_version=1, **ALGORITHM).ContributingEquipmentSequence
+              if "DeviceSerialNumber" in i}
+    after = {i.ContributionDescription.split(":")[0]: i.DeviceSerialNumber
+             for i in build_seg(other, bleed.sources, series_version=1, **ALGORITHM).ContributingEquipmentSequence
+             if "DeviceSerialNumber" in i}
+    assert before["segmentation"] != after["segmentation"]
+    assert before["triage"] == after["triage"]
+
+
+def test_each_measurement_group_names_the_backend_that_produced_it(bleed):
+    items = list(_items(bleed.sr))
+    algorithm_names = [i.TextValue for i in items
+                       if i.ConceptNameCodeSequence[0].CodeMeaning == "Algorithm Name"]
+    assert algorithm_names and set(algorithm_names) <= {"hu-baseline", "rule-table"}
+    assert "trauma-node test" not in algorithm_names

@@ -124,7 +124,8 @@ def test_results_arrive_in_the_pacs_with_the_source_study(node_factory, phantom_
 
 def test_a_pacs_that_is_down_gets_the_results_after_a_node_restart(node_factory, phantom_factory,
                                                                     tmp_path):
-    truth = phantom_factory("e2e-down", slices=40, rows=128, cols=128, blood="small")
+    truth = phantom_factory("e2e-down", slices=40, rows=128, cols=128, pixel_spacing=(3.125, 3.125),
+                            blood="small")  # a whole abdomen in the field of view
     pacs = Orthanc(tmp_path / "orthanc", free_port(), free_port())
     node = node_factory(destination_config(pacs))
     storescu([truth.paths[0].parent], node.dicom_port)

@@ -139,3 +139,13 @@ def test_questions_about_a_study_not_assessed_get_no_numbers(not_assessed):
     text = GroundedAnswerer().compose(Question(findings=findings, text="How much blood is there?"))
     assert "could not be assessed" in text and "no body outline" in text
     assert " mL" not in text.replace("; ".join(findings.assessment.reasons), "")  # only the reasons' figures
+
+
+def test_a_field_of_view_that_cuts_the_body_is_assessed_with_a_note(phantom_factory):
+    """A 200 mm field of view over a 340 mm wide abdomen: edge to edge, but a patient (fat, organs)."""
+    truth = phantom_factory("plausible-cut", slices=40, rows=256, cols=256, pixel_spacing=(0.78125, 0.78125),
+                            slice_spacing=5.0, blood="small")
+    findings = run_series(truth.paths, PipelineSettings())
+    assert findings.assessment.assessed, findings.assessment.reasons
+    assert findings.assessment.measured["border_in_body"] > 0.6
+    assert any("field of view cuts the body" in note for note in findings.provenance.notes)
