@@ -6,9 +6,18 @@ over the patient's bounding box), which keeps the 3D steps fast and the memory
 small; the segmentation refines its result at full resolution.
 
 The peritoneal cavity is the body minus the subcutaneous fat (fat connected to
-the skin) minus the muscular wall, whose thickness is measured as the depth at
-which the intra-abdominal fat begins. Muscle has the HU of blood, so without
-this step the wall would be read as a ring of hemorrhage.
+the skin) minus the muscular wall. Muscle has the HU of blood, so without this
+step the wall would be read as a ring of hemorrhage. The wall is the tissue of
+muscle HU continuous with the wall's outer surface, down to the local wall
+thickness: per angular sector of each slice, the median depth of its inner
+surface where fat, fluid or gas begins (an organ pressed into the wall says
+nothing of its thickness, and stays in the cavity being of other HU). Where
+blood lies against the wall with no fat plane, that surface is the blood's, so
+the thickness is taken from the wall beside it (a grey opening over
+neighbouring sectors and along z), and the blood inward of it stays in the
+cavity; that tissue is kept in ``wall_lining``, so that the segmentation keeps
+a thin layer of it with the collection it continues, and the collection can
+say its boundary was uncertain.
 """
 
 from __future__ import annotations
@@ -50,6 +59,9 @@ class Anatomy:
     aorta_hu: float | None
     midline: np.ndarray  # patient coordinates of the body centroid
     notes: list[str] = field(default_factory=list)
+    # Cavity tissue of muscle HU continuous with the wall beyond its local
+    # thickness: blood against the wall with no fat plane (same grid as hu).
+    wall_lining: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def voxel_volume_mm3(self) -> float:
@@ -91,6 +103,20 @@ class Anatomy:
         out = np.zeros(full_shape, dtype=bool)
         out[self.window] = np.repeat(np.repeat(mask2d, f, axis=0), f, axis=1)
         return out
+
+
+def uncertain_boundary(anatomy: Anatomy, box: tuple[slice, ...], component: np.ndarray) -> list[str]:
+    """Why a collection's edge (a working-grid component within box) is uncertain.
+
+    Blood has the HU of muscle and of the bowel wall: where it lies against
+    them with no fat plane, where it ends was inferred, not seen.
+    """
+    reasons = []
+    if anatomy.wall_lining is not None and np.any(anatomy.wall_lining[box][component]):
+        reasons.append("abuts the abdominal wall without a fat plane")
+    if np.any(anatomy.regions[box][component] == BOWEL):
+        reasons.append("abuts bowel without a fat plane")
+    return reasons
 
 
 def working_factors(volume: Volume, settings: PipelineSettings) -> tuple[int, int]:
@@ -164,7 +190,13 @@ def build_anatomy(volume: Volume, settings: PipelineSettings) -> Anatomy:
 # --- body, wall and cavity ---------------------------------------------------
 
 DEPTH_STEP_MM = 0.5  # depth maps are kept as uint8 in these steps (127 mm at most)
-WALL_SAMPLE_EVERY = 4  # slices between wall-thickness measurements
+WALL_SECTORS = 36  # 10-degree sectors round each slice's body centre
+WALL_MAX_MM = 30.0  # no abdominal wall is deeper: beyond, the wall was not seen
+WALL_SKIP_PX = 2  # the wall's outer pixels blur into the subcutaneous fat
+# A thickness bump (blood against the wall) shorter than twice this along z,
+# or narrower than three sectors, is not the wall's.
+WALL_CONTINUITY_MM = 60.0
+WALL_LINING_PX = 3  # tissue continuous with the wall this far beyond it lies against it
 
 
 # Connectivity within each slice only: a stack is labelled in one call.
@@ -212,9 +244,10 @@ def _layers(hu: np.ndarray, settings: PipelineSettings, in_plane: tuple[float, f
     """Body, fat and the region below the subcutaneous fat, for a stack of slices."""
     body = _largest_per_slice(fill_holes_2d(hu > settings.hu.body_min))
     fat = (hu >= settings.hu.fat_min) & (hu <= settings.hu.fat_max) & body
-    # Within 3 pixels of the air: the skin, blurred into the air. (A separable
-    # box filter is much faster than a 7x7 erosion.)
-    skin = body & (ndimage.uniform_filter(body.astype(np.float32), size=(1, 7, 7)) < 0.999)
+    # Within 3 pixels of the air: the skin, blurred into the air. Euclidean, so
+    # that the band is as deep on oblique edges (where a thin patient's wall
+    # begins within it, and the wall's depth is measured from its inner edge).
+    skin = body & np.stack([ndimage.distance_transform_edt(b) <= 3 for b in body])
     inner = _largest_per_slice(fill_holes_2d(body & ~_connected_to(fat, skin) & ~skin))
     return body, fat, inner
 
@@ -222,27 +255,84 @@ def _layers(hu: np.ndarray, settings: PipelineSettings, in_plane: tuple[float, f
 def _body_and_cavity(anatomy: Anatomy, settings: PipelineSettings) -> None:
     hu, regions = anatomy.hu, anatomy.regions
     in_plane = anatomy.spacing[1:]
+    skip = WALL_SKIP_PX * min(in_plane)
     depth = np.empty(hu.shape, dtype=np.uint8)
-    walls = []
+    sectors = np.empty(hu.shape, dtype=np.uint8)
+    walled = np.empty(hu.shape, dtype=bool)  # muscle-HU tissue continuous with the wall
+    surface = np.full((len(hu), WALL_SECTORS), np.inf, dtype=np.float32)
     for k0 in range(0, len(hu), CHUNK_SLICES):
-        body, fat, inner = _layers(hu[k0:k0 + CHUNK_SLICES], settings, in_plane)
+        chunk = hu[k0:k0 + CHUNK_SLICES]
+        body, _, inner = _layers(chunk, settings, in_plane)
         regions[k0:k0 + CHUNK_SLICES][body] = BODY_WALL
-        for n in range(len(body)):
-            d = ndimage.distance_transform_edt(inner[n], sampling=in_plane)
-            depth[k0 + n] = np.minimum(np.rint(d / DEPTH_STEP_MM), 255)
-            inner_fat = inner[n] & fat[n]
-            if (k0 + n) % WALL_SAMPLE_EVERY == 0 and inner_fat.sum() >= 20:
-                # The intra-abdominal fat begins where the muscular wall ends.
-                walls.append(float(np.percentile(d[inner_fat], 2)))
-    if walls:  # one thickness for the whole series: single slices can mislead
-        anatomy.wall_mm = float(np.clip(np.median(walls), 2.0, 30.0))
+        d = np.stack([ndimage.distance_transform_edt(m, sampling=in_plane) for m in inner])
+        depth[k0:k0 + len(d)] = np.minimum(np.rint(d / DEPTH_STEP_MM), 255)
+        # Muscle and blood share these HU; fat, fluid or gas beneath mark the wall's end.
+        muscle = inner & (chunk >= settings.hu.blood_min) & (chunk < settings.hu.parenchyma_min)
+        wall = _connected_to(muscle & (d <= WALL_MAX_MM), muscle & (d <= skip + min(in_plane)))
+        walled[k0:k0 + len(d)] = wall
+        # The wall ends where a pixel is more what lies beneath (fat, fluid, gas:
+        # the darkest within 2 pixels) than muscle: halfway between their HU.
+        beneath = ndimage.minimum_filter(chunk, size=(1, 5, 5))
+        wall_hu = float(np.median(chunk[wall])) if wall.any() else settings.hu.blood_min
+        inner_surface = (inner & (beneath < settings.hu.blood_min) & (2 * chunk.astype(np.float32) < wall_hu + beneath)
+                         & (d > skip) & (d <= WALL_MAX_MM) & morphology.dilate(wall, morphology.in_plane(2)))
+        for n in range(len(d)):
+            sectors[k0 + n] = _sector_map(body[n], in_plane)
+            surface[k0 + n] = _sector_medians(sectors[k0 + n][inner_surface[n]], d[n][inner_surface[n]])
+    seen = np.isfinite(surface)
+    if seen.any():  # the series' typical wall where a sector's end was not seen
+        anatomy.wall_mm = float(np.median(surface[seen]))
     else:
         anatomy.notes.append("abdominal wall not measured: default thickness used")
-    # One working pixel less than the measured depth: the first fat pixels are
-    # partial-volume ones, and a thin muscle rim left in is removed by the
-    # segmentation's opening.
-    cut = (anatomy.wall_mm - anatomy.spacing[1]) / DEPTH_STEP_MM
-    regions[depth > cut] = CAVITY
+    local = _local_wall(np.where(seen, surface, anatomy.wall_mm), anatomy.spacing[0])
+    # The wall is what is continuous with it down to the local thickness; all
+    # else below the skin's blurred edge is the cavity (fat, organs, and blood
+    # inward of the wall even with no fat plane between them). The surface
+    # pixel is the first past the wall: its edge lies half a pixel before.
+    steps = np.clip(np.rint((local - in_plane[0] / 2) / DEPTH_STEP_MM), 0, 255).astype(np.uint8)
+    cut = steps[np.arange(len(hu))[:, None, None], sectors]
+    del sectors
+    inside = (regions == BODY_WALL) & (depth > round(skip / DEPTH_STEP_MM))
+    regions[inside & ~(walled & (depth < cut))] = CAVITY
+    lining = walled & (regions == CAVITY) & (depth < cut.astype(np.int16)
+                                             + round(WALL_LINING_PX * in_plane[0] / DEPTH_STEP_MM))
+    anatomy.wall_lining = lining if lining.any() else None
+
+
+def _sector_medians(sector: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The median of values in each sector (inf where a sector has none)."""
+    out = np.full(WALL_SECTORS, np.inf, dtype=np.float32)
+    if not len(values):
+        return out
+    order = np.lexsort((values, sector))
+    counts = np.bincount(sector, minlength=WALL_SECTORS)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    has = counts > 0
+    out[has] = values[order][starts[has] + counts[has] // 2]
+    return out
+
+
+def _sector_map(body: np.ndarray, in_plane: tuple[float, float]) -> np.ndarray:
+    """Each pixel's angular sector round the body's centre (uint8)."""
+    if not body.any():
+        return np.zeros(body.shape, dtype=np.uint8)
+    ci, cj = ndimage.center_of_mass(body)
+    i, j = np.ogrid[:body.shape[0], :body.shape[1]]
+    angle = np.arctan2((i - ci) * in_plane[0], (j - cj) * in_plane[1])
+    return (np.floor((angle + np.pi) / (2 * np.pi) * WALL_SECTORS).astype(np.int32) % WALL_SECTORS).astype(np.uint8)
+
+
+def _local_wall(surface: np.ndarray, slice_mm: float) -> np.ndarray:
+    """The wall's thickness per slice and sector, free of what lies against it.
+
+    A grey opening (min then max filter) keeps the thickness where it varies
+    slowly and takes off bumps shorter along z or narrower than the window:
+    blood against the wall, its inner surface read as the wall's.
+    """
+    size = (2 * round(WALL_CONTINUITY_MM / slice_mm) + 1, 3)
+    modes = ("nearest", "wrap")  # sectors go round
+    low = ndimage.minimum_filter(np.minimum(surface, WALL_MAX_MM), size=size, mode=modes)
+    return ndimage.maximum_filter(low, size=size, mode=modes)
 
 
 # --- bone, aorta, organs -------------------------------------------------------

@@ -16,7 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from pipeline import compartments
-from pipeline.anatomy import ORGAN_CODES, Anatomy
+from pipeline.anatomy import ORGAN_CODES, Anatomy, uncertain_boundary
 from pipeline.findings import BloodComponent, Compartment
 from pipeline.labels import ACTIVE_EXTRAVASATION, LABEL_NAMES
 from pipeline.settings import PipelineSettings
@@ -125,7 +125,8 @@ class VoxelQuantification:
                 max_extent_mm=round(float(extent), 1),
                 slices=[anatomy.full_slices(box[0].start)[0], anatomy.full_slices(box[0].stop - 1)[-1]],
                 centroid_mm=[round(float(v), 1) for v in centroid],
-                compartments=dict(sorted(by_compartment.items(), key=lambda t: -t[1]))))
+                compartments=dict(sorted(by_compartment.items(), key=lambda t: -t[1])),
+                boundary_uncertain=uncertain_boundary(anatomy, box, component)))
         return sorted(out, key=lambda c: -c.volume_ml)
 
 

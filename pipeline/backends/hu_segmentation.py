@@ -76,6 +76,11 @@ class HuSegmentation:
 
         # Thin rims of partial volume round organs and vessels go with the opening.
         blood = morphology.open_(blood_range, morphology.in_plane(1)) | blush
+        lining = None if anatomy.wall_lining is None else blood_range & anatomy.wall_lining & ~blood
+        if lining is not None and lining.any():
+            # A layer against the wall thinner than the opening stays when it
+            # continues a collection (the wall made it look thick).
+            blood = _reconstruct(blood, blood | lining)
         del blood_range
         labels, count = ndimage.label(blood)
         sizes = np.bincount(labels.ravel(), minlength=count + 1)
@@ -157,6 +162,15 @@ def _compact_and_apart(box: tuple[slice, ...], component: np.ndarray, regions: n
     compact = max(extents) <= COMPACT_MAX_MM and max(extents) <= COMPACT_MAX_RATIO * max(min(extents), spacing[0])
     touches_aorta = bool(np.any(regions[box][morphology.dilate(component, (3, 5, 5))] == AORTA))
     return compact and not touches_aorta
+
+
+def _reconstruct(seeds: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The components of mask (3D) that hold a seed."""
+    labels, count = ndimage.label(mask)
+    keep = np.zeros(count + 1, dtype=bool)
+    keep[np.unique(labels[seeds])] = True
+    keep[0] = False
+    return keep[labels]
 
 
 def _spans(mask: np.ndarray) -> list[int]:
