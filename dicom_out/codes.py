@@ -67,6 +67,7 @@ MORPHOLOGICALLY_ABNORMAL_STRUCTURE = Code("49755003", "SCT", "Morphologically Ab
 HEMORRHAGE = Code("50960005", "SCT", "Hemorrhage")  # in CID 7151 (segmentation property types)
 EXTRAVASATION = Code("111428", "DCM", "Extravasation")  # no SNOMED code in CID 7151 for a blush
 TRAUMATIC_INJURY = Code("417746004", "SCT", "Traumatic injury")
+PSEUDOANEURYSM = Code("22036004", "SCT", "Pseudoaneurysm")  # a contained vascular injury
 PRESENT = Code("52101004", "SCT", "Present")
 ABSENT = Code("272519000", "SCT", "Absent")
 

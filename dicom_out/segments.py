@@ -13,7 +13,7 @@ from pydicom.sr.coding import Code
 
 from dicom_out import codes
 from pipeline.findings import Findings
-from pipeline.labels import ACTIVE_EXTRAVASATION, HEMORRHAGE
+from pipeline.labels import ACTIVE_EXTRAVASATION, CONTAINED_VASCULAR_INJURY, HEMORRHAGE
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,13 @@ ACTIVE_EXTRAVASATION_FINDING = FindingType(
     "active_extravasation", "Active extravasation", "Contrast-density focus (blush) within "
     "blood: suspected active bleeding", codes.EXTRAVASATION, (255, 220, 0),
     (ACTIVE_EXTRAVASATION,))
+# Only when another phase showed a focus kept its size and followed the vessels.
+CONTAINED_VASCULAR_INJURY_FINDING = FindingType(
+    "contained_vascular_injury", "Contained vascular injury",
+    "Contrast-density focus that kept its size and followed the aorta across the study's phases: "
+    "pseudoaneurysm (contained vascular injury)", codes.PSEUDOANEURYSM, (200, 60, 220),
+    (CONTAINED_VASCULAR_INJURY,))
+OPTIONAL_FINDINGS = (ACTIVE_EXTRAVASATION_FINDING, CONTAINED_VASCULAR_INJURY_FINDING)
 
 
 @dataclass(frozen=True)
@@ -77,10 +84,11 @@ def planned_segments(findings: Findings, masks: bool = True,
         raise ValueError(f"label volume shape {labels.shape} differs from the series "
                          f"shape {findings.series['shape']}")
     if labels is not None:
-        blush = bool(np.any(labels == ACTIVE_EXTRAVASATION))
+        present = set(np.unique(labels[labels.reshape(len(labels), -1).any(axis=1)]).tolist())
+        optional = [f for f in OPTIONAL_FINDINGS if f.label_values[0] in present]
     else:
-        blush = findings.volumes_ml.get(ACTIVE_EXTRAVASATION_FINDING.key, 0.0) > 0
-    found = [HEMORRHAGE_FINDING, *([ACTIVE_EXTRAVASATION_FINDING] if blush else [])]
+        optional = [f for f in OPTIONAL_FINDINGS if findings.volumes_ml.get(f.key, 0.0) > 0]
+    found = [HEMORRHAGE_FINDING, *optional]
 
     def mask(finding: FindingType) -> np.ndarray | None:
         if not masks or labels is None:

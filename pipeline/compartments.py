@@ -56,6 +56,14 @@ class CompartmentMap:
     distances_mm: dict[str, np.ndarray]  # organ -> distance of each block to it, in the crop
     crop: tuple[slice, ...]  # the working-grid region the distances cover
 
+    def name_at(self, anatomy: Anatomy, k: float, i: float, j: float) -> str:
+        """The compartment of the full-resolution voxel (k, i, j), or 'other' outside the blood."""
+        (r0, c0), f = anatomy.origin, anatomy.factor
+        at = (int(k) // anatomy.z_factor, (int(i) - r0) // f, (int(j) - c0) // f)
+        inside = all(0 <= a < n for a, n in zip(at, self.codes.shape))
+        code = int(self.codes[at]) if inside else NONE
+        return NAMES[code] if code != NONE else "other"
+
     def adjacent_organs(self, code: int, reach_mm: float) -> list[str]:
         """Organs within reach of the compartment's blood, nearest first."""
         inside = self.codes[self.crop] == code

@@ -49,6 +49,26 @@ class BloodComponent:
 
 
 @dataclass
+class ContrastFocus:
+    """One connected focus of contrast-density material in blood (a blush).
+
+    On one phase a blush may be active bleeding or a contained vascular injury
+    (pseudoaneurysm): kind stays "undetermined" unless another phase of the
+    study was compared (pipeline.multiphase), and evidence says what was seen.
+    """
+
+    id: int
+    volume_ml: float
+    mean_hu: float
+    aorta_hu: float | None  # the same series' aorta: the reference it enhances against
+    centroid_mm: list[float]  # patient coordinates (LPS)
+    max_extent_mm: float
+    compartment: str  # where it lies (pipeline.compartments.NAMES)
+    kind: str = "undetermined"  # undetermined | active_bleeding | contained_vascular_injury
+    evidence: str = ""
+
+
+@dataclass
 class Compartment:
     """The blood in one compartment; every voxel of blood is in exactly one."""
 
@@ -59,6 +79,7 @@ class Compartment:
     organ: str | None  # the organ it is named after (its parenchyma, or the space beside it)
     organs_adjacent: list[str]  # organs its blood touches (within organ_contact_mm)
     largest_extent_mm: float  # of its largest connected piece
+    contained_vascular_injury_ml: float = 0.0  # foci found contained across phases (pipeline.multiphase)
 
 
 @dataclass
@@ -150,6 +171,9 @@ class Findings:
     reconciliation: dict[str, Any] = field(default_factory=dict)
     compartments: list[Compartment] = field(default_factory=list)
     assessment: Assessment = field(default_factory=lambda: Assessment(True, []))
+    contrast_foci: list[ContrastFocus] = field(default_factory=list)
+    # Across the study's phases (pipeline.multiphase): compared or not, and why.
+    multiphase: dict[str, Any] = field(default_factory=dict)
 
     def to_json_dict(self) -> dict[str, Any]:
         out = {f.name: _plain(getattr(self, f.name))
@@ -179,6 +203,8 @@ class Findings:
             components=[BloodComponent(**c) for c in data["components"]],
             compartments=[Compartment(**c) for c in data.get("compartments", [])],
             assessment=Assessment(**data.get("assessment", {"assessed": True, "reasons": []})),
+            contrast_foci=[ContrastFocus(**c) for c in data.get("contrast_foci", [])],
+            multiphase=data.get("multiphase", {}),
             organs={k: OrganFinding(**v) for k, v in data["organs"].items()},
             reading=data["reading"], risk_tier=data["risk_tier"],
             risk_tier_reasons=data["risk_tier_reasons"],

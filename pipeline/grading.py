@@ -34,7 +34,8 @@ def organ_evidence(organ: str, located: bool, quantification: Quantification) ->
         intraparenchymal_blood_ml=round(sum(c.volume_ml for c in inside), 3),
         largest_intraparenchymal_mm=max((c.largest_extent_mm for c in inside), default=0.0),
         blush_inside=any(c.active_extravasation_ml > 0 for c in inside),
-        blush_outside_adjacent=any(c.active_extravasation_ml > 0 for c in beside))
+        blush_outside_adjacent=any(c.active_extravasation_ml > 0 for c in beside),
+        vascular_injury=any(c.contained_vascular_injury_ml > 0 for c in inside))
 
 
 def spaces_with_blood(quantification: Quantification, min_ml: float) -> list[str]:
@@ -51,8 +52,11 @@ def risk_tier(quantification: Quantification, tiers: RiskTierSettings) -> tuple[
     if blood == 0:
         return "none", ["no blood detected"]
     reasons_by_tier: dict[str, list[str]] = {"high": [], "moderate": []}
+    contained = quantification.volumes_ml.get("contained_vascular_injury", 0.0)
     if tiers.blush_is_high and blush > 0:
         reasons_by_tier["high"].append(f"active extravasation present ({blush:.1f} mL)")
+    if tiers.blush_is_high and contained > 0:
+        reasons_by_tier["high"].append(f"contained vascular injury (pseudoaneurysm) present ({contained:.1f} mL)")
     for tier, ml, count in (("high", tiers.high_ml, tiers.high_regions),
                             ("moderate", tiers.moderate_ml, tiers.moderate_regions)):
         if blood >= ml:
@@ -102,7 +106,8 @@ class RuleTableGrading:
             active_extravasation_ml=quantification.volumes_ml["active_extravasation"],
             amount_tier=amount_tier,
             # Splenic injury, or blood in its own space: the amount rule is about splenic injury.
-            spleen_involved=spleen.injured or spleen.adjacent_blood_ml > 0)
+            spleen_involved=spleen.injured or spleen.adjacent_blood_ml > 0,
+            contained_vascular_injury_ml=quantification.volumes_ml.get("contained_vascular_injury", 0.0))
         return Grading(organs, tier, reasons, recommend(case, context.hemodynamic_status))
 
     @staticmethod
@@ -150,6 +155,8 @@ def _injury_evidence(evidence: rules.OrganEvidence) -> list[str]:
                      f"(largest {evidence.largest_intraparenchymal_mm:.0f} mm)")
     if evidence.blush_inside:
         found.append("contrast blush within the parenchyma")
+    if evidence.vascular_injury:
+        found.append("contained vascular injury (pseudoaneurysm) within the parenchyma")
     return found
 
 

@@ -18,7 +18,7 @@ from scipy import ndimage
 from pipeline import compartments
 from pipeline.anatomy import ORGAN_CODES, Anatomy, uncertain_boundary
 from pipeline.findings import BloodComponent, Compartment
-from pipeline.labels import ACTIVE_EXTRAVASATION, LABEL_NAMES
+from pipeline.labels import ACTIVE_EXTRAVASATION, CONTAINED_VASCULAR_INJURY, LABEL_NAMES
 from pipeline.settings import PipelineSettings
 from pipeline.stages import StageContext
 
@@ -36,6 +36,7 @@ class Quantification:
     by_region_ml: dict[str, float]  # per compartment, each voxel in one: adds up to the total
     components: list[BloodComponent]
     compartments: list[Compartment] = field(default_factory=list)
+    compartment_map: compartments.CompartmentMap | None = None  # where each working block's blood lies
 
 
 def labelled_slices(labels: np.ndarray) -> np.ndarray:
@@ -45,11 +46,13 @@ def labelled_slices(labels: np.ndarray) -> np.ndarray:
 
 def count_labels(labels: np.ndarray) -> dict[str, int]:
     """Full-resolution voxel counts per label, and of all blood ("hemorrhage": their sum)."""
-    blood = blush = 0
+    counts = dict.fromkeys(LABEL_NAMES.values(), 0)
     for k in labelled_slices(labels):
-        blood += int(np.count_nonzero(labels[k]))
-        blush += int(np.count_nonzero(labels[k] == ACTIVE_EXTRAVASATION))
-    return {"hemorrhage": blood, "non_enhancing_hemorrhage": blood - blush, "active_extravasation": blush}
+        values, found = np.unique(labels[k], return_counts=True)
+        for value, n in zip(values, found):
+            if value in LABEL_NAMES:
+                counts[LABEL_NAMES[value]] += int(n)
+    return {"hemorrhage": sum(counts.values()), **counts}
 
 
 def volumes_ml(counts: dict[str, int], voxel_volume_mm3: float) -> dict[str, float]:
@@ -69,16 +72,17 @@ class VoxelQuantification:
         volume, anatomy = context.volume, context.anatomy
         counts = count_labels(labels)
         voxel_mm3 = volume.voxel_volume_mm3
-        blood_blocks, blush_blocks = _block_counts(labels, anatomy)
-        blood_ml, blush_ml = blood_blocks * (voxel_mm3 / 1000), blush_blocks * (voxel_mm3 / 1000)
-        where = compartments.assign(volume, anatomy, blood_blocks > 0, self.settings, blood_ml, blush_ml)
-        found = self._compartments(anatomy, where, blood_ml, blush_ml)
+        blood_ml, blush_ml, contained_ml = (blocks * (voxel_mm3 / 1000) for blocks in _block_counts(labels, anatomy))
+        # Any contrast focus inside an organ is parenchymal evidence, whatever its kind.
+        where = compartments.assign(volume, anatomy, blood_ml > 0, self.settings, blood_ml, blush_ml + contained_ml)
+        found = self._compartments(anatomy, where, blood_ml, blush_ml, contained_ml)
         components = self._components(context, where, blood_ml, blush_ml)
         by_region = {c.name: c.volume_ml for c in found}
-        return Quantification(volumes_ml(counts, voxel_mm3), counts, voxel_mm3, by_region, components, found)
+        return Quantification(volumes_ml(counts, voxel_mm3), counts, voxel_mm3, by_region, components, found,
+                              where)
 
     def _compartments(self, anatomy: Anatomy, where: compartments.CompartmentMap, blood_ml: np.ndarray,
-                      blush_ml: np.ndarray) -> list[Compartment]:
+                      blush_ml: np.ndarray, contained_ml: np.ndarray) -> list[Compartment]:
         reach = self.settings.segmentation.organ_contact_mm
         out = []
         for code, name in enumerate(compartments.NAMES):
@@ -90,6 +94,7 @@ class VoxelQuantification:
             out.append(Compartment(
                 name=name, volume_ml=round(float(blood_ml[mask].sum()), 3),
                 active_extravasation_ml=round(float(blush_ml[mask].sum()), 3),
+                contained_vascular_injury_ml=round(float(contained_ml[mask].sum()), 3),
                 parenchymal=parenchymal, organ=organ,
                 organs_adjacent=[organ] if parenchymal else where.adjacent_organs(code, reach),
                 largest_extent_mm=round(float(compartments.largest_extent_mm(mask, anatomy.spacing)), 1)))
@@ -130,22 +135,23 @@ class VoxelQuantification:
         return sorted(out, key=lambda c: -c.volume_ml)
 
 
-def _block_counts(labels: np.ndarray, anatomy: Anatomy) -> tuple[np.ndarray, np.ndarray]:
-    """Full-resolution counts of blood and blush voxels in each working block.
+def _block_counts(labels: np.ndarray, anatomy: Anatomy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Full-resolution counts of blood, blush and contained vascular injury voxels in each
+    working block.
 
     Labels outside the working window (outside the patient) are not in any
     collection; the totals, counted on the whole volume, still include them.
     """
     f, fz = anatomy.factor, anatomy.z_factor
     n, r, c = anatomy.hu.shape
-    blood = np.zeros((n, r, c), dtype=np.uint16)
-    blush = np.zeros((n, r, c), dtype=np.uint16)
+    blood, blush, contained = (np.zeros((n, r, c), dtype=np.uint16) for _ in range(3))
     window = anatomy.window
     for k in labelled_slices(labels):
         blocks = labels[k][window].reshape(r, f, c, f)
         blood[k // fz] += np.count_nonzero(blocks, axis=(1, 3)).astype(np.uint16)
         blush[k // fz] += np.count_nonzero(blocks == ACTIVE_EXTRAVASATION, axis=(1, 3)).astype(np.uint16)
-    return blood, blush
+        contained[k // fz] += np.count_nonzero(blocks == CONTAINED_VASCULAR_INJURY, axis=(1, 3)).astype(np.uint16)
+    return blood, blush, contained
 
 
 def _touched(anatomy: Anatomy, box: tuple[slice, ...], component: np.ndarray,

@@ -27,11 +27,14 @@ class OrganEvidence:
     largest_intraparenchymal_mm: float
     blush_inside: bool
     blush_outside_adjacent: bool  # a blush in the space named after the organ
+    # A contrast focus inside it that kept its size and followed the vessels across the
+    # study's phases (pipeline.multiphase): a pseudoaneurysm, AAST's "vascular injury".
+    vascular_injury: bool = False
 
     @property
     def parenchymal(self) -> bool:
         """Evidence inside the organ: a blush beside it alone does not show its source."""
-        return self.intraparenchymal_blood_ml > 0 or self.blush_inside
+        return self.intraparenchymal_blood_ml > 0 or self.blush_inside or self.vascular_injury
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,9 @@ GRADE_RULES: tuple[GradeRule, ...] = (
     GradeRule("AAST-SPLEEN-V-BLEED-BEYOND", "spleen", 5,
               "active bleeding extending beyond the spleen into the peritoneum", AAST_SPLEEN,
               lambda e: e.blush_outside_adjacent and e.parenchymal),
+    GradeRule("AAST-SPLEEN-IV-VASCULAR-INJURY", "spleen", 4,
+              "splenic vascular injury (pseudoaneurysm: contained, following the vessels across phases)",
+              AAST_SPLEEN, lambda e: e.vascular_injury),
     GradeRule("AAST-SPLEEN-IV-BLEED-CONTAINED", "spleen", 4,
               "active bleeding confined within the splenic capsule", AAST_SPLEEN,
               lambda e: e.blush_inside),
@@ -60,6 +66,9 @@ GRADE_RULES: tuple[GradeRule, ...] = (
     GradeRule("AAST-LIVER-IV-BLEED-BEYOND", "liver", 4,
               "active bleeding extending beyond the liver parenchyma into the peritoneum", AAST_LIVER,
               lambda e: e.blush_outside_adjacent and e.parenchymal),
+    GradeRule("AAST-LIVER-III-VASCULAR-INJURY", "liver", 3,
+              "liver vascular injury (pseudoaneurysm: contained, following the vessels across phases)",
+              AAST_LIVER, lambda e: e.vascular_injury),
     GradeRule("AAST-LIVER-III-BLEED-CONTAINED", "liver", 3,
               "active bleeding contained within the liver parenchyma", AAST_LIVER,
               lambda e: e.blush_inside),
@@ -79,6 +88,7 @@ class CaseEvidence:
     active_extravasation_ml: float
     amount_tier: str  # risk tier from volume and spread alone, the blush left out
     spleen_involved: bool
+    contained_vascular_injury_ml: float = 0.0  # foci found contained across phases
 
 
 @dataclass(frozen=True)
@@ -112,6 +122,11 @@ DECISION_RULES: tuple[DecisionRule, ...] = (
     DecisionRule("EAST-STABLE-BLUSH-ANGIOGRAPHY", ("stable",),
                  "Contrast blush in a stable patient: consider angiography with embolisation.",
                  EAST_2012, lambda c: c.active_extravasation_ml > 0),
+    # EAST 2012 counts a pseudoaneurysm among the blushes that prompt angiography.
+    DecisionRule("EAST-STABLE-VASCULAR-INJURY-ANGIOGRAPHY", ("stable",),
+                 "Contained vascular injury (pseudoaneurysm) in a stable patient: consider angiography "
+                 "with embolisation; it may rupture later even while the patient is stable.",
+                 EAST_2012, lambda c: c.contained_vascular_injury_ml > 0),
     DecisionRule("EAST-HEMOPERITONEUM-AMOUNT", ("stable", "unknown"),
                  "The amount of hemoperitoneum predicts the need for intervention in stable splenic "
                  "injury: higher risk of failed non-operative management; the surgical team should "

@@ -13,13 +13,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
 import pydicom
 
-from pipeline import backends, rules
+from pipeline import backends, multiphase, rules
 from pipeline.anatomy import Anatomy, build_anatomy
-from pipeline.findings import (RESEARCH_USE, Assessment, Findings, OrganFinding, Provenance,
+from pipeline.contrast_foci import FocusMap
+from pipeline.findings import (RESEARCH_USE, Assessment, ContrastFocus, Findings, OrganFinding, Provenance,
                                Recommendation, RuleFiring, StageProvenance)
 from pipeline.grading import NOT_ASSESSED, ORGANS, Grading
+from pipeline.labels import CONTAINED_VASCULAR_INJURY
 from pipeline.models.fingerprint import stage_weights
 from pipeline.plausibility import assess
 from pipeline.quantification import Quantification
@@ -81,20 +84,25 @@ def _checked(settings: PipelineSettings | None) -> PipelineSettings:
 
 def run_series(paths: Sequence[Path | str], settings: PipelineSettings | None = None,
                hemodynamic_status: str | None = None, progress: Progress = lambda _: None,
-               observer: Observer | None = None) -> Findings:
-    """Load the files of one CT series and run every stage (raises VolumeError on bad input)."""
+               observer: Observer | None = None, other_phases: Sequence[Findings] = ()) -> Findings:
+    """Load the files of one CT series and run every stage (raises VolumeError on bad input).
+
+    other_phases: the Findings of the study's other series already analysed; their
+    contrast foci are compared with this series' (pipeline.multiphase).
+    """
     settings = _checked(settings)
     stages = _Stages(progress, observer)
     with stages.stage("volume", LOADER):
         volume = load_volume(paths, settings.min_slices, settings.gap_tolerance)
     progress(f"volume: {volume.hu.shape[0]} slices of {volume.hu.shape[1]}x{volume.hu.shape[2]}, "
              f"spacing {volume.spacing[0]:.2f} x {volume.spacing[1]:.3f} x {volume.spacing[2]:.3f} mm")
-    return run_volume(volume, settings, hemodynamic_status, progress, observer, stages)
+    return run_volume(volume, settings, hemodynamic_status, progress, observer, stages, other_phases)
 
 
 def run_volume(volume: Volume, settings: PipelineSettings | None = None,
                hemodynamic_status: str | None = None, progress: Progress = lambda _: None,
-               observer: Observer | None = None, stages: _Stages | None = None) -> Findings:
+               observer: Observer | None = None, stages: _Stages | None = None,
+               other_phases: Sequence[Findings] = ()) -> Findings:
     """Run every stage on a loaded volume."""
     settings = _checked(settings)
     stages = stages or _Stages(progress, observer)
@@ -116,7 +124,10 @@ def run_volume(volume: Volume, settings: PipelineSettings | None = None,
              f"active extravasation {quantification.volumes_ml['active_extravasation']:.1f} mL")
     assessment = assess(volume, anatomy, quantification, settings)
     context.notes.extend(assessment.notes)
+    foci: list[ContrastFocus] = []
+    multiphase: dict[str, Any] = {}
     if assessment.assessed:
+        foci, multiphase, quantification = _contrast_foci(context, labels, quantification, chosen, other_phases)
         with stages.stage("reading", chosen["reading"]):
             reading = chosen["reading"].run(context, triage, quantification)
         with stages.stage("grading", chosen["grading"]):
@@ -143,10 +154,32 @@ def run_volume(volume: Volume, settings: PipelineSettings | None = None,
         provenance=Provenance(PIPELINE_VERSION, _backend_summary(chosen), _with_weights(stages.records, settings),
                               asdict(settings), context.notes),
         labels=labels, reconciliation=reconciliation, compartments=quantification.compartments,
-        assessment=assessment)
+        assessment=assessment, contrast_foci=foci, multiphase=multiphase)
     with stages.stage("report", chosen["report"]):
         findings.report = chosen["report"].run(findings)
     return findings
+
+
+def _contrast_foci(context: StageContext, labels: np.ndarray, quantification: Quantification,
+                   chosen: dict[str, Any], other_phases: Sequence[Findings]
+                   ) -> tuple[list[ContrastFocus], dict[str, Any], Quantification]:
+    """The blushes, told apart across the study's phases when there are others; a focus found
+    contained is relabelled, and the volumes counted again."""
+    anatomy, where = context.anatomy, quantification.compartment_map
+    found = FocusMap(labels)
+    foci = found.describe(context.volume, anatomy.aorta_hu, lambda k, i, j: where.name_at(anatomy, k, i, j))
+    current = multiphase.Series(multiphase.phase_of(context), foci, context.volume.geometry_dict()
+                                | {"series_instance_uid": context.volume.series_instance_uid,
+                                   "frame_of_reference_uid": context.volume.frame_of_reference_uid})
+    kinds, summary = multiphase.compare(current, other_phases, context.settings.multiphase)
+    for focus in foci:
+        focus.kind, focus.evidence = kinds.get(focus.id, (focus.kind, focus.evidence))
+    contained = [f.id for f in foci if f.kind == multiphase.CONTAINED]
+    for focus_id in contained:
+        found.relabel(focus_id, CONTAINED_VASCULAR_INJURY)
+    if contained:
+        quantification = chosen["quantification"].run(context, labels)
+    return foci, summary, quantification
 
 
 def _nothing_measured(quantification: Quantification) -> Quantification:
@@ -187,7 +220,8 @@ def _rounded_volumes(volumes: dict[str, float]) -> dict[str, float]:
     """To the microlitre, the two labels' volumes adding up exactly to the stated total."""
     out = {k: round(float(v), 3) for k, v in volumes.items()}
     if "non_enhancing_hemorrhage" in out:
-        out["non_enhancing_hemorrhage"] = round(out["hemorrhage"] - out["active_extravasation"], 3)
+        out["non_enhancing_hemorrhage"] = round(out["hemorrhage"] - out["active_extravasation"]
+                                                - out.get("contained_vascular_injury", 0.0), 3)
     return out
 
 

@@ -286,6 +286,18 @@ class PlausibilitySettings:
 
 
 @dataclass
+class MultiphaseSettings:
+    """Contrast foci compared across the phases of one study (pipeline.multiphase)."""
+
+    # The same focus on two phases: centroids this close (mm), or within half its extent.
+    match_mm: float = 15.0
+    # Grew by this factor (volume or extent) from the earlier to the later phase: active bleeding.
+    growth_ratio: float = 1.5
+    # Its HU / the aorta's HU changed by at most this between phases: it follows the vessels.
+    follows_aorta_tolerance: float = 0.25
+
+
+@dataclass
 class PipelineSettings:
     backends: BackendSettings = field(default_factory=BackendSettings)
     hu: HuSettings = field(default_factory=HuSettings)
@@ -294,6 +306,7 @@ class PipelineSettings:
     risk_tiers: RiskTierSettings = field(default_factory=RiskTierSettings)
     models: ModelSettings = field(default_factory=ModelSettings)
     plausibility: PlausibilitySettings = field(default_factory=PlausibilitySettings)
+    multiphase: MultiphaseSettings = field(default_factory=MultiphaseSettings)
     # Stable / unstable / unknown; the Q&A request may override it per study.
     hemodynamic_status: HemodynamicStatus = "unknown"
     # Series with fewer slices are refused as not a volume.
@@ -331,6 +344,9 @@ class PipelineSettings:
         need(0 < plausible.max_blood_share_of_body <= 1,
              "pipeline.plausibility.max_blood_share_of_body must be in (0, 1]")
         need(plausible.max_blood_ml > 0, "pipeline.plausibility.max_blood_ml must be > 0")
+        need(self.multiphase.match_mm > 0 and self.multiphase.growth_ratio > 1
+             and self.multiphase.follows_aorta_tolerance > 0,
+             "pipeline.multiphase: need match_mm > 0, growth_ratio > 1, follows_aorta_tolerance > 0")
         need(seg.min_component_ml >= 0 and seg.min_blush_ml >= 0,
              "pipeline.segmentation minimum volumes must be >= 0")
         need(seg.max_blush_ml > seg.min_blush_ml, "pipeline.segmentation.max_blush_ml must be > min_blush_ml")

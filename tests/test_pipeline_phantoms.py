@@ -142,9 +142,11 @@ def test_findings_json_round_trip(analysed):
                 "triage", "reading", "components", "series", "label_volume", "schema_version"):
         assert key in document
     volumes = document["volumes_ml"]
-    assert set(volumes) == {"hemorrhage", "non_enhancing_hemorrhage", "active_extravasation"}
-    assert volumes["non_enhancing_hemorrhage"] + volumes["active_extravasation"] == pytest.approx(
-        volumes["hemorrhage"], abs=1e-9)
+    assert set(volumes) == {"hemorrhage", "non_enhancing_hemorrhage", "active_extravasation",
+                            "contained_vascular_injury"}
+    assert volumes["non_enhancing_hemorrhage"] + volumes["active_extravasation"] + volumes[
+        "contained_vascular_injury"] == pytest.approx(volumes["hemorrhage"], abs=1e-9)
+    assert document["contrast_foci"] and document["multiphase"]["compared"] is False
     # Each mL in one compartment: they add up to the total.
     assert sum(c["volume_ml"] for c in document["compartments"]) == pytest.approx(volumes["hemorrhage"], abs=0.01)
     assert set(document["reading"]) >= {"injury_pattern", "organs_involved", "bleeding_description",

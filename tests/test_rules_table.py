@@ -44,6 +44,8 @@ def evidence(organ: str, **changes) -> rules.OrganEvidence:
     ("liver", dict(blush_inside=True), 3, "AAST-LIVER-III-BLEED-CONTAINED"),
     ("liver", dict(largest_intraparenchymal_mm=120.0), 3, "AAST-LIVER-III-HEMATOMA-10CM"),
     ("liver", dict(largest_intraparenchymal_mm=60.0), 2, "AAST-LIVER-II-HEMATOMA"),
+    ("spleen", dict(vascular_injury=True), 4, "AAST-SPLEEN-IV-VASCULAR-INJURY"),
+    ("liver", dict(vascular_injury=True), 3, "AAST-LIVER-III-VASCULAR-INJURY"),
 ])
 def test_each_grade_rule(organ, changes, grade, rule):
     got, fired = rules.grade(evidence(organ, **changes))
@@ -154,3 +156,13 @@ def test_settings_validate_cross_field_checks():
     assert "pipeline.risk_tiers.high_ml must be > moderate_ml" in problems
     assert "pipeline.hu.blood_max must be > blood_min" in problems
     assert any("pipeline.backends.segmentation" in p and "hu-baseline" in p for p in problems)
+
+
+def test_a_contained_vascular_injury_follows_its_own_rules():
+    r = recommend(rules.CaseEvidence(50.0, 0.0, "low", True, contained_vascular_injury_ml=0.8), "stable")
+    assert "EAST-STABLE-VASCULAR-INJURY-ANGIOGRAPHY" in fired(r)
+    assert "EAST-STABLE-BLUSH-ANGIOGRAPHY" not in fired(r)  # no active extravasation was seen
+    q = quantification(compartment(20.0, "perisplenic", ["spleen"]))
+    q.volumes_ml["contained_vascular_injury"] = 0.8
+    tier, reasons = risk_tier(q, TIERS)
+    assert tier == "high" and any("pseudoaneurysm" in r for r in reasons)

@@ -12,14 +12,32 @@ ORGAN_TITLES = {"liver": "Liver", "spleen": "Spleen", "kidney_right": "Right kid
 
 def _organ_line(finding: OrganFinding) -> str:
     """Injury only on parenchymal evidence; the note says what touches the organ otherwise."""
-    if not finding.located:
-        head = "not located"
-    elif finding.injured:
-        head = "INJURY (parenchymal evidence): " + "; ".join(finding.injury_evidence)
-    else:
-        head = "no parenchymal injury detected"
     note = finding.note[:1].upper() + finding.note[1:]
-    return f"- {ORGAN_TITLES[finding.organ]}: {head}. {note}."
+    if finding.injured:
+        return (f"- {ORGAN_TITLES[finding.organ]}: INJURY (parenchymal evidence): "
+                f"{'; '.join(finding.injury_evidence)}. {note}.")
+    head = "not located. " if not finding.located else ""
+    return f"- {ORGAN_TITLES[finding.organ]}: {head}{note}."
+
+
+def _foci_lines(findings: Findings) -> list[str]:
+    """Each contrast focus with its kind, and whether the study's phases could tell it."""
+    if not findings.contrast_foci:
+        return []
+    lines = ["- Contrast foci (blushes):"]
+    for focus in findings.contrast_foci:
+        kind = {"active_bleeding": "ACTIVE BLEEDING", "contained_vascular_injury":
+                "CONTAINED VASCULAR INJURY (pseudoaneurysm)"}.get(focus.kind, "active bleeding or contained "
+                                                                 "vascular injury: not determined")
+        lines.append(f"  - focus {focus.id}, {focus.compartment.replace('_', ' ')}: {focus.volume_ml:.1f} mL, "
+                     f"{focus.mean_hu:.0f} HU" + (f" (aorta {focus.aorta_hu:.0f} HU)" if focus.aorta_hu else "")
+                     + f"; {kind}" + (f": {focus.evidence}" if focus.evidence else "") + ".")
+    statement = findings.multiphase.get("statement")
+    if statement:
+        lines.append(f"  - Phases: {statement}.")
+    lines += [f"  - Faded on the later phase: {text}: contained vascular injury (pseudoaneurysm)."
+              for text in findings.multiphase.get("faded_foci", [])]
+    return lines
 
 
 def _compartment_lines(findings: Findings) -> list[str]:
@@ -73,9 +91,12 @@ class TemplateReport:
             "FINDINGS",
             f"- Hemorrhage, total: {f.volumes_ml['hemorrhage']:.1f} mL = non-enhancing "
             f"{f.volumes_ml.get('non_enhancing_hemorrhage', 0.0):.1f} mL + active extravasation "
-            f"{f.volumes_ml['active_extravasation']:.1f} mL.",
+            f"{f.volumes_ml['active_extravasation']:.1f} mL"
+            + (f" + contained vascular injury {f.volumes_ml['contained_vascular_injury']:.1f} mL"
+               if f.volumes_ml.get("contained_vascular_injury") else "") + ".",
             f"- Active extravasation: " + (f"present, {f.volumes_ml['active_extravasation']:.1f} mL."
                                            if f.volumes_ml["active_extravasation"] > 0 else "none detected."),
+            *_foci_lines(f),
             *(["- By compartment (each mL counted once):", *_compartment_lines(f)] if f.compartments else []),
             *[_organ_line(o) for o in f.organs.values()],
             "",

@@ -1,0 +1,82 @@
+"""Active bleeding or a contained vascular injury, told apart across a study's phases."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from pipeline import multiphase
+from pipeline.findings import Assessment, ContrastFocus
+from pipeline.settings import MultiphaseSettings
+
+SETTINGS = MultiphaseSettings()
+
+
+def focus(ml: float, hu: float, aorta: float, at=(110.0, 20.0, 70.0), extent=12.0, focus_id=1) -> ContrastFocus:
+    return ContrastFocus(id=focus_id, volume_ml=ml, mean_hu=hu, aorta_hu=aorta, centroid_mm=list(at),
+                         max_extent_mm=extent, compartment="perisplenic")
+
+
+@dataclass
+class Other:
+    """The part of another series' Findings the comparison reads."""
+
+    phase: str
+    contrast_foci: list[ContrastFocus]
+    series: dict = field(default_factory=lambda: {"series_instance_uid": "1.2.3", "frame_of_reference_uid": "9"})
+    assessment: Assessment = field(default_factory=lambda: Assessment(True, []))
+
+
+def current(phase: str | None, *foci: ContrastFocus) -> multiphase.Series:
+    return multiphase.Series(phase, list(foci), {"series_instance_uid": "1.2.4", "frame_of_reference_uid": "9"})
+
+
+def test_a_focus_that_grows_from_arterial_to_portal_is_active_bleeding():
+    kinds, summary = multiphase.compare(current("portal_venous", focus(3.0, 180, 190, extent=25)),
+                                        [Other("arterial", [focus(1.0, 260, 330)])], SETTINGS)
+    assert kinds[1][0] == "active_bleeding" and "grew" in kinds[1][1]
+    assert summary["compared"] and summary["phases"] == ["portal_venous", "arterial"]
+
+
+def test_a_focus_that_keeps_its_size_and_follows_the_aorta_is_contained():
+    kinds, _ = multiphase.compare(current("portal_venous", focus(1.05, 165, 190)),
+                                  [Other("arterial", [focus(1.0, 290, 330)])], SETTINGS)
+    assert kinds[1][0] == "contained_vascular_injury" and "followed the aorta" in kinds[1][1]
+
+
+def test_a_focus_that_keeps_its_size_but_pools_is_active_bleeding():
+    kinds, _ = multiphase.compare(current("delayed", focus(1.1, 250, 120)),
+                                  [Other("portal_venous", [focus(1.0, 240, 190)])], SETTINGS)
+    assert kinds[1][0] == "active_bleeding" and "pooled" in kinds[1][1]
+
+
+def test_appearing_later_is_bleeding_fading_later_is_contained():
+    kinds, _ = multiphase.compare(current("portal_venous", focus(2.0, 180, 190)),
+                                  [Other("arterial", [])], SETTINGS)
+    assert kinds[1][0] == "active_bleeding" and "not seen on the arterial" in kinds[1][1]
+    # Seen on the arterial phase being analysed, gone on the portal phase analysed before.
+    kinds, _ = multiphase.compare(current("arterial", focus(0.8, 300, 330)),
+                                  [Other("portal_venous", [])], SETTINGS)
+    assert kinds[1][0] == "contained_vascular_injury" and "faded" in kinds[1][1]
+    # The portal phase analysed after the arterial one: the faded focus is named in the summary.
+    _, summary = multiphase.compare(current("portal_venous"), [Other("arterial", [focus(0.8, 300, 330)])],
+                                    SETTINGS)
+    assert summary["faded_foci"] and "faded" in summary["faded_foci"][0]
+
+
+def test_foci_far_apart_are_not_the_same_focus():
+    kinds, _ = multiphase.compare(current("portal_venous", focus(1.0, 165, 190, at=(-80.0, 0.0, 60.0))),
+                                  [Other("arterial", [focus(1.0, 290, 330)])], SETTINGS)
+    assert kinds[1][0] == "active_bleeding"  # nothing at this place on the arterial phase
+
+
+@pytest.mark.parametrize("phase, others, why", [
+    ("portal_venous", [], "no other phase of the study was analysed"),
+    (None, [Other("arterial", [focus(1.0, 290, 330)])], "the phase of this series was not recognised"),
+    ("portal_venous", [Other("portal_venous", [focus(1.0, 165, 190)])], "no other phase"),
+])
+def test_one_phase_says_the_distinction_could_not_be_made(phase, others, why):
+    kinds, summary = multiphase.compare(current(phase, focus(1.0, 165, 190)), others, SETTINGS)
+    assert kinds == {} and not summary["compared"]
+    assert "could not be determined" in summary["statement"] and why in summary["statement"]
