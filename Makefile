@@ -9,13 +9,21 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# Debian packages the tests use: DCMTK (storescu, dsrdump), dicom3tools (dciodvfy), Orthanc,
-# Chromium and its driver (the page test, headless), PostgreSQL (the shared-database test),
+# Debian packages the tests use: DCMTK (storescu, dsrdump), dicom3tools (dciodvfy), Orthanc
+# and its DICOMweb plugin (the OHIF test's PACS), Chromium and its driver (the page and OHIF
+# tests, headless), PostgreSQL (the shared-database test), npm (fetches the OHIF Viewer),
 # poppler-utils (pdftotext reads the report PDF back).
-TEST_TOOLS := /usr/bin/storescu /usr/bin/dciodvfy /usr/sbin/Orthanc /usr/bin/chromium \
-	/usr/bin/chromedriver /usr/lib/postgresql/*/bin/initdb /usr/bin/pdftotext
+TEST_TOOLS := /usr/bin/storescu /usr/bin/dciodvfy /usr/sbin/Orthanc /usr/bin/pdftotext \
+	/usr/share/orthanc/plugins/libOrthancDicomWeb.so /usr/bin/chromium \
+	/usr/bin/chromedriver /usr/lib/postgresql/*/bin/initdb /usr/bin/npm
+# The OHIF Viewer the viewer test loads our SEG and SR into: the prebuilt app (dist/) of
+# the pinned npm release, checked against its registry integrity, unpacked into .ohif/app.
+OHIF_VERSION := 3.13.2
+OHIF_INTEGRITY := sha512-WZdxmpmG7rqFgW9ZJLcbgr3XCtLi1KDNPoMaeY5PPe6j4G4fjEjjkycZM6C6Zk2F87BKxFfpq+jd5xXZB9E8EA==
+OHIF_DIR := .ohif
+OHIF_STAMP := $(OHIF_DIR)/.installed-$(OHIF_VERSION)
 
-.PHONY: run test install install-test system-deps bench bench-gpu clean
+.PHONY: run test install install-test system-deps ohif bench bench-gpu clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,19 +46,35 @@ install: $(RUN_STAMP)
 install-test: $(TEST_STAMP)
 
 system-deps:
-	@missing=0; for t in $(TEST_TOOLS); do [ -x $$t ] || missing=1; done; \
+	@missing=0; for t in $(TEST_TOOLS); do [ -e $$t ] || missing=1; done; \
 	if [ $$missing = 1 ]; then \
-		echo "installing dcmtk dicom3tools orthanc chromium chromium-driver postgresql" \
-			"poppler-utils (Debian packages)"; \
+		echo "installing dcmtk dicom3tools orthanc orthanc-dicomweb chromium chromium-driver" \
+			"postgresql npm poppler-utils (Debian packages)"; \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dcmtk dicom3tools orthanc \
-			chromium chromium-driver postgresql poppler-utils >/dev/null; \
+			orthanc-dicomweb chromium chromium-driver postgresql poppler-utils \
+			$$([ -x /usr/bin/npm ] || echo npm) >/dev/null; \
 	fi
+
+# npm pack fetches the published tarball alone (the app is prebuilt: none of its
+# dependencies is needed), its integrity checked again here against the pinned value.
+$(OHIF_STAMP): | system-deps
+	rm -rf $(OHIF_DIR) && mkdir -p $(OHIF_DIR)
+	cd $(OHIF_DIR) && npm pack --silent --pack-destination . @ohif/app@$(OHIF_VERSION) >/dev/null
+	@got=$$($(PYTHON) -c 'import base64, hashlib, sys; print("sha512-" + base64.b64encode(hashlib.sha512(\
+		open(sys.argv[1], "rb").read()).digest()).decode())' $(OHIF_DIR)/ohif-app-$(OHIF_VERSION).tgz); \
+	if [ "$$got" != "$(OHIF_INTEGRITY)" ]; then \
+		echo "@ohif/app@$(OHIF_VERSION): integrity $$got, expected $(OHIF_INTEGRITY)" >&2; exit 1; fi
+	tar -xzf $(OHIF_DIR)/ohif-app-$(OHIF_VERSION).tgz -C $(OHIF_DIR) && mv $(OHIF_DIR)/package $(OHIF_DIR)/app
+	rm $(OHIF_DIR)/ohif-app-$(OHIF_VERSION).tgz
+	touch $(OHIF_STAMP)
+
+ohif: $(OHIF_STAMP)
 
 run: install
 	$(BIN)/trauma-node serve
 
-test: install-test system-deps
+test: install-test system-deps ohif
 	$(BIN)/python -m pytest
 
 bench: install-test system-deps
@@ -61,4 +85,4 @@ bench-gpu: install-test
 	$(BIN)/python bench/gpu_pipeline.py --json gpu_pipeline.json
 
 clean:
-	rm -rf $(VENV) data .pytest_cache
+	rm -rf $(VENV) data .pytest_cache $(OHIF_DIR) test-artifacts

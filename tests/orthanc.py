@@ -1,4 +1,5 @@
-"""A real Orthanc PACS on loopback ports for the delivery tests (Debian package `orthanc`)."""
+"""A real Orthanc PACS on loopback ports for the delivery tests (Debian package `orthanc`),
+optionally with its DICOMweb plugin (Debian package `orthanc-dicomweb`) for the viewer test."""
 
 from __future__ import annotations
 
@@ -11,15 +12,18 @@ from pathlib import Path
 import httpx
 
 ORTHANC = "/usr/sbin/Orthanc"
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 
 
 class Orthanc:
     def __init__(self, workdir: Path, dicom_port: int, http_port: int, aet: str = "PACS",
                  tls: dict[str, str] | None = None,
-                 modalities: dict[str, list] | None = None):
+                 modalities: dict[str, list] | None = None, dicomweb: bool = False):
         """tls: {"certificate", "private_key", "trusted"} PEM paths for DICOM TLS;
         the calling node must then present a certificate signed by "trusted".
-        modalities: Orthanc's DicomModalities, e.g. {"trauma": ["TRAUMA_AI", host, port]}."""
+        modalities: Orthanc's DicomModalities, e.g. {"trauma": ["TRAUMA_AI", host, port]}.
+        dicomweb: load the DICOMweb plugin, at {url}/dicom-web/, its metadata read in full
+        from the stored files (an SR's content tree is not among Orthanc's main tags)."""
         self.workdir = workdir
         self.dicom_port = dicom_port
         self.http_port = http_port
@@ -38,7 +42,10 @@ class Orthanc:
             "AuthenticationEnabled": False,
             "DicomCheckCalledAet": True,
             "DicomAlwaysAllowStore": True,
-            "Plugins": [],
+            "Plugins": [DICOMWEB_PLUGIN] if dicomweb else [],
+            **({"DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True,
+                             "StudiesMetadata": "Full", "SeriesMetadata": "Full"}}
+               if dicomweb else {}),
             "StableAge": 3600,
             "DicomModalities": modalities or {},
             **({"DicomTlsEnabled": True,
