@@ -5,7 +5,10 @@ quiet for the configured period, or at once when it stated how many images it
 holds (ImagesInAcquisition) and all have arrived. Everything the decision needs
 lives in the index, so a restarted node resumes the timers where they were.
 A complete series is selected (a job is queued for its version) or skipped
-with the reason.
+with the reason. A complete series waits while another series of its study is
+still arriving, up to study_wait_s: the phases of a trauma study (arterial,
+portal-venous, delayed) are then analysed one after the other, each later one
+compared with those before it (pipeline.multiphase).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ class CompletionMonitor:
         """Series whose completion condition holds now."""
         with self.receiver.lock, self.index.engine.connect() as conn:
             rows = conn.execute(select(
-                Series.id, Series.series_uid, Series.version, Series.instance_count,
+                Series.id, Series.study_id, Series.series_uid, Series.version, Series.instance_count,
                 Series.expected_count, Series.last_activity,
             ).where(Series.state == SeriesState.RECEIVING.value)).all()
             due = []
@@ -49,7 +52,11 @@ class CompletionMonitor:
                          and now - row.last_activity >= self.completion.quiet_period_s)
                 if all_arrived or quiet:
                     due.append(row)
-            return due
+            # Studies with a series still arriving: their complete series wait for it.
+            due_ids = {row.id for row in due}
+            arriving = {row.study_id for row in rows if row.id not in due_ids}
+            return [row for row in due if row.study_id not in arriving
+                    or now - row.last_activity >= self.completion.study_wait_s]
 
     def check_once(self, now: float | None = None) -> int:
         """Complete every due series; return how many changed state."""

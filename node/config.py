@@ -71,6 +71,9 @@ class CompletionSection:
     quiet_period_s: float = 5.0
     trust_image_count: bool = True
     check_interval_s: float = 0.25
+    # A complete series waits while another series of its study is still arriving (the
+    # study's other phases), at most this long after its last image; 0: never waits.
+    study_wait_s: float = 30.0
 
 
 @dataclass
@@ -220,6 +223,8 @@ def validate(settings: Settings) -> list[str]:
     if not 0 < s.completion.quiet_period_s <= 3600:
         problems.append("completion.quiet_period_s: must be in (0, 3600] seconds")
     problems += _check_positive(s.completion.check_interval_s, "completion.check_interval_s")
+    if not 0 <= s.completion.study_wait_s <= 3600:
+        problems.append("completion.study_wait_s: must be in [0, 3600] seconds")
     if s.selection.min_slices < 1:
         problems.append("selection.min_slices: must be at least 1")
     problems += _check_positive(s.selection.max_slice_spacing_mm, "selection.max_slice_spacing_mm")

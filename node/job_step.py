@@ -14,17 +14,19 @@ import logging
 from pathlib import Path
 
 from pipeline import run_series
+from pipeline.findings import Findings
 
 from .config import Settings
 from .index import Index
-from .jobs import ClaimedJob
+from .jobs import ClaimedJob, other_phases
 from .results import queue_delivery, results_dir, write_outputs
 
 log = logging.getLogger("trauma_node.worker")
 
 
 def run_job(settings: Settings, index: Index, job: ClaimedJob, paths: list[Path]) -> dict:
-    findings = run_series(paths, settings.pipeline)
+    others = [Findings.from_json_dict(result) for result in other_phases(index, job)]
+    findings = run_series(paths, settings.pipeline, other_phases=others)
     out_dir = results_dir(settings, job.study_uid, job.series_uid, job.series_version)
     objects = write_outputs(findings, paths, out_dir, job.series_version)
     queued = queue_delivery(settings, index, job.study_uid, job.series_uid, job.series_version,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import and_, delete, func, insert, or_, select, update
 
-from .index import Index, Instance, Job, JobState, WorkerBeat, utcnow
+from .index import Index, Instance, Job, JobState, Series, WorkerBeat, utcnow
 
 log = logging.getLogger("trauma_node.jobs")
 
@@ -29,11 +29,18 @@ class ClaimedJob:
 
 
 def claim(index: Index, worker: str) -> ClaimedJob | None:
-    """Take the oldest queued job, or None when there is none."""
+    """Take the oldest queued job, or None when there is none.
+
+    One job per study at a time: the phases of a study are analysed one after the
+    other, so that each later one is compared with those before it.
+    """
+    busy_studies = select(Series.study_id).join(Job, Job.series_id == Series.id).where(
+        Job.state == JobState.RUNNING.value)
     for _ in range(10):  # another worker may win the race for a candidate
         with index.engine.begin() as conn:
-            candidate = conn.execute(select(Job.id).where(
-                Job.state == JobState.QUEUED.value).order_by(Job.id).limit(1)).scalar()
+            candidate = conn.execute(select(Job.id).join(Series, Job.series_id == Series.id).where(
+                Job.state == JobState.QUEUED.value, Series.study_id.not_in(busy_studies),
+            ).order_by(Job.id).limit(1)).scalar()
             if candidate is None:
                 return None
             won = conn.execute(update(Job).where(
@@ -56,6 +63,17 @@ def instance_paths(index: Index, job: ClaimedJob) -> list[str]:
         return list(conn.execute(select(Instance.path).where(
             Instance.series_id == job.series_id,
             Instance.series_version <= job.series_version).order_by(Instance.id)).scalars())
+
+
+def other_phases(index: Index, job: ClaimedJob) -> list[dict]:
+    """findings.json of the study's other series, as their latest finished job left it."""
+    with index.engine.connect() as conn:
+        rows = conn.execute(select(Job.series_id, Job.result).join(Series, Job.series_id == Series.id).where(
+            Series.study_id == select(Series.study_id).where(Series.id == job.series_id).scalar_subquery(),
+            Job.series_id != job.series_id, Job.state == JobState.DONE.value,
+        ).order_by(Job.id)).all()
+    latest = {row.series_id: row.result for row in rows if row.result}
+    return list(latest.values())
 
 
 def finish(index: Index, job_id: int, result: dict) -> None:

@@ -138,9 +138,9 @@ def test_workers_in_four_processes_claim_each_job_once(tmp_path):
     url = f"sqlite:///{tmp_path / 'q.sqlite'}"
     index = Index(url)
     with index.engine.begin() as c:
-        study = c.execute(insert(Study).values(study_uid="1.2").returning(Study.id)).scalar_one()
-        for i in range(60):
-            sid = c.execute(insert(Series).values(study_id=study, series_uid=f"1.2.{i}",
+        for i in range(60):  # one study each: a study's jobs are claimed one at a time
+            study = c.execute(insert(Study).values(study_uid=f"1.2.{i}").returning(Study.id)).scalar_one()
+            sid = c.execute(insert(Series).values(study_id=study, series_uid=f"1.2.{i}.1",
                                                   state="queued").returning(Series.id)).scalar_one()
             c.execute(insert(Job).values(series_id=sid, series_version=1, state="queued"))
     ctx = mp.get_context("spawn")
@@ -230,3 +230,54 @@ def test_interrupted_jobs_are_requeued_and_poison_jobs_given_up(h):
     assert third.attempts == 3
     assert jobs.requeue_interrupted(h.index, max_attempts=3) == (0, 1)
     assert h.jobs() == [(1, "failed")]
+
+
+def test_a_complete_phase_waits_for_the_study_s_next_phase_then_both_go(h):
+    """The arterial phase is complete while the portal phase still arrives: it waits (at
+    most study_wait_s), then both are queued, the earlier first."""
+    arterial, portal = "1.2.3.4.10", "1.2.3.4.11"
+    for n in range(4):
+        h.store(n, assoc=1, series=arterial, expected=4)  # all arrived
+    h.store(0, assoc=2, series=portal)  # association 2 still sending the next phase
+    now = time.time()
+    assert h.monitor.check_once(now=now) == 0
+    assert h.series(arterial).state == "receiving" and h.jobs() == []
+    for n in range(1, 4):
+        h.store(n, assoc=2, series=portal)
+    h.receiver.association_closed(2)
+    assert h.monitor.check_once(now=time.time() + 5.1) == 2  # portal quiet: both complete
+    with h.index.engine.connect() as c:
+        queued = [r.series_uid for r in c.execute(
+            select(Series.series_uid).join(Job, Job.series_id == Series.id).order_by(Job.id))]
+    assert queued == [arterial, portal]
+
+
+def test_the_wait_for_other_phases_is_bounded(h):
+    arterial, portal = "1.2.3.4.20", "1.2.3.4.21"
+    for n in range(4):
+        h.store(n, assoc=1, series=arterial, expected=4)
+    h.store(0, assoc=2, series=portal)  # a sender that never finishes
+    wait = CompletionSection().study_wait_s
+    assert h.monitor.check_once(now=time.time() + wait - 1) == 0
+    assert h.monitor.check_once(now=time.time() + wait + 1) == 1
+    assert h.series(arterial).state == "queued"
+
+
+def test_the_phases_of_a_study_are_analysed_one_after_the_other(tmp_path):
+    index = Index(f"sqlite:///{tmp_path / 'index.sqlite'}")
+    with index.engine.begin() as c:
+        study = c.execute(insert(Study).values(study_uid="1.3").returning(Study.id)).scalar_one()
+        other = c.execute(insert(Study).values(study_uid="1.4").returning(Study.id)).scalar_one()
+        for uid, study_id in (("1.3.1", study), ("1.3.2", study), ("1.4.1", other)):
+            sid = c.execute(insert(Series).values(study_id=study_id, series_uid=uid,
+                                                  state="queued").returning(Series.id)).scalar_one()
+            c.execute(insert(Job).values(series_id=sid, series_version=1, state="queued"))
+    first = jobs.claim(index, "w1")
+    second = jobs.claim(index, "w2")  # the other study's, not the same study's second phase
+    assert (first.series_uid, second.series_uid) == ("1.3.1", "1.4.1")
+    assert jobs.claim(index, "w3") is None
+    jobs.finish(index, first.id, {"findings": "of the first phase"})
+    third = jobs.claim(index, "w3")
+    assert third.series_uid == "1.3.2"
+    assert jobs.other_phases(index, third) == [{"findings": "of the first phase"}]
+    index.close()
