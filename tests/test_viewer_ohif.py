@@ -388,7 +388,8 @@ def test_ohif_opens_the_sr_without_breaking_and_shows_its_measurements(study, br
     it holds (at the group's top level, or INFERRED FROM by one of its NUMs), and breaks
     (route error boundary, blank viewport) on any group without one; it shows each group
     as its NUMs' "concept: value unit" lines (text items and coded evaluations are not
-    shown). See test-artifacts/OHIF_SR_FINDINGS.md when that file has been written."""
+    shown): the crash is `measurement.coords[0].ReferencedSOPSequence` in the
+    cornerstone-dicom-sr extension's _checkIfCanAddMeasurementsToDisplaySet."""
     _open_study(browser, study)
     _double_click_derived_series(browser, "SR")
     browser.wait(lambda b: _errors_shown(b) or (b.js(SR_STATE) or {}).get("isLoaded"),
