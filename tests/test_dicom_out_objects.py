@@ -28,7 +28,7 @@ from dicom_out.device import output_series_number
 from dicom_out.source import source_images
 from pipeline import PipelineSettings, run_series
 from pipeline.findings import Findings
-from pipeline.labels import ACTIVE_EXTRAVASATION, HEMORRHAGE
+from pipeline.labels import ACTIVE_EXTRAVASATION, CONTAINED_VASCULAR_INJURY, HEMORRHAGE
 
 DCIODVFY = "/usr/bin/dciodvfy"
 DSRDUMP = "/usr/bin/dsrdump"
@@ -509,3 +509,26 @@ def test_each_measurement_group_names_the_backend_that_produced_it(bleed):
                        if i.ConceptNameCodeSequence[0].CodeMeaning == "Algorithm Name"]
     assert algorithm_names and set(algorithm_names) <= {"hu-baseline", "rule-table"}
     assert "trauma-node test" not in algorithm_names
+
+
+def test_a_contained_vascular_injury_is_its_own_segment_and_group(bleed, tmp_path):
+    """When another phase showed the blush kept its size and followed the aorta (label 3)."""
+    labels = bleed.findings.labels.copy()
+    labels[labels == ACTIVE_EXTRAVASATION] = CONTAINED_VASCULAR_INJURY
+    volumes = dict(bleed.findings.volumes_ml, contained_vascular_injury=bleed.findings.volumes_ml[
+        "active_extravasation"], active_extravasation=0.0)
+    findings = dataclasses.replace(bleed.findings, labels=labels, volumes_ml=volumes)
+    outputs = build_outputs(findings, bleed.sources, series_version=1, **ALGORITHM)
+    segments = {s.SegmentLabel: s for s in outputs.seg.SegmentSequence}
+    assert set(segments) == {"Hemorrhage, non-enhancing", "Contained vascular injury"}
+    code = segments["Contained vascular injury"].SegmentedPropertyTypeCodeSequence[0]
+    assert (code.CodeValue, code.CodingSchemeDesignator) == ("22036004", "SCT")  # Pseudoaneurysm
+    outputs.seg.save_as(tmp_path / "seg.dcm")
+    outputs.sr.save_as(tmp_path / "sr.dcm")
+    for path in (tmp_path / "seg.dcm", tmp_path / "sr.dcm"):
+        errors, warnings = _dciodvfy_problems(path)
+        assert errors == [] and warnings == []
+    groups = {g.tracking_identifier: g for g in hd.sr.srread(tmp_path / "sr.dcm").content
+              .get_volumetric_roi_measurement_groups()}
+    (volume,) = groups["Contained vascular injury"].get_measurements(name=codes.SCT.Volume)
+    assert volume.value == pytest.approx(volumes["contained_vascular_injury"])
