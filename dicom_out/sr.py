@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import highdicom as hd
+import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
@@ -53,6 +54,23 @@ class _Report:
     algorithm: Algorithm
     series_uid: str  # of the source series
     series_version: int
+    findings: Findings
+    sources: dict[str, Dataset]  # source instances by SOP Instance UID
+
+    def point(self, voxel: list[int] | None) -> list[hd.sr.CoordinatesForMeasurement] | None:
+        """A 2D point on the source slice where the finding is: viewers (OHIF among them)
+        draw and navigate to a measurement only from the image coordinates it holds."""
+        if not voxel:
+            return None
+        k, row, column = voxel
+        where = self.findings.series["slices"][k]
+        image = self.sources[where["sop_instance_uid"]]
+        frame = [int(where["frame"])] if where.get("frame") is not None else None
+        return [hd.sr.CoordinatesForMeasurement(
+            graphic_type=hd.sr.GraphicTypeValues.POINT,
+            graphic_data=np.array([[column + 0.5, row + 0.5]]),  # the pixel's centre (column, row)
+            source_image=hd.sr.SourceImageForRegion(image.SOPClassUID, image.SOPInstanceUID,
+                                                    referenced_frame_numbers=frame))]
 
     def tracking(self, label: str, key: str) -> hd.sr.TrackingIdentifier:
         return hd.sr.TrackingIdentifier(
@@ -71,7 +89,8 @@ def build_sr(findings: Findings, source_datasets: Sequence[Dataset], seg: Datase
     """
     algorithm = Algorithm.of(findings, algorithm_name, algorithm_version)
     source = source_images(findings, source_datasets)
-    report = _Report(algorithm, findings.series["series_instance_uid"], series_version)
+    report = _Report(algorithm, findings.series["series_instance_uid"], series_version, findings,
+                     {str(ds.SOPInstanceUID): ds for ds in source.datasets})
     segments = planned_segments(findings, masks=False)
     if seg is not None and len(seg.SegmentSequence) != len(segments):
         raise ValueError(f"the SEG has {len(seg.SegmentSequence)} segment(s), these findings "
@@ -121,9 +140,10 @@ def _plain(sr: hd.sr.Comprehensive3DSR) -> Dataset:
     return plain
 
 
-def _volume(name: Code, millilitres: float) -> hd.sr.Measurement:
+def _volume(name: Code, millilitres: float,
+            point: list[hd.sr.CoordinatesForMeasurement] | None = None) -> hd.sr.Measurement:
     return hd.sr.Measurement(name=name, value=round(float(millilitres), 3),
-                             unit=codes.CUBIC_CENTIMETRE)
+                             unit=codes.CUBIC_CENTIMETRE, referenced_coordinates=point)
 
 
 def _present(flag: bool) -> Code:
@@ -138,18 +158,38 @@ def _segment_group(segment: Segment, report: _Report, seg: Dataset | None) -> Me
         finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
         algorithm_id=report.algorithm.sr_identification(),
         finding_sites=[hd.sr.FindingSite(codes.PERITONEAL_CAVITY)],
-        measurements=[_volume(codes.VOLUME, segment.volume_ml)],
     )
+    point = report.point(_segment_voxel(segment, report.findings))
     if seg is None:
-        return hd.sr.MeasurementsAndQualitativeEvaluations(**common)
+        return hd.sr.MeasurementsAndQualitativeEvaluations(
+            measurements=[_volume(codes.VOLUME, segment.volume_ml, point)], **common)
     # Built directly: ReferencedSegment.from_segmentation fails on one-segment SEGs
     # (see shared/REFERENCES.md).
     referenced = hd.sr.ReferencedSegment(
         sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID,
         segment_number=segment.number,
         source_series=hd.sr.SourceSeriesForSegmentation(report.series_uid))
-    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-        referenced_segment=referenced, **common)
+    group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        referenced_segment=referenced, measurements=[_volume(codes.VOLUME, segment.volume_ml)], **common)
+    if point:  # highdicom refuses coordinates in a TID 1411 group: added to its NUM, as TID 300 has them
+        num = next(item for item in group[0].ContentSequence if item.ValueType == "NUM")
+        num.ContentSequence = hd.sr.ContentSequence([*getattr(num, "ContentSequence", []), *point])
+    return group
+
+
+def _largest_voxel(found: Sequence[Compartment]) -> list[int] | None:
+    """Where the most blood of these compartments is."""
+    return next((c.voxel for c in sorted(found, key=lambda c: -c.volume_ml) if c.voxel), None)
+
+
+def _segment_voxel(segment: Segment, findings: Findings) -> list[int] | None:
+    """A voxel of the segment: its largest focus (blush kinds), else where the most blood is."""
+    if segment.finding.key == "non_enhancing_hemorrhage":
+        return _largest_voxel(findings.compartments)
+    kinds = {"contained_vascular_injury": ("contained_vascular_injury",)}.get(
+        segment.finding.key, ("undetermined", "active_bleeding"))
+    foci = [f for f in findings.contrast_foci if f.kind in kinds and f.voxel]
+    return max(foci, key=lambda f: f.volume_ml).voxel if foci else None
 
 
 def _total_group(findings: Findings, segments: list[Segment],
@@ -165,7 +205,8 @@ def _total_group(findings: Findings, segments: list[Segment],
         finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
         algorithm_id=report.algorithm.sr_identification(),
         finding_sites=[hd.sr.FindingSite(codes.PERITONEAL_CAVITY)],
-        measurements=[_volume(codes.VOLUME, findings.volumes_ml.get("hemorrhage", 0.0))],
+        measurements=[_volume(codes.VOLUME, findings.volumes_ml.get("hemorrhage", 0.0),
+                              report.point(_largest_voxel(findings.compartments)))],
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.EXTRAVASATION, _present(blush)),
                                  hd.sr.QualitativeEvaluation(codes.RISK_TIER, tier)])
 
@@ -193,7 +234,7 @@ def _compartment_group(compartment: Compartment,
         finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
         algorithm_id=report.algorithm.sr_identification(),
         finding_sites=[site],
-        measurements=[_volume(codes.VOLUME, compartment.volume_ml)],
+        measurements=[_volume(codes.VOLUME, compartment.volume_ml, report.point(compartment.voxel))],
         qualitative_evaluations=evaluations)
 
 
@@ -201,9 +242,10 @@ def _organ_group(organ: OrganFinding,
                  report: _Report) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     """An organ with parenchymal evidence of injury: the blood inside it, the grade it supports."""
     name, structure, laterality = codes.organ_site(organ.organ)
+    inside = [c for c in report.findings.compartments if c.parenchymal and c.organ == organ.organ]
     measurements = [hd.sr.Measurement(
         name=codes.VOLUME, value=round(float(organ.intraparenchymal_blood_ml), 3),
-        unit=codes.CUBIC_CENTIMETRE,
+        unit=codes.CUBIC_CENTIMETRE, referenced_coordinates=report.point(_largest_voxel(inside)),
         finding_sites=[hd.sr.FindingSite(structure, laterality=laterality,
                                          topographical_modifier=codes.INTRAPARENCHYMAL)])]
     if organ.aast_grade is not None:

@@ -119,6 +119,27 @@ def assign(volume: Volume, anatomy: Anatomy, occupied: np.ndarray, settings: Pip
     return CompartmentMap(codes, distances, crop)
 
 
+def representative_voxel(labels: np.ndarray, anatomy: Anatomy, mask: np.ndarray,
+                         prefer: int) -> list[int] | None:
+    """A full-resolution voxel [slice, row, column] of the blood in mask (working blocks), in
+    the block nearest the mask's centre, of the label value preferred where there is one:
+    where a viewer points to show the finding."""
+    blocks = np.argwhere(mask)
+    if not len(blocks):
+        return None
+    offsets = (blocks - blocks.mean(axis=0)) * np.asarray(anatomy.spacing)
+    f, (r0, c0) = anatomy.factor, anatomy.origin
+    for kb, ib, jb in blocks[np.argsort((offsets ** 2).sum(axis=1))[:64]]:
+        for k in anatomy.full_slices(int(kb)):
+            patch = labels[k, r0 + ib * f:r0 + (ib + 1) * f, c0 + jb * f:c0 + (jb + 1) * f]
+            hits = np.argwhere(patch == prefer)
+            hits = hits if len(hits) else np.argwhere(patch > 0)
+            if len(hits):
+                i, j = hits[len(hits) // 2]
+                return [int(k), int(r0 + ib * f + i), int(c0 + jb * f + j)]
+    return None
+
+
 def largest_extent_mm(mask: np.ndarray, spacing: tuple[float, float, float]) -> float:
     """The largest bounding-box side of the mask's largest connected piece: a diameter estimate."""
     labels, count = ndimage.label(mask)

@@ -41,7 +41,10 @@ class FocusMap:
         hu = volume.hu[self.first:self.first + len(self.ids)]
         for index, box in enumerate(ndimage.find_objects(self.ids), start=1):
             inside = self.ids[box] == index
-            k, i, j = np.asarray(ndimage.center_of_mass(inside)) + [s.start for s in box]
+            centre = np.asarray(ndimage.center_of_mass(inside))
+            k, i, j = centre + [s.start for s in box]
+            points = np.argwhere(inside)
+            nearest = points[np.argmin(((points - centre) ** 2).sum(axis=1))] + [s.start for s in box]
             extent = max((s.stop - s.start) * d for s, d in zip(box, volume.spacing))
             foci.append(ContrastFocus(
                 id=index, volume_ml=round(float(inside.sum()) * voxel_ml, 3),
@@ -49,7 +52,8 @@ class FocusMap:
                 aorta_hu=None if aorta_hu is None else round(float(aorta_hu), 1),
                 centroid_mm=[round(float(v), 1) for v in volume.patient_point(k + self.first, i, j)],
                 max_extent_mm=round(float(extent), 1),
-                compartment=compartment_at(k + self.first, i, j)))
+                compartment=compartment_at(k + self.first, i, j),
+                voxel=[int(nearest[0]) + self.first, int(nearest[1]), int(nearest[2])]))
         return sorted(foci, key=lambda f: -f.volume_ml)
 
     def relabel(self, focus_id: int, value: int) -> None:

@@ -66,6 +66,7 @@ class ContrastFocus:
     compartment: str  # where it lies (pipeline.compartments.NAMES)
     kind: str = "undetermined"  # undetermined | active_bleeding | contained_vascular_injury
     evidence: str = ""
+    voxel: list[int] | None = None  # [slice, row, column] of the focus nearest its centre
 
 
 @dataclass
@@ -80,6 +81,7 @@ class Compartment:
     organs_adjacent: list[str]  # organs its blood touches (within organ_contact_mm)
     largest_extent_mm: float  # of its largest connected piece
     contained_vascular_injury_ml: float = 0.0  # foci found contained across phases (pipeline.multiphase)
+    voxel: list[int] | None = None  # [slice, row, column] of its blood near its centre: where viewers point
 
 
 @dataclass

@@ -18,7 +18,7 @@ from scipy import ndimage
 from pipeline import compartments
 from pipeline.anatomy import ORGAN_CODES, Anatomy, uncertain_boundary
 from pipeline.findings import BloodComponent, Compartment
-from pipeline.labels import ACTIVE_EXTRAVASATION, CONTAINED_VASCULAR_INJURY, LABEL_NAMES
+from pipeline.labels import ACTIVE_EXTRAVASATION, CONTAINED_VASCULAR_INJURY, HEMORRHAGE, LABEL_NAMES
 from pipeline.settings import PipelineSettings
 from pipeline.stages import StageContext
 
@@ -75,14 +75,14 @@ class VoxelQuantification:
         blood_ml, blush_ml, contained_ml = (blocks * (voxel_mm3 / 1000) for blocks in _block_counts(labels, anatomy))
         # Any contrast focus inside an organ is parenchymal evidence, whatever its kind.
         where = compartments.assign(volume, anatomy, blood_ml > 0, self.settings, blood_ml, blush_ml + contained_ml)
-        found = self._compartments(anatomy, where, blood_ml, blush_ml, contained_ml)
+        found = self._compartments(anatomy, where, blood_ml, blush_ml, contained_ml, labels)
         components = self._components(context, where, blood_ml, blush_ml)
         by_region = {c.name: c.volume_ml for c in found}
         return Quantification(volumes_ml(counts, voxel_mm3), counts, voxel_mm3, by_region, components, found,
                               where)
 
     def _compartments(self, anatomy: Anatomy, where: compartments.CompartmentMap, blood_ml: np.ndarray,
-                      blush_ml: np.ndarray, contained_ml: np.ndarray) -> list[Compartment]:
+                      blush_ml: np.ndarray, contained_ml: np.ndarray, labels: np.ndarray) -> list[Compartment]:
         reach = self.settings.segmentation.organ_contact_mm
         out = []
         for code, name in enumerate(compartments.NAMES):
@@ -97,7 +97,8 @@ class VoxelQuantification:
                 contained_vascular_injury_ml=round(float(contained_ml[mask].sum()), 3),
                 parenchymal=parenchymal, organ=organ,
                 organs_adjacent=[organ] if parenchymal else where.adjacent_organs(code, reach),
-                largest_extent_mm=round(float(compartments.largest_extent_mm(mask, anatomy.spacing)), 1)))
+                largest_extent_mm=round(float(compartments.largest_extent_mm(mask, anatomy.spacing)), 1),
+                voxel=compartments.representative_voxel(labels, anatomy, mask, prefer=HEMORRHAGE)))
         return sorted(out, key=lambda c: -c.volume_ml)
 
     def _components(self, context: StageContext, where: compartments.CompartmentMap,
