@@ -81,6 +81,10 @@ GRADE_UNIT = Code("{grade}", "UCUM", "grade")  # a UCUM annotation: a dimensionl
 CT_PROCEDURE = Code("36813-4", "LN", "CT Abdomen and Pelvis W contrast IV")
 QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")  # TID 1500 row 12
 IMPRESSION = Code("121073", "DCM", "Impression")
+IMPRESSIONS = Code("121072", "DCM", "Impressions")  # TID 2000 section
+PROCEDURE_REPORTED = Code("121058", "DCM", "Procedure reported")
+# TID 2000 Basic Diagnostic Imaging Report: the text report of a series with nothing to measure.
+DIAGNOSTIC_IMAGING_REPORT = Code("18748-4", "LN", "Diagnostic imaging report")
 RECOMMENDATION = Code("121075", "DCM", "Recommendation")
 FINDINGS_TEXT = Code("121070", "DCM", "Findings")
 COMMENT = Code("121106", "DCM", "Comment")

@@ -1,9 +1,12 @@
 """TID 1500 Measurement Report in a Comprehensive 3D SR, built with highdicom.
 
 Structure (why: OHIF and most PACS viewers only treat an SR as a measurement
-report when it is TID 1500 with tracking identifiers and an image library; text
-placed in TID 1500's own containers is shown by every SR tree renderer, so one
-SR carries everything and no second, text-only SR is needed):
+report when it is TID 1500 with tracking identifiers and an image library, and
+draw a measurement only from the image coordinates it holds: each Volume points
+at its finding on the CT. OHIF 3.13 shows no TEXT of a TID 1500, so the
+impression, tier and recommendation also reach it by the summary SC series.
+With no blood, or a series not assessed, there is nothing to point at: that
+report is a TID 2000 text report instead, see sr_text_report.py):
 
   Imaging Measurement Report (TID 1500)
     observer: device (algorithm name, version); procedure reported
@@ -12,7 +15,8 @@ SR carries everything and no second, text-only SR is needed):
     Imaging Measurements
       one TID 1411 group per SEG segment (non-enhancing hemorrhage, active
         extravasation: they never overlap): tracking id + UID (the segment's),
-        referenced segment, finding, finding site, Volume (cm3)
+        referenced segment, finding, finding site, Volume (cm3) with a point
+        on the CT (INFERRED FROM, under the NUM)
       one TID 1501 group for the total hemorrhage (the segments' sum), with
         Extravasation present/absent and the risk tier
       one TID 1501 group per peritoneal compartment holding blood (each voxel
@@ -40,6 +44,7 @@ from dicom_out.device import (MANUFACTURER, Algorithm, output_series_number,
 from dicom_out.image_library import fill_image_library, library_header
 from dicom_out.segments import Segment, planned_segments
 from dicom_out.source import source_images
+from dicom_out.sr_text_report import text_report
 from pipeline.findings import Compartment, Findings, OrganFinding
 
 RelationshipType = hd.sr.RelationshipTypeValues
@@ -97,20 +102,21 @@ def build_sr(findings: Findings, source_datasets: Sequence[Dataset], seg: Datase
                          f"{len(segments)}: was it built from other findings?")
     if previous_sr is not None and previous_sr.StudyInstanceUID != findings.series["study_instance_uid"]:
         raise ValueError("the previous SR belongs to another study")
-    if findings.assessment.assessed:
+    measured = findings.assessment.assessed and findings.volumes_ml.get("hemorrhage", 0.0) > 0
+    if measured:
         groups: list[MeasurementGroup] = [_segment_group(s, report, seg) for s in segments]
         groups.append(_total_group(findings, segments, report))
         groups += [_compartment_group(c, report) for c in findings.compartments if not c.parenchymal]
         groups += [_organ_group(o, report) for o in findings.organs.values() if o.injured]
-    else:  # no volume, no presence or absence: only that it was not evaluated
-        groups = [_not_assessed_group(findings, report)]
-    content = hd.sr.MeasurementReport(
-        observation_context=algorithm.observer_context(uids.device_uid(algorithm.name)),
-        procedure_reported=codes.CT_PROCEDURE,
-        imaging_measurements=groups,
-        referenced_images=[library_header(source.datasets[0])],  # the rest is added below, fast
-    )
-    content[0].ContentSequence.append(_text_evaluations(findings, algorithm))
+        content = hd.sr.MeasurementReport(
+            observation_context=algorithm.observer_context(uids.device_uid(algorithm.name)),
+            procedure_reported=codes.CT_PROCEDURE,
+            imaging_measurements=groups,
+            referenced_images=[library_header(source.datasets[0])],  # the rest is added below, fast
+        )
+        content[0].ContentSequence.append(_text_evaluations(findings, algorithm))
+    else:  # nothing to point at: no blood, or not assessed (see sr_text_report)
+        content = text_report(findings, algorithm)
     sr = hd.sr.Comprehensive3DSR(
         evidence=[*source.datasets, *([seg] if seg is not None else [])],
         content=content,
@@ -127,7 +133,8 @@ def build_sr(findings: Findings, source_datasets: Sequence[Dataset], seg: Datase
         previous_versions=[previous_sr] if previous_sr is not None else None,
         contributing_equipment=algorithm.contributing_equipment(),
     )
-    fill_image_library(sr, [library_header(ds) for ds in source.datasets])
+    if measured:
+        fill_image_library(sr, [library_header(ds) for ds in source.datasets])
     return _plain(sr)
 
 
@@ -209,17 +216,6 @@ def _total_group(findings: Findings, segments: list[Segment],
                               report.point(_largest_voxel(findings.compartments)))],
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.EXTRAVASATION, _present(blush)),
                                  hd.sr.QualitativeEvaluation(codes.RISK_TIER, tier)])
-
-
-def _not_assessed_group(findings: Findings,
-                        report: _Report) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=report.tracking("Hemorrhage, not assessed", "hemorrhage"),
-        finding_type=codes.HEMORRHAGE,
-        algorithm_id=report.algorithm.sr_identification(),
-        finding_sites=[hd.sr.FindingSite(codes.PERITONEAL_CAVITY)],
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(
-            codes.RISK_TIER, codes.RISK_TIER_VALUES[findings.risk_tier])])
 
 
 def _compartment_group(compartment: Compartment,

@@ -58,25 +58,36 @@ class Study:
     sr: pydicom.Dataset
     pacs: Orthanc
     viewer: OhifViewer
+    clean_uid: str  # a second study, without blood: its SR is a text report
+    clean_findings: dict
+
+
+def _analyse(truth, out: Path) -> list[Path]:
+    """`trauma-node analyze` as a user runs it; the objects it wrote."""
+    analysed = subprocess.run([sys.executable, "-m", "node.cli", "analyze",
+                               str(truth.paths[0].parent), "--out", str(out)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert analysed.returncode == 0, f"trauma-node analyze failed: {analysed.stderr[-2000:]}"
+    return sorted(out.glob("*.dcm"))
 
 
 @pytest.fixture(scope="module")
 def study(phantom_factory, tmp_path_factory):
     truth = phantom_factory("ohif", **PHANTOM)
-    out = tmp_path_factory.mktemp("ohif_analysis")
-    analysed = subprocess.run([sys.executable, "-m", "node.cli", "analyze",
-                               str(truth.paths[0].parent), "--out", str(out)],
-                              cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert analysed.returncode == 0, f"trauma-node analyze failed: {analysed.stderr[-2000:]}"
+    clean = phantom_factory("ohif-clean", **{**PHANTOM, "blood": "none", "blush": False})
+    out, clean_out = tmp_path_factory.mktemp("ohif_analysis"), tmp_path_factory.mktemp("ohif_clean")
+    objects, clean_objects = _analyse(truth, out), _analyse(clean, clean_out)
     pacs = Orthanc(tmp_path_factory.mktemp("ohif_orthanc"), free_port(), free_port(),
                    dicomweb=True).start()
     try:
-        for path in [*truth.paths, out / "seg.dcm", out / "sr.dcm"]:
+        # The CT with every object the node makes: SEG, SR, the summary SC series, PDF, KOS.
+        for path in [*truth.paths, *objects, *clean.paths, *clean_objects]:
             pacs.upload(path)
         with OhifViewer(pacs.url) as viewer:
             yield Study(truth.spec.study_uid, json.loads((out / "findings.json").read_text()),
                         pydicom.dcmread(out / "seg.dcm"), pydicom.dcmread(out / "sr.dcm"),
-                        pacs, viewer)
+                        pacs, viewer, clean.spec.study_uid,
+                        json.loads((clean_out / "findings.json").read_text()))
     finally:
         pacs.stop()
 
@@ -246,8 +257,8 @@ def _with_statistics(browser: Browser) -> list[dict] | None:
     return None
 
 
-def _open_study(browser: Browser, study: Study) -> None:
-    browser.driver.get(study.viewer.viewer_url(study.study_uid))
+def _open_study(browser: Browser, study: Study, study_uid: str | None = None) -> None:
+    browser.driver.get(study.viewer.viewer_url(study_uid or study.study_uid))
     browser.wait(lambda b: b.js(CT_RENDERED), 90, "OHIF to render the CT")
     # Every slice in, as a reader waits for the series to load: OHIF computes a segment's
     # statistics once, when its labelmap is loaded, from the slices then in its cache.
@@ -423,3 +434,53 @@ def test_ohif_opens_the_sr_without_breaking_and_shows_its_measurements(study, br
     browser.shot("sr-next-measurement")
     assert not _errors_shown(browser), browser.console_text()
     assert browser.js(VIEWPORT_SHOWS_AN_IMAGE)
+
+
+SC_SHOWN = """
+const s = window.services, cs = window.cornerstone;
+const sc = s.displaySetService.getActiveDisplaySets().find(
+  d => (d.SeriesDescription || '').includes(arguments[0]));
+if (!sc) return null;
+const shown = cs.getRenderingEngines().flatMap(e => e.getViewports())
+  .map(v => v.getCurrentImageId()).filter(Boolean);
+const ids = (sc.images || []).map(i => i.imageId);
+return {images: ids.length, shown: shown.some(id => ids.includes(id))};
+"""
+
+
+def _double_click_series(browser: Browser, description: str) -> None:
+    """Double-click the thumbnail whose series description has the text, as a reader does."""
+    def thumbnail(b: Browser):
+        for element in b.driver.find_elements(By.CSS_SELECTOR, '[data-cy^="study-browser-thumbnail"]'):
+            if description in element.text:
+                return element
+        return None
+    ActionChains(browser.driver).double_click(
+        browser.wait(thumbnail, 30, f"the thumbnail of {description!r}")).perform()
+
+
+def test_ohif_shows_the_summary_series_with_the_findings_burned_in(study, browser):
+    """OHIF shows no text of a TID 1500 SR: the tier, recommendation and key slices reach
+    its reader as the summary Secondary Capture series, which any viewer displays."""
+    _open_study(browser, study)
+    _double_click_series(browser, "key images")
+    state = browser.wait(lambda b: (x := b.js(SC_SHOWN, "key images")) and x["shown"] and x, 60,
+                         "OHIF to show the summary series")
+    assert state["images"] >= 2  # the page of findings and at least one key slice
+    browser.poll(lambda b: _errors_shown(b), 3)
+    browser.shot("summary-page")
+    assert not _errors_shown(browser), browser.console_text()
+
+
+def test_ohif_shows_the_report_of_a_study_without_blood_as_text(study, browser):
+    """With no blood there is nothing to point at: the SR is a text report (TID 2000),
+    which OHIF shows as text, and opening it breaks nothing."""
+    _open_study(browser, study, study.clean_uid)
+    _double_click_derived_series(browser, "SR")
+    text = browser.poll(lambda b: _errors_shown(b) or (
+        "Risk tier: NONE" in (t := b.driver.find_element(By.TAG_NAME, "body").text) and t), 60)
+    browser.shot("text-report")
+    assert not _errors_shown(browser), "opening the text SR broke OHIF:\n" + browser.console_text()
+    assert text and "Risk tier: NONE" in text, "OHIF does not show the report's impression"
+    assert "RESEARCH USE ONLY" in text
+    assert study.clean_findings["risk_tier"] == "none"
