@@ -528,8 +528,12 @@ class GroundedAnswerer:
         if not o.located:
             return (f"{title}: not located by this backend, so there is no finding for it either "
                     "way (this does not mean it is normal).")
-        parts = []
-        parts.append(f"{_ml(o.adjacent_blood_ml)} of blood beside it" if o.adjacent_blood_ml > 0
+        # The verdict first, as the report and the SR state it: injury only on evidence inside it.
+        parts = ["injured on parenchymal evidence (" + "; ".join(o.injury_evidence) + ")" if o.injured
+                 else "no parenchymal injury detected"]
+        parts.append(f"{_ml(o.adjacent_blood_ml)} of blood beside it (adjacency, not by itself evidence "
+                     "that it is injured)" if o.adjacent_blood_ml > 0 and not o.injured
+                     else f"{_ml(o.adjacent_blood_ml)} of blood beside it" if o.adjacent_blood_ml > 0
                      else "no blood detected beside it")
         if o.intraparenchymal_blood_ml > 0:
             parts.append(f"{_ml(o.intraparenchymal_blood_ml)} within the parenchyma (largest "

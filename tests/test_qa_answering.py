@@ -240,3 +240,11 @@ def test_status_the_findings_hold_no_advice_for_is_not_guessed(bleed):
 def test_bad_status_is_refused(bleed):
     with pytest.raises(ValueError, match="hemodynamic status"):
         answer(bleed, "What now?", status="critical")
+
+
+def test_an_organ_is_called_injured_only_as_the_report_and_sr_call_it(bleed):
+    """Blood beside the liver is adjacency: the answer says what the report and the SR say."""
+    liver = answer(bleed, "Is the liver injured?")
+    assert "Liver: no parenchymal injury detected" in liver and "adjacency" in liver
+    spleen = answer(bleed, "Is the spleen injured?")
+    assert "Spleen: injured on parenchymal evidence (intraparenchymal blood" in spleen
