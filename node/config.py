@@ -90,6 +90,10 @@ class SelectionSection:
     exclude_image_types: list[str] = field(default_factory=lambda: ["LOCALIZER"])
     exclude_kernels: list[str] = field(default_factory=lambda: ["BONE", "LUNG"])
     exclude_series_descriptions: list[str] = field(default_factory=lambda: ["(?i)scout|topogram|dose"])
+    # What one series may cost the worker; beyond either, it is skipped before decoding:
+    # rows x columns x slices (512 x 512 x 2048), and its decoded pixel data (1 GiB).
+    max_voxels: int = 512 * 512 * 2048
+    max_decoded_bytes: int = 2**30
 
 
 @dataclass
@@ -228,6 +232,8 @@ def validate(settings: Settings) -> list[str]:
     if s.selection.min_slices < 1:
         problems.append("selection.min_slices: must be at least 1")
     problems += _check_positive(s.selection.max_slice_spacing_mm, "selection.max_slice_spacing_mm")
+    problems += _check_positive(s.selection.max_voxels, "selection.max_voxels")
+    problems += _check_positive(s.selection.max_decoded_bytes, "selection.max_decoded_bytes")
     for i, pattern in enumerate(s.selection.exclude_series_descriptions):
         try:
             re.compile(pattern)

@@ -45,6 +45,9 @@ class InstanceHeader:
     rows: int | None = None
     columns: int | None = None
     frames: int = 1
+    # What decoding costs: bytes per pixel sample, samples per pixel.
+    bits_allocated: int = 16
+    samples_per_pixel: int = 1
     position: list[float] | None = None  # ImagePositionPatient (first frame)
     orientation: list[float] | None = None  # ImageOrientationPatient
     pixel_spacing: list[float] | None = None
@@ -84,6 +87,8 @@ def extract(ds: Dataset) -> InstanceHeader:
         rows=int(ds.Rows) if "Rows" in ds else None,
         columns=int(ds.Columns) if "Columns" in ds else None,
         frames=int(ds.get("NumberOfFrames", 1) or 1),
+        bits_allocated=int(ds.get("BitsAllocated") or 16),
+        samples_per_pixel=int(ds.get("SamplesPerPixel") or 1),
         position=_floats(ds.get("ImagePositionPatient")),
         orientation=_floats(ds.get("ImageOrientationPatient")),
         pixel_spacing=_floats(ds.get("PixelSpacing")),

@@ -42,6 +42,20 @@ def _normal(orientation: list[float]) -> tuple[float, float, float]:
     return (n[0] / length, n[1] / length, n[2] / length)
 
 
+def _too_big(images: list[dict[str, Any]], voxels: int, rules: SelectionSection) -> str | None:
+    """Beyond what one series may cost the worker's memory (decided before any decoding:
+    a series large enough could kill the worker, again at each attempt)."""
+    if voxels > rules.max_voxels:
+        return f"{voxels:,} voxels, more than selection.max_voxels ({rules.max_voxels:,})"
+    decoded = sum(g["rows"] * g["columns"] * int(g.get("frames") or 1)
+                  * int(g.get("samples_per_pixel") or 1)
+                  * -(-int(g.get("bits_allocated") or 16) // 8) for g in images)
+    if decoded > rules.max_decoded_bytes:
+        return (f"{decoded:,} bytes of pixel data decoded, more than "
+                f"selection.max_decoded_bytes ({rules.max_decoded_bytes:,})")
+    return None
+
+
 def decide(instances: Iterable[tuple[str, dict[str, Any]]], rules: SelectionSection) -> Decision:
     """instances: (SOP Class UID, stored geometry) of every instance of the series version."""
     instances = list(instances)
@@ -78,7 +92,13 @@ def decide(instances: Iterable[tuple[str, dict[str, Any]]], rules: SelectionSect
         return _skip("mixed image orientations in the series", slices)
     sizes = {(g.get("rows"), g.get("columns")) for g in images}
     if len(sizes) != 1:
-        return _skip(f"mixed image sizes {sorted(sizes)}", slices)
+        return _skip(f"mixed image sizes {sorted(sizes, key=str)}", slices)
+    rows, columns = next(iter(sizes))
+    if not rows or not columns:
+        return _skip("image size (rows, columns) missing", slices)
+    too_big = _too_big(images, rows * columns * slices, rules)
+    if too_big:
+        return _skip(too_big, slices)
     normal = _normal(ref)
     if rules.require_axial:
         tilt = math.degrees(math.acos(min(1.0, abs(normal[2]))))

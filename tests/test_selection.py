@@ -76,3 +76,18 @@ def test_enhanced_ct_counts_frames():
          "pixel_spacing": [0.7, 0.7]}
     d = decide([(ENHANCED_CT_IMAGE_STORAGE, g)], RULES)
     assert d.selected and d.slices == 40
+
+
+def test_a_series_beyond_the_cost_limits_is_skipped_before_decoding():
+    limits = SelectionSection(min_slices=20, max_voxels=512 * 512 * 40,
+                              max_decoded_bytes=512 * 512 * 40 * 2)
+    assert decide(series(40), limits).selected
+    d = decide(series(41), limits)
+    assert not d.selected and "selection.max_voxels" in d.reason
+    assert d.reason.startswith("10,747,904 voxels")
+    d = decide(series(40, bits_allocated=32), limits)  # twice the bytes per voxel
+    assert not d.selected and "selection.max_decoded_bytes" in d.reason
+    # Instances stored before these were recorded count as 16 bits, one sample.
+    assert decide([(c, {k: v for k, v in g.items() if k != "bits_allocated"})
+                   for c, g in series(40, bits_allocated=16)], limits).selected
+    assert decide(series(40, rows=None), RULES).reason == "image size (rows, columns) missing"
