@@ -38,6 +38,8 @@ class NodeSection:
     http_port: int = 8080
     data_dir: str = "./data"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # SIGTERM or SIGINT: `serve` and `worker` have ended within this many seconds.
+    stop_timeout_s: float = 10.0
 
 
 @dataclass
@@ -217,6 +219,8 @@ def validate(settings: Settings) -> list[str]:
             problems.append(f"{key}: {value!r} is not an IP address to bind to")
     if not s.node.data_dir.strip():
         problems.append("node.data_dir: must not be empty")
+    if s.node.stop_timeout_s < 2:
+        problems.append(f"node.stop_timeout_s: at least 2 seconds, got {s.node.stop_timeout_s}")
     problems += _check_positive(s.network.max_associations, "network.max_associations")
     for name in ("acse_timeout_s", "dimse_timeout_s", "network_timeout_s"):
         problems += _check_positive(getattr(s.network, name), f"network.{name}")

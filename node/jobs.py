@@ -133,11 +133,32 @@ def requeue_orphaned(index: Index, stale_after_s: float, max_attempts: int,
     return requeued, gave_up
 
 
-def _take_back(index: Index, running, max_attempts: int) -> tuple[int, int]:
+def requeue_of_dead_worker(index: Index, worker: str, max_attempts: int, why: str
+                           ) -> tuple[int, int]:
+    """The running job of a worker process that died goes back to the queue, or is failed
+    when it was started max_attempts times (it may be what kills the worker)."""
+    running = and_(Job.state == JobState.RUNNING.value, Job.worker == worker)
+    return _take_back(index, running, max_attempts, why)
+
+
+def give_back(index: Index, workers: list[str]) -> int:
+    """The running jobs of these workers, cut off by a stop, go back to the queue; the
+    attempt is not counted (the job did not fail). Returns how many."""
+    if not workers:
+        return 0
+    with index.engine.begin() as conn:
+        return conn.execute(update(Job).where(
+            Job.state == JobState.RUNNING.value, Job.worker.in_(workers),
+        ).values(state=JobState.QUEUED.value, worker=None,
+                 attempts=Job.attempts - 1)).rowcount  # claim counted it
+
+
+def _take_back(index: Index, running, max_attempts: int,
+               why: str = "worker crashed or was killed") -> tuple[int, int]:
     with index.engine.begin() as conn:
         gave_up = conn.execute(update(Job).where(running, Job.attempts >= max_attempts).values(
             state=JobState.FAILED.value, finished_at=utcnow(),
-            error=f"interrupted {max_attempts} times (worker crashed or was killed)")).rowcount
+            error=f"interrupted {max_attempts} times ({why})")).rowcount
         requeued = conn.execute(update(Job).where(running).values(
             state=JobState.QUEUED.value, worker=None)).rowcount
     return requeued, gave_up

@@ -62,7 +62,11 @@ CSTORE_RESPONSES = Family(
     ("stored", "duplicate", "out_of_resources", "cannot_understand"))
 RECEIVED_BYTES = Family("trauma_node_received_bytes_total", "counter",
                         "Bytes of DICOM objects stored in the spool since the node started.")
-COUNTED = (ASSOCIATIONS_ACCEPTED, ASSOCIATIONS_REJECTED, CSTORE_RESPONSES, RECEIVED_BYTES)
+WORKER_RESTARTS = Family("trauma_node_worker_restarts_total", "counter",
+                         "Worker processes of `serve` that died (killed, out of memory) and "
+                         "were restarted, since the node started.")
+COUNTED = (ASSOCIATIONS_ACCEPTED, ASSOCIATIONS_REJECTED, CSTORE_RESPONSES, RECEIVED_BYTES,
+           WORKER_RESTARTS)
 
 
 class Counters:

@@ -244,10 +244,10 @@ class Retention:
             if self._stop.wait(min(interval, PRESSURE_CHECK_S)):
                 return
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 30.0) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=30)
+            self._thread.join(timeout=max(0.0, timeout_s))
 
 
 def _remove_empty_parents(folder: Path, root: Path) -> None:

@@ -66,6 +66,8 @@ TRANSFER_SYNTAXES = [
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
+ABORT_WAIT_S = 1.0  # at shutdown, for an aborted association's thread to end
+
 _FAILURE_OUTCOMES = {OUT_OF_RESOURCES: "out_of_resources", CANNOT_UNDERSTAND: "cannot_understand"}
 
 
@@ -262,4 +264,6 @@ class StorageSCP:
         if remaining:
             log.warning("aborting %d associations still open at shutdown", len(remaining))
         self.ae.shutdown()
+        for assoc in remaining:  # their last steps use the index, which closes next
+            assoc.join(timeout=ABORT_WAIT_S)
         self.server = None

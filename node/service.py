@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-import signal
 import threading
+import time
 
 import uvicorn
 
@@ -22,6 +22,7 @@ from .receiver import Receiver
 from .retention import Retention
 from .scp import StorageSCP
 from .spool import Spool
+from .stopping import STOP_RESERVE_S, exit_by, exit_now, on_stop_signals, run_parallel
 from .worker import OrphanWatch, WorkerPool
 
 log = logging.getLogger("trauma_node.serve")
@@ -42,7 +43,7 @@ class Node:
         self.live.open_associations = lambda: len(self.scp.ae.active_associations)
         self.completion = CompletionMonitor(self.index, self.receiver, settings.completion,
                                             settings.selection)
-        self.workers = WorkerPool(settings)
+        self.workers = WorkerPool(settings, self.index, counters=self.live.counters)
         self.orphan_watch = OrphanWatch(settings, self.index)
         self.delivery = Delivery(settings, self.index)
         self.retention = Retention(settings, self.index, self.receiver.forget_series,
@@ -82,31 +83,39 @@ class Node:
         log.info("HTTP API on http://%s:%d (data directory %s)", s.node.http_bind,
                  s.node.http_port, s.data_dir)
 
-    def stop(self) -> None:
-        log.info("stopping: no new associations; open ones may finish")
-        self.scp.stop()
-        self.completion.stop()
-        self.workers.stop()
-        self.orphan_watch.stop()
-        self.delivery.stop()
-        self.retention.stop()
+    def stop(self) -> list[str]:
+        """Everything stops at once, each part within node.stop_timeout_s; whatever has not
+        by then ends with the process (node.stopping). Returns the parts still busy."""
+        timeout = self.settings.node.stop_timeout_s
+        deadline = time.monotonic() + timeout
+        exit_by(deadline)
+        log.info("stopping within %.0f s: no new associations; open ones may finish", timeout)
+        until = deadline - STOP_RESERVE_S
         if self.http is not None:
             self.http.should_exit = True
-            if self._http_thread is not None:
-                self._http_thread.join(timeout=10)
+        late = run_parallel({
+            # Senders get half the time to finish; then they are aborted.
+            "dicom": lambda: self.scp.stop(grace_s=timeout / 2),
+            "workers": lambda: self.workers.stop(until - time.monotonic()),
+            "completion": self.completion.stop,
+            "orphan-watch": self.orphan_watch.stop,
+            "delivery": lambda: self.delivery.stop(until - time.monotonic()),
+            "retention": lambda: self.retention.stop(until - time.monotonic()),
+            "http": lambda: self._http_thread and self._http_thread.join(
+                until - time.monotonic()),
+        }, until) + self.workers.busy()
+        if late:
+            log.warning("stopping: %s still busy; they end with the process", ", ".join(late))
         self.index.close()
         log.info("stopped")
+        return late
 
     def serve_forever(self) -> None:
         """Run until SIGINT or SIGTERM."""
-        def request_stop(signum, _frame):  # noqa: ANN001
-            log.info("received %s", signal.Signals(signum).name)
-            self.stopping.set()
-
-        signal.signal(signal.SIGINT, request_stop)
-        signal.signal(signal.SIGTERM, request_stop)
+        on_stop_signals(self.stopping)
         self.start()
         try:
             self.stopping.wait()
         finally:
-            self.stop()
+            if self.stop():
+                exit_now(1)

@@ -15,21 +15,64 @@ import socket
 import threading
 import time
 import traceback
-from multiprocessing.synchronize import Event as EventType
+from dataclasses import dataclass
 
 from . import jobs, outbox  # noqa: F401  (outbox: its table, for job results)
 from .config import Settings
 from .index import Index
 from .logs import setup_logging
+from .metrics import WORKER_RESTARTS, Counters
+from .stopping import STOP_RESERVE_S, exit_by, exit_now, on_stop_signals
 
 log = logging.getLogger("trauma_node.worker")
 
 
-def run_one(index: Index, settings: Settings, name: str) -> bool:
+class JobCutter:
+    """In a worker process: SIGTERM or SIGINT stop it. Idle, it leaves its loop at its next
+    look; in a job, the job is cut off at once: another thread gives it back to the queue
+    and ends the process. (The job's own thread may be deep in a C call; an exception
+    raised into it could also land inside a lock, of the database pool say.)"""
+
+    def __init__(self, index: Index, name: str) -> None:
+        self.index, self.name = index, name
+        self.event = threading.Event()
+        self._lock = threading.Lock()
+        self._job: int | None = None
+        on_stop_signals(self.event)
+        threading.Thread(target=self._cut_off, name="job-cutter", daemon=True).start()
+
+    def begin(self, job_id: int) -> bool:
+        """A job starts; False when a stop came first (then the job is not to be run)."""
+        with self._lock:
+            if self.event.is_set():
+                return False
+            self._job = job_id
+            return True
+
+    def end(self) -> None:
+        with self._lock:
+            self._job = None
+
+    def _cut_off(self) -> None:
+        self.event.wait()
+        with self._lock:  # held to the end: the job cannot finish meanwhile
+            if self._job is None:
+                return
+            jobs.give_back(self.index, [self.name])
+            log.info("job %d cut off by the stop: back in the queue", self._job)
+            jobs.forget_worker(self.index, self.name)
+            exit_now(0)
+
+
+def run_one(index: Index, settings: Settings, name: str, cutter: JobCutter | None = None
+            ) -> bool:
     """Claim and run one job; False when the queue was empty."""
     job = jobs.claim(index, name)
     if job is None:
         return False
+    if cutter is not None and not cutter.begin(job.id):
+        jobs.give_back(index, [name])
+        return True
     from .job_step import run_job  # imported late: may load models
 
     log.info("job %d running: series %s v%d (attempt %d)", job.id, job.series_uid,
@@ -42,9 +85,12 @@ def run_one(index: Index, settings: Settings, name: str) -> bool:
         log.warning("job %d failed after %.1f s: %s", job.id, time.monotonic() - started, exc)
         log.debug("job %d traceback:\n%s", job.id, traceback.format_exc())
         jobs.fail(index, job.id, f"{type(exc).__name__}: {exc}")
-        return True
-    jobs.finish(index, job.id, result)
-    log.info("job %d done in %.1f s", job.id, time.monotonic() - started)
+    else:
+        jobs.finish(index, job.id, result)
+        log.info("job %d done in %.1f s", job.id, time.monotonic() - started)
+    finally:
+        if cutter is not None:
+            cutter.end()
     return True
 
 
@@ -124,22 +170,24 @@ class OrphanWatch:
             self._thread.join(timeout=10)
 
 
-def worker_main(settings: Settings, stop: EventType | threading.Event, name: str,
-                own_process: bool = True) -> None:
-    """Entry point of a worker process (or thread, own_process=False)."""
-    if own_process:
+def worker_main(settings: Settings, name: str, stop: threading.Event | None = None) -> None:
+    """Entry point of a worker process (stop None: SIGTERM or SIGINT stop it) or of a worker
+    thread of `serve` (stop: the pool's event)."""
+    if stop is None:
         _exit_with_parent()
         setup_logging(settings.node.log_level)
     index = Index(settings.database_url, durable=settings.storage.fsync)
+    cutter = JobCutter(index, name) if stop is None else None
     try:
         with Heartbeat(index, name):
-            _work(settings, stop, name, index)
+            _work(settings, cutter.event if cutter else stop, name, index, cutter)
     finally:
         index.close()
         log.info("worker %s stopped", name)
 
 
-def _work(settings: Settings, stop: EventType | threading.Event, name: str, index: Index) -> None:
+def _work(settings: Settings, stop: threading.Event, name: str, index: Index,
+          cutter: JobCutter | None) -> None:
     log.info("worker %s started (pid %d)", name, os.getpid())
     from pipeline.models import preflight
 
@@ -150,12 +198,25 @@ def _work(settings: Settings, stop: EventType | threading.Event, name: str, inde
     else:
         if loaded:
             log.info("worker %s loaded %s", name, ", ".join(loaded))
-    try:
-        while not stop.is_set():
-            if not run_one(index, settings, name):
-                stop.wait(settings.workers.poll_interval_s)
-    except KeyboardInterrupt:
-        pass
+    from . import job_step  # noqa: F401  (now, not in the first job: it takes seconds)
+
+    while not stop.is_set():
+        if not run_one(index, settings, name, cutter):
+            stop.wait(settings.workers.poll_interval_s)
+
+
+RESTART_DELAY_S = (1.0, 60.0)  # a dead worker's restart: first delay, doubling up to this
+STEADY_S = 300.0  # a worker that lived this long before dying restarts after the first delay
+
+
+@dataclass
+class _Slot:
+    """One worker process of the pool, and when it is to be restarted after dying."""
+    name: str
+    process: mp.process.BaseProcess | None = None
+    started_at: float = 0.0
+    deaths: int = 0  # in a row, each soon after its start
+    restart_at: float | None = None
 
 
 class WorkerPool:
@@ -166,45 +227,110 @@ class WorkerPool:
     of the serve process, so that the pipeline and the Q&A share one copy of each
     model (one GPU's memory), taking turns under its lock. The heavy work then
     runs on the GPU, outside Python's lock.
+
+    A worker process that dies (killed, out of memory) is restarted after a delay that
+    doubles while it keeps dying (RESTART_DELAY_S); its job goes back to the queue, and is
+    failed once started workers.max_attempts times. Stopping signals the processes
+    (never a shared multiprocessing Event: a Condition waits for every sleeper, a child
+    killed by the same SIGTERM included) and kills those still running at the deadline.
     """
 
-    def __init__(self, settings: Settings, role: str = "serve", count: int | None = None):
+    def __init__(self, settings: Settings, index: Index, role: str = "serve",
+                 count: int | None = None, counters: Counters | None = None):
         """role: serve (the workers `serve` starts) or worker (`trauma-node worker`);
-        count: how many (default workers.count)."""
+        count: how many (default workers.count); counters: where restarts are counted."""
         from pipeline.models import needed
 
-        self.settings = settings
-        self.role = role
+        self.settings, self.index, self.role = settings, index, role
         self.count = settings.workers.count if count is None else count
+        self.counters = counters if counters is not None else Counters()
         self.in_process = bool(needed(settings.pipeline))
         self.ctx = mp.get_context("spawn")  # no forked copies of the SCP's threads
-        self.stop_event = threading.Event() if self.in_process else self.ctx.Event()
-        self.workers: list[mp.process.BaseProcess | threading.Thread] = []
+        self.stop_event = threading.Event()  # worker threads; the supervisor
+        self.threads: list[threading.Thread] = []
+        self.slots: list[_Slot] = []
+        self._supervisor: threading.Thread | None = None
 
     def start(self) -> None:
-        for i in range(self.count):
-            name = jobs.worker_name(self.role, i + 1)
-            args = (self.settings, self.stop_event, name)
-            if self.in_process:
-                worker = threading.Thread(target=worker_main, name=name, args=(*args, False),
-                                          daemon=True)
-            else:
-                worker = self.ctx.Process(target=worker_main, name=name, args=args, daemon=True)
-            worker.start()
-            self.workers.append(worker)
-        if self.in_process and self.workers:
-            log.info("model backends configured: %d worker threads share the models%s",
-                     len(self.workers), " with the Q&A" if self.role == "serve" else "")
+        names = [jobs.worker_name(self.role, i + 1) for i in range(self.count)]
+        if self.in_process:
+            for name in names:
+                thread = threading.Thread(target=worker_main, name=name, daemon=True,
+                                          args=(self.settings, name, self.stop_event))
+                thread.start()
+                self.threads.append(thread)
+            if self.threads:
+                log.info("model backends configured: %d worker threads share the models%s",
+                         len(self.threads), " with the Q&A" if self.role == "serve" else "")
+            return
+        self.slots = [_Slot(name) for name in names]
+        for slot in self.slots:
+            self._spawn(slot)
+        if self.slots:
+            self._supervisor = threading.Thread(target=self._supervise, name="worker-supervisor",
+                                                daemon=True)
+            self._supervisor.start()
 
-    def stop(self, grace_s: float = 10.0) -> None:
-        """Let running jobs finish within grace_s; a job cut off is requeued at next start."""
+    def _spawn(self, slot: _Slot) -> None:
+        slot.process = self.ctx.Process(target=worker_main, name=slot.name,
+                                        args=(self.settings, slot.name), daemon=True)
+        slot.process.start()
+        slot.started_at, slot.restart_at = time.monotonic(), None
+
+    def _supervise(self) -> None:
+        while not self.stop_event.wait(0.5):
+            for slot in self.slots:
+                try:
+                    self._check(slot, time.monotonic())
+                except Exception as exc:  # noqa: BLE001 - a busy database: next round
+                    log.warning("worker %s: supervision failed: %s", slot.name, exc)
+
+    def _check(self, slot: _Slot, now: float) -> None:
+        process = slot.process
+        if slot.restart_at is None and process is not None and not process.is_alive():
+            code = process.exitcode or 0
+            how = f"exited with status {code}"
+            if code < 0:
+                how = f"was killed by {signal.Signals(-code).name}"
+                if code == -signal.SIGKILL:
+                    how += ", e.g. out of memory"
+            requeued, gave_up = jobs.requeue_of_dead_worker(
+                self.index, slot.name, self.settings.workers.max_attempts, f"its worker {how}")
+            slot.deaths = 1 if now - slot.started_at >= STEADY_S else slot.deaths + 1
+            first, cap = RESTART_DELAY_S
+            delay = min(cap, first * 2 ** (slot.deaths - 1))
+            slot.restart_at = now + delay
+            self.counters.add(WORKER_RESTARTS)
+            job = ("its job failed" if gave_up else "its job is back in the queue" if requeued
+                   else "it held no job")
+            log.error("worker %s (pid %s) %s; %s; restarting it in %.0f s", slot.name,
+                      process.pid, how, job, delay)
+        elif slot.restart_at is not None and now >= slot.restart_at:
+            self._spawn(slot)
+            log.info("worker %s restarted (pid %d)", slot.name, slot.process.pid)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop every worker within timeout_s; a job cut off goes back to the queue."""
+        deadline = time.monotonic() + timeout_s
         self.stop_event.set()
-        deadline = time.monotonic() + grace_s
-        for worker in self.workers:
-            worker.join(timeout=max(0.1, deadline - time.monotonic()))
-            if worker.is_alive() and isinstance(worker, mp.process.BaseProcess):
-                worker.terminate()
-                worker.join(timeout=5)
+        processes = [s.process for s in self.slots if s.process is not None]
+        for process in processes:
+            if process.is_alive():
+                process.terminate()  # SIGTERM: the worker cuts its job off and requeues it
+        for worker in [*processes, *self.threads]:
+            worker.join(timeout=max(0.0, deadline - time.monotonic()))
+        late = [p for p in processes if p.is_alive()]
+        for process in late:
+            process.kill()
+            process.join(timeout=1.0)
+        late_names = [p.name for p in late] + self.busy()
+        if late_names and jobs.give_back(self.index, late_names):
+            log.warning("workers %s did not stop in time: their jobs are back in the queue",
+                        ", ".join(late_names))
+
+    def busy(self) -> list[str]:
+        """Worker threads still running a job after stop(): they end with the process."""
+        return [t.name for t in self.threads if t.is_alive()]
 
 
 def run_workers(settings: Settings, count: int) -> None:
@@ -222,24 +348,20 @@ def run_workers(settings: Settings, count: int) -> None:
                     "on other hosts need a shared database (storage.database_url)",
                     settings.data_dir)
     index = Index(settings.database_url, durable=settings.storage.fsync)
+    stopping = threading.Event()
+    on_stop_signals(stopping)
     try:
         jobs.requeue_interrupted(index, settings.workers.max_attempts, role="worker")
+        pool = WorkerPool(settings, index, role="worker", count=count)
+        pool.start()
+        log.info("%d worker(s) on %s, data directory %s%s", count, socket.gethostname(),
+                 settings.data_dir, f", models {', '.join(models)}" if models else "")
+        stopping.wait()
+        deadline = time.monotonic() + settings.node.stop_timeout_s
+        exit_by(deadline)
+        pool.stop(deadline - time.monotonic() - STOP_RESERVE_S)
     finally:
         index.close()
-    stopping = threading.Event()
-
-    def request_stop(signum, _frame):  # noqa: ANN001
-        log.info("received %s", signal.Signals(signum).name)
-        stopping.set()
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-    pool = WorkerPool(settings, role="worker", count=count)
-    pool.start()
-    log.info("%d worker(s) on %s, data directory %s%s", count, socket.gethostname(),
-             settings.data_dir, f", models {', '.join(models)}" if models else "")
-    try:
-        stopping.wait()
-    finally:
-        pool.stop()
-        log.info("stopped")
+    log.info("stopped")
+    if pool.busy():
+        exit_now(1)

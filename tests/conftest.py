@@ -62,8 +62,12 @@ def storescu(paths: list[Path] | Path, port: int, called: str = "TRAUMA_AI",
 class NodeProcess:
     """`trauma-node serve` in a subprocess, on free loopback ports and its own data dir."""
 
-    def __init__(self, tmp: Path, config: str = "", env: dict[str, str] | None = None):
+    def __init__(self, tmp: Path, config: str = "", env: dict[str, str] | None = None,
+                 new_session: bool = False):
+        """new_session: its own process group (and session), as systemd starts it, so that
+        a test can signal the whole group."""
         self.tmp = tmp
+        self.new_session = new_session
         self.data_dir = tmp / "data"
         self.dicom_port = free_port()
         self.http_port = free_port()
@@ -85,7 +89,8 @@ class NodeProcess:
             [sys.executable, "-m", "node.cli", "serve", "--config", str(self.config_path),
              "--data-dir", str(self.data_dir), "--dicom-port", str(self.dicom_port),
              "--http-port", str(self.http_port)],
-            cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+            cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=self.new_session)
         if wait:
             wait_for(self._ready, timeout=60, what="node start-up")
         return self
@@ -142,10 +147,10 @@ def node_factory(tmp_path):
     nodes: list[NodeProcess] = []
 
     def make(config: str = "", start: bool = True, env: dict[str, str] | None = None,
-             name: str = "node") -> NodeProcess:
+             name: str = "node", new_session: bool = False) -> NodeProcess:
         base = tmp_path / name
         base.mkdir(exist_ok=True)
-        n = NodeProcess(base, config, env)
+        n = NodeProcess(base, config, env, new_session)
         nodes.append(n)
         return n.start() if start else n
 

@@ -174,15 +174,15 @@ def test_with_model_backends_the_workers_share_the_models_with_the_qa(tmp_path):
     from node import outbox  # noqa: F401  (its table)
     from node.index import Index
 
-    Index(settings.database_url).close()
+    index = Index(settings.database_url)
     from pipeline.models import shared
 
     shared.clear()  # nothing loaded: the worker thread's warm-up must load it
-    pool = WorkerPool(settings)
+    pool = WorkerPool(settings, index)
     assert pool.in_process
     pool.start()
     try:
-        assert all(w.is_alive() for w in pool.workers)
+        assert pool.threads and all(w.is_alive() for w in pool.threads)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not any(k[0] == "medgemma" for k in shared.loaded()):
             time.sleep(0.1)
@@ -191,12 +191,13 @@ def test_with_model_backends_the_workers_share_the_models_with_the_qa(tmp_path):
         # What the Q&A answerer asks for in this process is that same object.
         assert loaded_by_worker is not None and medgemma(pipeline.models) is loaded_by_worker
     finally:
-        pool.stop(grace_s=5)
-    assert not any(w.is_alive() for w in pool.workers)
+        pool.stop(5)
+        index.close()
+    assert not any(w.is_alive() for w in pool.threads)
 
 
 def test_embedded_default_workers_are_processes():
     from node.config import Settings
     from node.worker import WorkerPool
 
-    assert not WorkerPool(Settings()).in_process
+    assert not WorkerPool(Settings(), index=None).in_process
