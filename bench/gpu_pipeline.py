@@ -251,6 +251,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
 
     from phantom import PhantomSpec, write_series
+    from tiny_models import lift_plausibility_limits
     from pipeline import PipelineSettings, run_series
     from pipeline.models import preflight
     from pipeline.models.medgemma import MedGemma
@@ -272,6 +273,7 @@ def main() -> None:
     m.device = args.device
     m.medsiglip.model = str(work / "medsiglip")
     m.medsiglip.threshold = 0.01  # random weights: let the cap decide how many slices are read
+    lift_plausibility_limits(s)  # a random U-Net's masks are implausible: still time every stage
     m.medgemma.model = str(work / "medgemma")
     m.medgemma.quantization = args.quantization
     m.medgemma.max_new_tokens = args.reading_tokens
