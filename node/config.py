@@ -45,6 +45,9 @@ class NodeSection:
 @dataclass
 class NetworkSection:
     max_associations: int = 16
+    # A connection must finish its TLS handshake and send its A-ASSOCIATE-RQ within this
+    # long, or it is closed; until then it holds no association slot.
+    association_request_timeout_s: float = 5.0
     acse_timeout_s: float = 30.0
     dimse_timeout_s: float = 60.0
     network_timeout_s: float = 120.0
@@ -222,7 +225,8 @@ def validate(settings: Settings) -> list[str]:
     if s.node.stop_timeout_s < 2:
         problems.append(f"node.stop_timeout_s: at least 2 seconds, got {s.node.stop_timeout_s}")
     problems += _check_positive(s.network.max_associations, "network.max_associations")
-    for name in ("acse_timeout_s", "dimse_timeout_s", "network_timeout_s"):
+    for name in ("association_request_timeout_s", "acse_timeout_s", "dimse_timeout_s",
+                 "network_timeout_s"):
         problems += _check_positive(getattr(s.network, name), f"network.{name}")
     if s.network.max_pdu_bytes != 0 and s.network.max_pdu_bytes < 4096:
         problems.append("network.max_pdu_bytes: 0 (no limit) or at least 4096")

@@ -81,6 +81,8 @@ from pynetdicom.transport import (
 )
 from pynetdicom.utils import make_target
 
+from .connections import Guard, GuardedServer, association_request
+
 log = logging.getLogger("trauma_node.scp")
 
 PINNED_VERSION = "3.0.4"
@@ -264,12 +266,26 @@ class FastDIMSE(DIMSEServiceProvider):
 
 
 class FastSocket(AssociationSocket):
+    def __init__(self, assoc: Association, client_socket: socket.socket,
+                 received: bytes = b"") -> None:
+        """received: what was read before the association existed (its A-ASSOCIATE-RQ,
+        node.connections), to be read first."""
+        super().__init__(assoc, client_socket=client_socket)
+        self._received = bytearray(received)
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._received) or super().ready
+
     def recv(self, nr_bytes: int) -> bytearray:
         """Read nr_bytes (fewer only if the peer closed the connection)."""
         sock = cast(socket.socket, self.socket)
         buffer = bytearray(nr_bytes)
         view = memoryview(buffer)
-        nr_read = 0
+        nr_read = min(nr_bytes, len(self._received))
+        if nr_read:
+            buffer[:nr_read] = self._received[:nr_read]
+            del self._received[:nr_read]
         while nr_read < nr_bytes:
             n = sock.recv_into(view[nr_read:], nr_bytes - nr_read)
             if not n:  # connection closed: return what we have, as the stock recv does
@@ -315,6 +331,8 @@ class FastDUL(DULServiceProvider):
 
     def _wait(self, timeout: float) -> None:
         """Sleep until the socket is readable, we are woken, or timeout passes."""
+        if cast(FastSocket, self.socket)._received:  # the request, read already
+            return
         sock = self.socket.socket if self.socket is not None else None
         try:
             ready, _, _ = select.select(
@@ -482,6 +500,16 @@ def _copy_contexts(contexts: list) -> list:
 
 
 class FastRequestHandler(RequestHandler):
+    server: GuardedServer
+
+    def handle(self) -> None:
+        """In the connection's own thread: TLS handshake and A-ASSOCIATE-RQ first, within
+        a timeout (node.connections), then the association as RequestHandler.handle."""
+        opened = association_request(self.server, self.request, self.client_address)
+        if opened is not None:
+            self.request, self._request_pdu = opened
+            super().handle()
+
     def _create_association(self) -> Association:
         """RequestHandler._create_association of 3.0.4 with the fast classes."""
         try:
@@ -494,7 +522,7 @@ class FastRequestHandler(RequestHandler):
         timestamp = datetime.strftime(datetime.now(), "%Y%m%d%H%M%S")
         assoc.name = f"AcceptorThread@{timestamp}"
 
-        sock = FastSocket(assoc, client_socket=self.request)
+        sock = FastSocket(assoc, self.request, self._request_pdu)
         assoc.set_socket(sock)
 
         assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
@@ -517,11 +545,13 @@ class FastRequestHandler(RequestHandler):
         return assoc
 
 
-def start_server(ae: Any, address: tuple[str, int], evt_handlers: list,
+def start_server(ae: Any, address: tuple[str, int], evt_handlers: list, guard: Guard,
                  ssl_context: Any = None) -> ThreadedAssociationServer:
-    """ae.start_server(address, block=False, ...) with the fast acceptor classes."""
+    """ae.start_server(address, block=False, ...) with the fast acceptor classes, and
+    connections accepted as node.connections says (guard: its timeouts and refusals)."""
     if not COMPATIBLE:
-        log.warning("pynetdicom %s is not %s: using its stock (slower) acceptor",
+        log.warning("pynetdicom %s is not %s: using its stock acceptor (slower, TLS handshakes "
+                    "in its accept loop, idle connections counted as associations)",
                     pynetdicom.__version__, PINNED_VERSION)
         server = ae.start_server(address, block=False, evt_handlers=evt_handlers,
                                  ssl_context=ssl_context)
@@ -529,8 +559,8 @@ def start_server(ae: Any, address: tuple[str, int], evt_handlers: list,
             server.unbind(event, handler)
         return server
     server = ae.make_server(address, ssl_context=ssl_context, evt_handlers=evt_handlers,
-                            server_class=ThreadedAssociationServer,
-                            request_handler=FastRequestHandler)
+                            server_class=GuardedServer, request_handler=FastRequestHandler)
+    server.guard = guard
     for event, handler in _LOG_HANDLERS:
         server.unbind(event, handler)
     timestamp = datetime.strftime(datetime.now(), "%Y%m%d%H%M%S")

@@ -49,12 +49,15 @@ class Family:
 # What the serving process counts (node.scp and node.policy say what each reason is).
 ASSOCIATIONS_ACCEPTED = Family("trauma_node_associations_accepted_total", "counter",
                                "DICOM associations accepted since the node started.")
-REJECTION_REASONS = ("called_ae", "calling_ae", "disk_low", "association_limit")
+REJECTION_REASONS = ("called_ae", "calling_ae", "disk_low", "association_limit", "tls",
+                     "no_request")
 ASSOCIATIONS_REJECTED = Family(
     "trauma_node_associations_rejected_total", "counter",
     "DICOM associations rejected since the node started, by reason: called_ae (not our AE "
     "title), calling_ae (not an allowed peer), disk_low (below storage.min_free_disk_mb), "
-    "association_limit (network.max_associations).", "reason", REJECTION_REASONS)
+    "association_limit (network.max_associations), and connections closed before they were "
+    "associations: tls (no or a failed TLS handshake), no_request (no A-ASSOCIATE-RQ within "
+    "network.association_request_timeout_s).", "reason", REJECTION_REASONS)
 CSTORE_RESPONSES = Family(
     "trauma_node_cstore_responses_total", "counter",
     "C-STORE responses since the node started, by outcome: stored, duplicate (already held, "

@@ -38,6 +38,7 @@ from pynetdicom.sop_class import Verification
 
 from . import fast_dul
 from .config import Settings
+from .connections import Guard
 from .headers import extract
 from .metrics import (ASSOCIATIONS_ACCEPTED, ASSOCIATIONS_REJECTED, CSTORE_RESPONSES,
                       RECEIVED_BYTES, Counters)
@@ -137,6 +138,14 @@ class StorageSCP:
         log.warning("association rejected: calling %r host %s: local limit (%d associations)",
                     rq.ae_title, rq.address, self.settings.network.max_associations)
         self.counters.add(ASSOCIATIONS_REJECTED, "association_limit")
+
+    def _on_connection_refused(self, host: str, code: str | None, reason: str) -> None:
+        """A connection closed before it was an association (node.connections)."""
+        if code is None:  # the peer left (a port check, say): nothing refused
+            log.info("connection from %s closed: %s", host, reason)
+            return
+        log.warning("connection refused: host %s: %s", host, reason)
+        self.counters.add(ASSOCIATIONS_REJECTED, code)
 
     def _on_established(self, event: evt.Event) -> None:
         rq = event.assoc.requestor
@@ -244,8 +253,11 @@ class StorageSCP:
         context = server_context(self.settings.tls) if self.settings.tls.enabled else None
         # pynetdicom's acceptor with event-driven waiting instead of 1 ms polling
         # (node/fast_dul.py); falls back to the stock one on another pynetdicom.
+        net = self.settings.network
+        guard = Guard(net.association_request_timeout_s, net.network_timeout_s,
+                      self._on_connection_refused)
         self.server = fast_dul.start_server(self.ae, (node.dicom_bind, node.dicom_port),
-                                            self.handlers(), ssl_context=context)
+                                            self.handlers(), guard, ssl_context=context)
         log.info("DICOM SCP %r listening on %s:%d%s", node.ae_title, node.dicom_bind,
                  node.dicom_port, " (TLS)" if context else "")
 
