@@ -1,4 +1,4 @@
-"""Bearer tokens for the HTTP API.
+"""Bearer tokens for the HTTP API, checked before any request body is read.
 
 Tokens come from ``api.tokens`` in the config file or ``TRAUMA_NODE_API_TOKENS``
 (comma-separated). With none configured, the first start generates one and
@@ -16,8 +16,11 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi import Depends, HTTPException
+from fastapi import Depends, HTTPException, Request
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .config import Settings
 
@@ -76,15 +79,65 @@ class BearerAuth:
             raise ValueError("at least one API token is needed")
         self._tokens = [t.encode() for t in tokens]
 
-    async def __call__(self, credentials: HTTPAuthorizationCredentials | None
-                       = Depends(bearer_scheme)) -> None:
-        if credentials is None:
-            raise HTTPException(401, "missing bearer token: send 'Authorization: Bearer <token>'",
-                                headers={"WWW-Authenticate": f'Bearer realm="{REALM}"'})
-        given = credentials.credentials.encode()
+    def refusal(self, authorization: str | None) -> HTTPException | None:
+        """The 401 for an Authorization header's value; None when it holds a valid token."""
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            return HTTPException(401, "missing bearer token: send 'Authorization: Bearer <token>'",
+                                 headers={"WWW-Authenticate": f'Bearer realm="{REALM}"'})
         ok = False
         for token in self._tokens:  # compare with every token: no early exit
-            ok |= hmac.compare_digest(given, token)
+            ok |= hmac.compare_digest(given.strip().encode(), token)
         if not ok:
-            raise HTTPException(401, "invalid bearer token", headers={
+            return HTTPException(401, "invalid bearer token", headers={
                 "WWW-Authenticate": f'Bearer realm="{REALM}", error="invalid_token"'})
+        return None
+
+    async def __call__(self, request: Request,
+                       _credentials: HTTPAuthorizationCredentials | None = Depends(bearer_scheme)
+                       ) -> None:
+        refusal = self.refusal(request.headers.get("authorization"))
+        if refusal is not None:
+            raise refusal
+
+
+class TokenBeforeBody:
+    """ASGI middleware: a request with a body is answered 401 unless it carries a valid
+    token, and 413 when its body is larger than max_bytes, before its body is read.
+
+    FastAPI reads and validates a request's body before the route's dependencies run, the
+    token check among them: without this, anyone could make the node read (and keep) any
+    amount. Both answers close the connection, so that the rest is never read either."""
+
+    def __init__(self, app: ASGIApp, auth: BearerAuth, max_bytes: int):
+        self.app, self.auth, self.max_bytes = app, auth, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = Headers(scope=scope) if scope["type"] == "http" else None
+        length = headers.get("content-length") if headers else None
+        chunked = bool(headers) and "chunked" in headers.get("transfer-encoding", "").lower()
+        if headers is None or (not chunked and length in (None, "0")):
+            return await self.app(scope, receive, send)  # no body
+        refusal = self.auth.refusal(headers.get("authorization"))
+        if refusal is None and length is not None and (
+                not length.isdigit() or int(length) > self.max_bytes):
+            refusal = self._too_large()
+        if refusal is not None:
+            response = JSONResponse({"detail": refusal.detail}, refusal.status_code,
+                                    headers={**(refusal.headers or {}), "Connection": "close"})
+            return await response(scope, receive, send)
+        received = 0
+
+        async def receive_at_most() -> Message:  # a chunked body states no length
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise self._too_large()  # FastAPI answers an HTTPException it meets here
+            return message
+
+        await self.app(scope, receive_at_most, send)
+
+    def _too_large(self) -> HTTPException:
+        return HTTPException(413, f"request body larger than {self.max_bytes} bytes "
+                                  "(api.max_request_bytes)", headers={"Connection": "close"})

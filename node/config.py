@@ -130,6 +130,8 @@ class ApiSection:
     tokens: list[str] = field(default_factory=list)
     # Questions and answers older than this are purged.
     conversation_retention_days: int = 30
+    # A request body larger than this is refused (413) unread; a question is small.
+    max_request_bytes: int = 65536
 
 
 @dataclass
@@ -256,6 +258,8 @@ def validate(settings: Settings) -> list[str]:
     problems += _check_positive(s.storage.retention_check_interval_s,
                                 "storage.retention_check_interval_s")
     problems += _check_positive(s.workers.stale_after_s, "workers.stale_after_s")
+    if s.api.max_request_bytes < 4096:
+        problems.append(f"api.max_request_bytes: at least 4096, got {s.api.max_request_bytes}")
     if s.workers.count < 0:
         problems.append(f"workers.count: must be 0 or more, got {s.workers.count}")
     for name in ("base_delay_s", "max_delay_s", "max_attempts", "check_interval_s", "timeout_s"):

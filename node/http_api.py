@@ -28,7 +28,7 @@ from pipeline.answering import Answerer, Question, create_answerer
 from pipeline.findings import Findings
 
 from . import __version__, conversations, metrics, outbox, status, study_findings
-from .auth import BearerAuth, resolve_tokens
+from .auth import BearerAuth, TokenBeforeBody, resolve_tokens
 from .config import Settings
 from .index import Index
 from .qa import AnswerOrder, AnswerStream, OpenAnswers
@@ -107,7 +107,8 @@ def create_app(settings: Settings, index: Index, answerer: Answerer | None = Non
                         "0600); send it as 'Authorization: Bearer <token>'", resolved.path)
         elif resolved.source == "file":
             log.info("API token read from %s", resolved.path)
-    auth = Depends(BearerAuth(tokens))
+    bearer = BearerAuth(tokens)
+    auth = Depends(bearer)
     answerer = answerer or create_answerer(settings.pipeline)
     retention_days = settings.api.conversation_retention_days
     open_answers = OpenAnswers()
@@ -147,6 +148,7 @@ def create_app(settings: Settings, index: Index, answerer: Answerer | None = Non
                      "'Authorization: Bearer <token>'."),
         openapi_url=None, docs_url=None, redoc_url=None)
     app.state.answerer = answerer
+    app.add_middleware(TokenBeforeBody, auth=bearer, max_bytes=settings.api.max_request_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
