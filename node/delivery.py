@@ -79,10 +79,12 @@ class Delivery:
         self._thread = threading.Thread(target=self._run, name="delivery", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout_s: float | None = None) -> None:
+    def stop(self, timeout_s: float | None = None) -> bool:
         """timeout_s: how long to wait for a delivery under way (default: its own timeout).
-        One cut off stays pending and is sent again at the next start."""
+        One cut off stays pending and is sent again at the next start. False when one was
+        still under way."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=self.settings.delivery.timeout_s + 5
                               if timeout_s is None else max(0.0, timeout_s))
+        return self._thread is None or not self._thread.is_alive()

@@ -244,10 +244,12 @@ class Retention:
             if self._stop.wait(min(interval, PRESSURE_CHECK_S)):
                 return
 
-    def stop(self, timeout_s: float = 30.0) -> None:
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        """False when a pass was still under way after timeout_s."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=max(0.0, timeout_s))
+        return self._thread is None or not self._thread.is_alive()
 
 
 def _remove_empty_parents(folder: Path, root: Path) -> None:

@@ -101,14 +101,19 @@ class Node:
             "orphan-watch": self.orphan_watch.stop,
             "delivery": lambda: self.delivery.stop(until - time.monotonic()),
             "retention": lambda: self.retention.stop(until - time.monotonic()),
-            "http": lambda: self._http_thread and self._http_thread.join(
-                until - time.monotonic()),
+            "http": self._stop_http,
         }, until) + self.workers.busy()
         if late:
             log.warning("stopping: %s still busy; they end with the process", ", ".join(late))
         self.index.close()
         log.info("stopped")
         return late
+
+    def _stop_http(self) -> bool:
+        """Open answer streams get a few seconds (node.http_api), then are stored as cut off."""
+        if self._http_thread is not None:
+            self._http_thread.join(self.settings.node.stop_timeout_s)
+        return self._http_thread is None or not self._http_thread.is_alive()
 
     def serve_forever(self) -> None:
         """Run until SIGINT or SIGTERM."""
@@ -117,5 +122,9 @@ class Node:
         try:
             self.stopping.wait()
         finally:
-            if self.stop():
-                exit_now(1)
+            self.stop()
+            # Everything that matters has stopped (acknowledged data was on disk already,
+            # the index is closed, jobs cut off are queued). Threads still busy, a delivery
+            # cut off say, must not run on into the interpreter's shutdown, which they can
+            # hang or crash.
+            exit_now(0)

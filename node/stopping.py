@@ -47,7 +47,7 @@ def on_stop_signals(stopping: threading.Event) -> None:
     threading.Thread(target=watch, name="stop-signals", daemon=True).start()
 
 
-def exit_now(code: int = 1) -> None:
+def exit_now(code: int) -> None:
     """End the process at once: threads still busy would otherwise run on into the
     interpreter's shutdown (where a thread in a C extension can crash it)."""
     for handler in logging.getLogger().handlers:
@@ -65,13 +65,19 @@ def exit_by(deadline: float) -> None:
     threading.Thread(target=watch, name="stop-watchdog", daemon=True).start()
 
 
-def run_parallel(steps: dict[str, Callable[[], object]], deadline: float) -> list[str]:
+def run_parallel(steps: dict[str, Callable[[], bool | None]], deadline: float) -> list[str]:
     """Run each stop step in a thread of its own, so that one slow part does not use up the
-    others' time; wait for them until `deadline`. Returns the names of the late ones."""
-    threads = [threading.Thread(target=step, name=f"stop-{name}", daemon=True)
-               for name, step in steps.items()]
-    for thread in threads:
+    others' time, and wait for them until `deadline`. A step returns False when what it
+    stops was still busy when it gave up waiting. Returns the names of the busy parts."""
+    done: dict[str, bool | None] = {}
+
+    def run(name: str, step: Callable[[], bool | None]) -> None:
+        done[name] = step()
+
+    threads = {name: threading.Thread(target=run, args=(name, step), name=f"stop-{name}",
+                                      daemon=True) for name, step in steps.items()}
+    for thread in threads.values():
         thread.start()
-    for thread in threads:
+    for thread in threads.values():
         thread.join(max(0.0, deadline - time.monotonic()))
-    return [t.name.removeprefix("stop-") for t in threads if t.is_alive()]
+    return [name for name in steps if name not in done or done[name] is False]

@@ -3,10 +3,11 @@
 - TRAUMA_TEST_JOB_DELAY_S=N: every job waits N seconds before its analysis (a job to
   cut off by a stop);
 - TRAUMA_TEST_KILL_SERIES=UID: a job of that series kills its worker process with
-  SIGKILL, as the out-of-memory killer does.
+  SIGKILL, as the out-of-memory killer does;
+- TRAUMA_TEST_ANSWER_DELAY_S=N: answers to questions stream one piece every N seconds.
 
-node.job_step.run_job is wrapped when a worker first imports it; without these variables
-nothing is changed.
+The module concerned is changed when the process first imports it; without these
+variables nothing is.
 """
 
 from __future__ import annotations
@@ -20,32 +21,66 @@ import time
 
 DELAY_S = float(os.environ.get("TRAUMA_TEST_JOB_DELAY_S") or 0)
 KILL_SERIES = os.environ.get("TRAUMA_TEST_KILL_SERIES", "")
+ANSWER_DELAY_S = float(os.environ.get("TRAUMA_TEST_ANSWER_DELAY_S") or 0)
 
 
-def _faulty(run_job):
+def _faulty_jobs(module) -> None:
+    run_job = module.run_job
+
     def run(settings, index, job, paths):
         if job.series_uid == KILL_SERIES:
             os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(DELAY_S)
         return run_job(settings, index, job, paths)
-    return run
+
+    module.run_job = run
 
 
-class _WrapJobStep(importlib.abc.MetaPathFinder):
+def _slow_answers(module) -> None:
+    create_answerer = module.create_answerer
+
+    def create(*args, **kwargs):
+        answerer = create_answerer(*args, **kwargs)
+        answer = answerer.answer
+
+        def slowly(question):
+            for piece in answer(question):
+                time.sleep(ANSWER_DELAY_S)
+                yield piece
+
+        answerer.answer = slowly
+        return answerer
+
+    module.create_answerer = create
+
+
+PATCHES = {}
+if DELAY_S or KILL_SERIES:
+    PATCHES["node.job_step"] = _faulty_jobs
+if ANSWER_DELAY_S:
+    PATCHES["pipeline.answering"] = _slow_answers
+
+
+class _PatchOnImport(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name != "node.job_step":
+        patch = PATCHES.pop(name, None)
+        if patch is None:
             return None
         sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            if PATCHES:
+                sys.meta_path.insert(0, self)
         execute = spec.loader.exec_module
 
         def exec_module(module):
             execute(module)
-            module.run_job = _faulty(module.run_job)
+            patch(module)
 
         spec.loader.exec_module = exec_module
         return spec
 
 
-if DELAY_S or KILL_SERIES:
-    sys.meta_path.insert(0, _WrapJobStep())
+if PATCHES:
+    sys.meta_path.insert(0, _PatchOnImport())
