@@ -3,9 +3,11 @@
 systemd (KillMode=control-group), `kill -- -PGID` and Ctrl-C signal the whole process
 group, so the worker processes get the signal at the same moment as their parent:
 nothing here may wait on a child (or a multiprocessing primitive a child shares)
-without a deadline. The orderly stop gets the time; a watchdog ends the process at
-the deadline whatever still hangs. Nothing acknowledged is lost by that: an instance
-is in the spool and the index before its Success, and a job cut off is requeued.
+without a deadline. The orderly stop gets the time, its parts side by side; then the
+process ends with os._exit, so that a thread still busy (a delivery cut off, say) cannot
+hang or crash the interpreter's shutdown, and a watchdog ends it at the deadline whatever
+still hangs. Nothing acknowledged is lost by that: an instance is in the spool and the
+index before its Success, and a job cut off is requeued.
 """
 
 from __future__ import annotations

@@ -58,9 +58,12 @@ class JobCutter:
         with self._lock:  # held to the end: the job cannot finish meanwhile
             if self._job is None:
                 return
-            jobs.give_back(self.index, [self.name])
-            log.info("job %d cut off by the stop: back in the queue", self._job)
-            jobs.forget_worker(self.index, self.name)
+            try:
+                jobs.give_back(self.index, [self.name])
+                log.info("job %d cut off by the stop: back in the queue", self._job)
+                jobs.forget_worker(self.index, self.name)
+            except Exception as exc:  # noqa: BLE001 - requeued at the next start instead
+                log.warning("job %d cut off by the stop, not given back: %s", self._job, exc)
             exit_now(0)
 
 
@@ -313,6 +316,8 @@ class WorkerPool:
         """Stop every worker within timeout_s; a job cut off goes back to the queue."""
         deadline = time.monotonic() + timeout_s
         self.stop_event.set()
+        if self._supervisor is not None:  # no restart from now on
+            self._supervisor.join(timeout=max(0.0, min(1.0, timeout_s / 4)))
         processes = [s.process for s in self.slots if s.process is not None]
         for process in processes:
             if process.is_alive():
