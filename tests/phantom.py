@@ -11,6 +11,14 @@ layouts (bench/fidelity.py) put blood against the abdominal wall with no fat
 plane, or pooled in the fat against a kidney or bowel; the body habitus,
 the blood's HU and partial volume across thick slices can be varied too.
 
+A named contrast phase (arterial, portal-venous, delayed) sets the HU of the
+aorta, veins, liver, spleen and kidneys, and draws what tells the phases apart
+and what a blush rule must not take for extravasation: the portal and splenic
+veins, the renal medulla, collecting systems, ureters and bladder (dense with
+excreted contrast on the delayed phase). The blush can sit in or beside the
+spleen, liver or a kidney, at any HU; positive oral contrast can fill the
+bowel, and calcified granulomas can lie in the spleen (traps, not blood).
+
 HU values follow common abdominal CT figures (see ../shared/REFERENCES.md):
 unclotted blood 30-45 HU, clotted blood 45-70 HU, active extravasation close to
 the aorta's enhancement (>100 HU), simple fluid 0-20 HU.
@@ -55,6 +63,45 @@ HU_BOWEL_GAS = -900
 HU_BOWEL_WALL = 70
 HU_BLOOD = 48
 HU_BLUSH = 250
+HU_URINE = 10
+HU_CALCIFICATION = 800  # calcified granulomas are far denser than any contrast blush
+
+
+@dataclass(frozen=True)
+class Phase:
+    """HU of the enhancing structures in one contrast phase; None: not drawn."""
+
+    aorta: float
+    ivc: float
+    portal_vein: float | None  # with the splenic vein
+    liver: float
+    spleen: float
+    kidney_cortex: float
+    kidney_medulla: float
+    collecting_system: float | None  # renal pelvis and ureters (with the bladder)
+    bladder_contrast: float | None = None  # a dependent layer of excreted contrast
+
+
+# Typical values on the enhancement curves of a 120 kVp trauma protocol (Bae,
+# Radiology 2010;256:32-61: aorta and liver against time; Yuh & Cohan, AJR
+# 1999;173:747-55: corticomedullary, nephrographic and excretory renal phases).
+PHASES = {
+    # Late arterial (~35 s): a dense aorta, the portal vein filling, the liver
+    # barely enhanced, the renal cortex far brighter than the medulla.
+    "arterial": Phase(aorta=300, ivc=155, portal_vein=140, liver=85, spleen=130, kidney_cortex=210,
+                      kidney_medulla=90, collecting_system=HU_URINE),
+    # Portal-venous (~70 s): portal vein like the aorta, liver and spleen enhanced, kidneys homogeneous.
+    "portal_venous": Phase(aorta=180, ivc=150, portal_vein=180, liver=110, spleen=120, kidney_cortex=170,
+                           kidney_medulla=160, collecting_system=HU_URINE),
+    # Delayed / excretory (~5 min): vessels and organs washing out, excreted
+    # contrast in the renal pelvis, ureters and the dependent bladder.
+    "delayed": Phase(aorta=155, ivc=155, portal_vein=155, liver=95, spleen=95, kidney_cortex=155,
+                     kidney_medulla=160, collecting_system=350, bladder_contrast=300),
+}
+# The phantom as it always was (phase None): portal-venous HU, homogeneous
+# kidneys, no portal vein or urinary tract drawn.
+ORIGINAL = Phase(aorta=HU_AORTA, ivc=HU_IVC, portal_vein=None, liver=HU_LIVER, spleen=HU_SPLEEN,
+                 kidney_cortex=HU_KIDNEY, kidney_medulla=HU_KIDNEY, collecting_system=None)
 
 
 @dataclass(frozen=True)
@@ -74,11 +121,37 @@ class Ellipsoid:
         return ((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2 <= t
 
 
+@dataclass(frozen=True)
+class Tube:
+    """A vessel or ureter: the points within radius of a straight segment (mm)."""
+
+    start: tuple[float, float, float]
+    end: tuple[float, float, float]
+    radius: float
+
+    def cross_section(self, x: np.ndarray, y: np.ndarray, z: float) -> np.ndarray | None:
+        a, b = np.asarray(self.start), np.asarray(self.end)
+        if not min(a[2], b[2]) - self.radius <= z <= max(a[2], b[2]) + self.radius:
+            return None
+        d = b - a
+        t = np.clip(((x - a[0]) * d[0] + (y - a[1]) * d[1] + (z - a[2]) * d[2]) / float(d @ d), 0.0, 1.0)
+        return (x - a[0] - t * d[0]) ** 2 + (y - a[1] - t * d[1]) ** 2 + (z - a[2] - t * d[2]) ** 2 \
+            <= self.radius ** 2
+
+
 # Anatomy, z up (cranial). x positive = patient left, y positive = posterior.
 LIVER = Ellipsoid((-70.0, 0.0, 70.0), (65.0, 75.0, 75.0))
 SPLEEN = Ellipsoid((85.0, 45.0, 80.0), (28.0, 45.0, 50.0))
 KIDNEYS = (Ellipsoid((-65.0, 65.0, 20.0), (25.0, 22.0, 55.0)),
            Ellipsoid((65.0, 65.0, 25.0), (25.0, 22.0, 55.0)))
+MEDULLA_SCALE = 0.6  # the renal medulla: the kidney's ellipsoid scaled about its centre
+COLLECTING = (Ellipsoid((-47.0, 62.0, 15.0), (8.0, 6.0, 14.0)), Ellipsoid((47.0, 62.0, 20.0), (8.0, 6.0, 14.0)))
+BLADDER = Ellipsoid((0.0, -25.0, -128.0), (35.0, 28.0, 24.0))  # lies where the pelvic collection would
+URETERS = (Tube((-45.0, 62.0, 5.0), (-12.0, -10.0, -112.0), 2.5), Tube((45.0, 62.0, 10.0), (12.0, -10.0, -112.0), 2.5))
+# From the confluence behind the pancreas to the liver hilum and on into the
+# liver; to the splenic hilum.
+PORTAL_VEIN = Tube((0.0, 10.0, 40.0), (-70.0, 5.0, 85.0), 7.0)
+SPLENIC_VEIN = Tube((0.0, 10.0, 40.0), (65.0, 30.0, 70.0), 5.0)
 BOWEL_LOOPS = tuple(Ellipsoid((x, y, z), (18.0, 18.0, 40.0))
                     for x, y, z in ((-40.0, -60.0, -40.0), (30.0, -50.0, -30.0),
                                     (0.0, -80.0, -90.0), (60.0, -20.0, -80.0)))
@@ -89,7 +162,17 @@ PERISPLENIC = Ellipsoid((118.0, 20.0, 70.0), (14.0, 30.0, 35.0))
 PERIHEPATIC = Ellipsoid((-40.0, 60.0, 15.0), (14.0, 16.0, 25.0))
 PELVIC = Ellipsoid((0.0, -10.0, -120.0), (40.0, 30.0, 22.0))
 BLUSH_SITE = Ellipsoid((116.0, 18.0, 72.0), (5.0, 5.0, 6.0))
-
+# Where a blush can be (about 0.6-1.6 mL at blush_scale 1): beside an organ
+# inside the collection of the layout named in the comment, or in the organ.
+BLUSH_SITES = {
+    "perisplenic": BLUSH_SITE,  # in PERISPLENIC (layouts large, perisplenic, splenic_injury)
+    "intrasplenic": Ellipsoid((95.0, 30.0, 60.0), (6.0, 6.0, 7.0)),
+    "perihepatic": Ellipsoid((-133.0, 0.0, 55.0), (5.0, 5.0, 6.0)),  # in WALL_RIGHT (wall_right)
+    "intrahepatic": Ellipsoid((-85.0, -15.0, 75.0), (7.0, 7.0, 8.0)),
+    "perirenal": Ellipsoid((-95.0, 66.0, -10.0), (5.0, 5.0, 6.0)),  # in PERIRENAL (perirenal)
+    "intrarenal": Ellipsoid((-65.0, 65.0, -15.0), (6.0, 6.0, 7.0)),  # the right kidney's lower pole
+}
+GRANULOMAS = (Ellipsoid((95.0, 25.0, 100.0), (3.0, 3.0, 3.0)), Ellipsoid((75.0, 60.0, 70.0), (2.5, 2.5, 2.5)))
 
 
 @dataclass(frozen=True)
@@ -146,6 +229,7 @@ BLOOD_LAYOUTS: dict[str, tuple[Collection, ...]] = {
     "peribowel": (PERIBOWEL,),
     # A splenic injury: a hematoma inside the parenchyma, blood around it and beyond.
     "splenic_injury": (SPLENIC_HEMATOMA, PERISPLENIC, PERIHEPATIC, PELVIC),
+    "perisplenic": (PERISPLENIC,),
 }
 
 
@@ -191,6 +275,17 @@ class PhantomSpec:
     z_top: float | None = None  # z of the most cranial slice; centred by default
     blood: str = "none"  # a key of BLOOD_LAYOUTS: none | small | large | wall_right | ...
     blush: bool = False
+    blush_site: str = "perisplenic"  # a key of BLUSH_SITES
+    blush_hu: float = HU_BLUSH
+    blush_scale: float = 1.0  # the site's semi-axes scaled (volume by its cube)
+    # Contrast phase, a key of PHASES (None: the original portal-venous phantom);
+    # aorta_hu overrides the phase's aorta.
+    phase: str | None = None
+    aorta_hu: float | None = None
+    # Positive oral contrast in the bowel lumen (HU; None: gas): half the loops
+    # with a gas cap above an air-fluid level, half filled.
+    oral_contrast_hu: float | None = None
+    granuloma: bool = False  # calcified granulomas in the spleen (GRANULOMAS)
     noise_hu: float = 8.0
     blood_hu: float = HU_BLOOD
     habitus: str = "average"  # average | thin | obese (HABITUS)
@@ -281,18 +376,28 @@ def _render_plane(spec: PhantomSpec, z: float, grid: tuple[np.ndarray, np.ndarra
     hu[cavity] = habitus.fill_hu  # intra-abdominal fat (or bowel and mesentery)
     if habitus.fat_core:
         hu[ellipse(0, 0, *habitus.fat_core)] = HU_FAT
+    phase = PHASES[spec.phase] if spec.phase else ORIGINAL
+
+    def paint(shapes, value: float) -> None:
+        for shape in shapes:
+            m = shape.cross_section(xs, ys, z)
+            if m is not None:
+                hu[m] = value
+
     hu[ellipse(0, 80, 20, 18)] = HU_BONE  # vertebral body
-    hu[ellipse(15, 52, 11, 11)] = HU_AORTA
-    hu[ellipse(-20, 52, 12, 10)] = HU_IVC
-    for organ, value in ((LIVER, HU_LIVER), (SPLEEN, HU_SPLEEN)):
-        m = organ.cross_section(xs, ys, z)
-        if m is not None:
-            hu[m] = value
-    for kidney in KIDNEYS:
-        m = kidney.cross_section(xs, ys, z)
-        if m is not None:
-            hu[m] = HU_KIDNEY
-    for loop in BOWEL_LOOPS:
+    hu[ellipse(15, 52, 11, 11)] = spec.aorta_hu if spec.aorta_hu is not None else phase.aorta
+    hu[ellipse(-20, 52, 12, 10)] = phase.ivc
+    paint((LIVER,), phase.liver)
+    paint((SPLEEN,), phase.spleen)
+    paint(KIDNEYS, phase.kidney_cortex)
+    paint([Ellipsoid(k.centre, tuple(a * MEDULLA_SCALE for a in k.semi_axes)) for k in KIDNEYS],
+          phase.kidney_medulla)
+    if phase.portal_vein is not None:
+        paint((PORTAL_VEIN, SPLENIC_VEIN), phase.portal_vein)
+    if phase.collecting_system is not None:
+        paint(COLLECTING + URETERS, phase.collecting_system)
+        _paint_bladder(hu, xs, ys, z, phase)
+    for n, loop in enumerate(BOWEL_LOOPS):
         m = loop.cross_section(xs, ys, z)
         if m is not None:
             hu[m] = HU_BOWEL_WALL
@@ -300,6 +405,10 @@ def _render_plane(spec: PhantomSpec, z: float, grid: tuple[np.ndarray, np.ndarra
             mi = inner.cross_section(xs, ys, z)
             if mi is not None:
                 hu[mi] = HU_BOWEL_GAS
+                if spec.oral_contrast_hu is not None:
+                    # Gas rises to the anterior (-y) side of every other loop.
+                    gas_cap = (ys < loop.centre[1] - 6.0) if n % 2 == 0 else np.zeros_like(mi)
+                    hu[mi & ~gas_cap] = spec.oral_contrast_hu
     free_fat = cavity & ((hu == HU_FAT) | (hu == habitus.fill_hu))  # where pooled blood can go
     for collection in BLOOD_LAYOUTS[spec.blood]:
         if isinstance(collection, WallLining):
@@ -314,12 +423,28 @@ def _render_plane(spec: PhantomSpec, z: float, grid: tuple[np.ndarray, np.ndarra
             hu[m] = spec.blood_hu
             labels[m] = BLOOD
     if spec.blush:
-        m = BLUSH_SITE.cross_section(xs, ys, z)
+        site = BLUSH_SITES[spec.blush_site]
+        m = Ellipsoid(site.centre, tuple(a * spec.blush_scale for a in site.semi_axes)).cross_section(xs, ys, z)
         if m is not None:
             m &= body
-            hu[m] = HU_BLUSH
+            hu[m] = spec.blush_hu
             labels[m] = BLUSH
+    if spec.granuloma:
+        paint(GRANULOMAS, HU_CALCIFICATION)
     return hu, labels
+
+
+def _paint_bladder(hu: np.ndarray, xs: np.ndarray, ys: np.ndarray, z: float, phase: Phase) -> None:
+    """A muscular wall round urine; excreted contrast layers in its dependent (posterior) part."""
+    wall = BLADDER.cross_section(xs, ys, z)
+    if wall is None:
+        return
+    hu[wall] = HU_MUSCLE
+    lumen = Ellipsoid(BLADDER.centre, tuple(a - 3.0 for a in BLADDER.semi_axes)).cross_section(xs, ys, z)
+    if lumen is not None:
+        hu[lumen] = HU_URINE
+        if phase.bladder_contrast is not None:
+            hu[lumen & (ys > BLADDER.centre[1] + 5.0)] = phase.bladder_contrast
 
 
 def _dataset(spec: PhantomSpec, k: int, z: float, hu: np.ndarray, instance_number: int,
