@@ -28,6 +28,7 @@ import numpy as np
 from scipy import ndimage
 
 from pipeline import morphology
+from pipeline.findings import ContrastPhase
 from pipeline.settings import PipelineSettings
 from pipeline.volume import Volume
 
@@ -62,6 +63,10 @@ class Anatomy:
     # Cavity tissue of muscle HU continuous with the wall beyond its local
     # thickness: blood against the wall with no fat plane (same grid as hu).
     wall_lining: np.ndarray | None = field(default=None, repr=False)
+    # The contrast phase the images show (pipeline.phase), and on the delayed
+    # phase the excreted contrast in the collecting systems and bladder.
+    phase: ContrastPhase | None = None
+    excreted: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def voxel_volume_mm3(self) -> float:
@@ -98,9 +103,9 @@ class Anatomy:
         return volume.patient_point(self.full_slice(k), *self.full_position(i, j))
 
     def upsample(self, mask2d: np.ndarray, full_shape: tuple[int, int]) -> np.ndarray:
-        """A working-grid slice mask at full resolution (False outside the window)."""
+        """A working-grid slice (mask or map) at full resolution (zero outside the window)."""
         f = self.factor
-        out = np.zeros(full_shape, dtype=bool)
+        out = np.zeros(full_shape, dtype=mask2d.dtype)
         out[self.window] = np.repeat(np.repeat(mask2d, f, axis=0), f, axis=1)
         return out
 
@@ -184,6 +189,9 @@ def build_anatomy(volume: Volume, settings: PipelineSettings) -> Anatomy:
     del body
     _bone_and_aorta(anatomy, settings)
     _organs(volume, anatomy, settings)
+    from pipeline.phase import recognise  # late: it reads the anatomy built here
+
+    anatomy.phase, anatomy.excreted = recognise(volume, anatomy, settings)
     return anatomy
 
 

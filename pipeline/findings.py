@@ -70,6 +70,15 @@ class ContrastFocus:
 
 
 @dataclass
+class ContrastPhase:
+    """The contrast phase the images show (pipeline.phase), whatever the series description says."""
+
+    name: str = "undetermined"  # unenhanced | arterial | portal_venous | delayed | undetermined
+    evidence: list[str] = field(default_factory=list)  # what decided it, in words
+    measured: dict[str, Any] = field(default_factory=dict)  # HU of the aorta, portal vein, organs...
+
+
+@dataclass
 class Compartment:
     """The blood in one compartment; every voxel of blood is in exactly one."""
 
@@ -176,6 +185,7 @@ class Findings:
     contrast_foci: list[ContrastFocus] = field(default_factory=list)
     # Across the study's phases (pipeline.multiphase): compared or not, and why.
     multiphase: dict[str, Any] = field(default_factory=dict)
+    phase: ContrastPhase = field(default_factory=ContrastPhase)  # older findings.json: undetermined
 
     def to_json_dict(self) -> dict[str, Any]:
         out = {f.name: _plain(getattr(self, f.name))
@@ -206,7 +216,7 @@ class Findings:
             compartments=[Compartment(**c) for c in data.get("compartments", [])],
             assessment=Assessment(**data.get("assessment", {"assessed": True, "reasons": []})),
             contrast_foci=[ContrastFocus(**c) for c in data.get("contrast_foci", [])],
-            multiphase=data.get("multiphase", {}),
+            multiphase=data.get("multiphase", {}), phase=ContrastPhase(**data.get("phase", {})),
             organs={k: OrganFinding(**v) for k, v in data["organs"].items()},
             reading=data["reading"], risk_tier=data["risk_tier"],
             risk_tier_reasons=data["risk_tier_reasons"],

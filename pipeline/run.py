@@ -154,7 +154,8 @@ def run_volume(volume: Volume, settings: PipelineSettings | None = None,
         provenance=Provenance(PIPELINE_VERSION, _backend_summary(chosen), _with_weights(stages.records, settings),
                               asdict(settings), context.notes),
         labels=labels, reconciliation=reconciliation, compartments=quantification.compartments,
-        assessment=assessment, contrast_foci=foci, multiphase=multiphase)
+        assessment=assessment, contrast_foci=foci, multiphase=multiphase,
+        phase=context.phase)  # pipeline.phase, recognised in the anatomy step
     with stages.stage("report", chosen["report"]):
         findings.report = chosen["report"].run(findings)
     return findings

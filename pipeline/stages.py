@@ -17,7 +17,7 @@ from pipeline.settings import PipelineSettings
 
 if TYPE_CHECKING:
     from pipeline.anatomy import Anatomy
-    from pipeline.findings import Findings, TriageResult
+    from pipeline.findings import ContrastPhase, Findings, TriageResult
     from pipeline.grading import Grading
     from pipeline.quantification import Quantification
     from pipeline.volume import Volume
@@ -34,6 +34,12 @@ class StageContext:
     notes: list[str] = field(default_factory=list)
     # Set once the triage stage has run (the U-Net backend segments the triaged slices on the CPU).
     triage: "TriageResult | None" = None
+    # The contrast phase the images show (pipeline.phase); from the anatomy step unless given.
+    phase: "ContrastPhase | None" = None
+
+    def __post_init__(self) -> None:
+        if self.phase is None:
+            self.phase = getattr(self.anatomy, "phase", None)
 
 
 class Backend(Protocol):

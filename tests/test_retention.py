@@ -56,7 +56,9 @@ def test_an_expired_study_is_removed_and_can_be_received_again(node_factory, pha
 
 
 def test_results_never_delivered_keep_their_study(node_factory, phantom_factory):
-    truth = phantom_factory("retention-dead", slices=20, rows=64, cols=64, blood="small")
+    # A whole abdomen in the field of view (400 mm, 200 mm long): assessed, so a SEG and an SR.
+    truth = phantom_factory("retention-dead", slices=40, rows=64, cols=64, pixel_spacing=(6.25, 6.25),
+                            slice_spacing=5.0, blood="small")
     uid = truth.spec.study_uid
     node = node_factory(_config(SHORT, f"""
 [delivery]

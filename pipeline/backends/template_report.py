@@ -40,6 +40,14 @@ def _foci_lines(findings: Findings) -> list[str]:
     return lines
 
 
+def _phase_line(findings: Findings) -> str:
+    """The phase read from the images (pipeline.phase), with what showed it."""
+    phase = findings.phase
+    name = phase.name.replace("_", "-")
+    return (f"- Contrast phase, read from the images (not the series description): {name}"
+            + (f" ({'; '.join(phase.evidence)})" if phase.evidence else "") + ".")
+
+
 def _compartment_lines(findings: Findings) -> list[str]:
     """Each mL of blood once, in the compartment it lies in, with the organs it touches."""
     lines = []
@@ -75,6 +83,7 @@ class TemplateReport:
             f"voxel {series['spacing_mm'][2]:.2f} x {series['spacing_mm'][1]:.2f} x "
             f"{series['spacing_mm'][0]:.2f} mm (slice spacing from positions).",
             f"- Hemodynamic status given: {rec.hemodynamic_status}.",
+            _phase_line(f),
             "",
         ]
         if not f.assessment.assessed:
