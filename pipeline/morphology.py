@@ -29,3 +29,12 @@ def open_(mask: np.ndarray, size: Size) -> np.ndarray:
 
 def in_plane(radius: int) -> Size:
     return (1, 2 * radius + 1, 2 * radius + 1)
+
+
+def reconstruct(seeds: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The connected components of mask (3D, face-connected) that hold a seed."""
+    labels, count = ndimage.label(mask)
+    keep = np.zeros(count + 1, dtype=bool)
+    keep[np.unique(labels[seeds & mask])] = True
+    keep[0] = False
+    return keep[labels]

@@ -39,14 +39,31 @@ class HuSettings:
     # al., AJR 1993;161:65-9). Simple fluid (0-20 HU) stays below.
     blood_min: float = 30.0
     blood_max: float = 70.0
-    # Active extravasation enhances like the aorta on the same phase (within
-    # about 10-15 HU of it, ../shared/REFERENCES.md) and is usually >100 HU
-    # (85-370 HU, mean 132: Shanmuganathan et al., AJR 1993;161:65-9). The
-    # threshold is the higher of blush_min and aorta - blush_aorta_margin;
-    # lower blushes are missed (Willmann et al., AJR 2002;179:437-44 measured
-    # a mean of 155 HU against 199 HU in the aorta): a known limit.
-    blush_min: float = 100.0
-    blush_aorta_margin: float = 15.0
+    # Acute blood can be lower: unclotted or diluted (by ascites, urine,
+    # lavage or resuscitation), 24% of hemoperitoneum sites under 20 HU in
+    # Levine et al. (AJR 1996;166:1089-93); Lubner et al. (Radiographics
+    # 2007;27:109-25) review the spread. From blood_low_min to blood_min a voxel
+    # counts only inside a thick collection (segmentation.low_blood_core_mm):
+    # the same HU are partial volume at organ tips and edges against
+    # fluid-filled bowel, and ascites or bowel fluid of 20-30 HU look the same.
+    blood_low_min: float = 20.0
+    # Active extravasation 85-370 HU, mean 132, against clotted blood 40-70 HU
+    # (Shanmuganathan et al., AJR 1993;161:65-9): blush_min is the lowest
+    # extravasation there and above every clot. It enhances less than the
+    # aorta more often than not (mean 155 HU against 199 HU in the aorta,
+    # Willmann et al., AJR 2002;179:437-44; "within 10-15 HU of the aorta" has
+    # no primary source), so the aorta sets no floor. Inside or against an
+    # enhancing organ a focus must stand out from the organ itself: its 90th
+    # percentile HU plus blush_organ_margin (noise and heterogeneity; no
+    # published figure, a design choice).
+    blush_min: float = 85.0
+    blush_organ_margin: float = 50.0
+    # Extravasated contrast is diluted blood-pool contrast: a focus denser than
+    # both blush_max (Shanmuganathan's densest was 370 HU) and the same phase's
+    # blood pool (aorta, or the portal vein where found) plus blush_above_pool
+    # is calcification, bone, or oral or excreted contrast.
+    blush_max: float = 400.0
+    blush_above_pool: float = 100.0
     # Used when no aorta is found (unusual coverage, no contrast): a conservative floor.
     blush_fallback_min: float = 180.0
     # Cortical bone is well above contrast-enhanced blood; used to exclude bone.
@@ -85,6 +102,13 @@ class SegmentationSettings:
     min_intraparenchymal_ml: float = 1.0
     # Abdominal wall thickness used when it cannot be measured.
     default_wall_mm: float = 10.0
+    # Blood of hu.blood_low_min-blood_min HU counts only where the collection
+    # holds a core this thick in-plane (and three working slices deep): partial
+    # volume at organ edges and tips is thinner.
+    low_blood_core_mm: float = 10.0
+    # Contrast continuous over more than this is a vessel or a bowel lumen, not
+    # a focal blush (connected at a lower threshold, see pipeline/extravasation.py).
+    max_blush_length_mm: float = 50.0
 
 
 @dataclass
@@ -331,8 +355,10 @@ class PipelineSettings:
             known = sorted(ANSWERERS if stage == "answering" else BACKENDS.get(stage, {}))
             need(name in known, f"pipeline.backends.{stage} = {name!r} is not one of {known}")
         need(hu.blood_min < hu.blood_max, "pipeline.hu.blood_max must be > blood_min")
+        need(hu.fat_max < hu.blood_low_min <= hu.blood_min, "pipeline.hu: need fat_max < blood_low_min <= blood_min")
         need(hu.blood_max < hu.blush_min, "pipeline.hu.blush_min must be > blood_max")
-        need(hu.blush_min < hu.bone_min, "pipeline.hu.bone_min must be > blush_min")
+        need(hu.blush_min < hu.blush_max and hu.blush_min < hu.bone_min,
+             "pipeline.hu: need blush_min < blush_max and blush_min < bone_min")
         need(hu.fat_min < hu.fat_max < hu.blood_min, "pipeline.hu: need fat_min < fat_max < blood_min")
         need(hu.parenchyma_min < hu.parenchyma_max, "pipeline.hu.parenchyma_max must be > parenchyma_min")
         need(seg.working_pixel_mm > 0 and seg.working_slice_mm > 0,

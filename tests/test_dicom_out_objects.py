@@ -27,6 +27,7 @@ from dicom_out import build_outputs, build_seg, build_sr
 from dicom_out.device import output_series_number
 from dicom_out.source import source_images
 from pipeline import PipelineSettings, run_series
+from pipeline.backends.hu_segmentation import HuSegmentation
 from pipeline.findings import Findings
 from pipeline.labels import ACTIVE_EXTRAVASATION, CONTAINED_VASCULAR_INJURY, HEMORRHAGE
 
@@ -179,7 +180,7 @@ def test_seg_describes_the_findings(built):
         assert segment.SegmentAlgorithmType == "AUTOMATIC"
         algorithm = segment.SegmentationAlgorithmIdentificationSequence[0]
         # TID 4019 names the backend that drew the masks; the node is its source.
-        assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == ("hu-baseline", "1.0")
+        assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == ("hu-baseline", HuSegmentation.version)
         assert algorithm.AlgorithmSource == "trauma-node test 9.8.7"
         family = algorithm.AlgorithmFamilyCodeSequence[0]
         assert (family.CodeValue, family.CodingSchemeDesignator) == ("123110", "DCM")

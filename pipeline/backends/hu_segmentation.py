@@ -3,34 +3,33 @@
 Candidates are found at working resolution inside the peritoneal cavity
 (bone, aorta and the abdominal wall excluded by the anatomy step), then each
 kept component is redrawn at full resolution (blood from median-filtered HU,
-blush from raw HU), so that its volume follows the DICOM voxels and not the
-working grid.
+a blush at its own half-maximum edge), so that its volume follows the DICOM
+voxels and not the working grid. What counts as active extravasation, and what
+contrast does not, is pipeline/extravasation.py's rule table.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import math
 
 import numpy as np
 from scipy import ndimage
 
 from pipeline import morphology
-from pipeline.anatomy import AORTA, LIVER, SOLID_CODES, SPLEEN, Anatomy, fill_holes_2d
+from pipeline.anatomy import Anatomy, fill_holes_2d
+from pipeline.extravasation import Blush, find_blush
 from pipeline.labels import ACTIVE_EXTRAVASATION, HEMORRHAGE
 from pipeline.settings import PipelineSettings
 from pipeline.stages import StageContext
+from pipeline.volume import Volume
 
-CONTAINED = (LIVER, SPLEEN)  # organs whose AAST scales grade contained active bleeding
 REFINE_MARGIN = 2  # working pixels around a candidate redrawn at full resolution
 MAX_NOISE_HOLE_PX = 20  # holes this small inside blood are noise, not tissue
-SHELL_BLOOD_FRACTION = 0.5  # a blush outside organs must sit in a hematoma...
-COMPACT_MAX_MM = 30.0  # ...or be a compact blob: a vessel runs longer than this
-COMPACT_MAX_RATIO = 3.0
 
 
 class HuSegmentation:
     name = "hu-baseline"
-    version = "1.0"
+    version = "1.1"
     description = ("embedded CPU baseline, no model weights: HU thresholds, morphology and "
                    "connected components")
 
@@ -38,144 +37,96 @@ class HuSegmentation:
         self.settings = settings
 
     def run(self, context: StageContext) -> np.ndarray:
-        anatomy = context.anatomy
-        blood, blush, thresholds = self._candidates(anatomy)
-        context.notes.extend(thresholds)
+        blood, low, blush = self._candidates(context.volume, context.anatomy)
+        context.notes.extend(blush.notes)
         labels = np.zeros(context.volume.hu.shape, dtype=np.uint8)
-        self._refine(context, blood, blush, labels)
+        self._refine(context, blood, low, blush, labels)
         return labels
 
     # --- working resolution -------------------------------------------------
 
-    def _blush_min(self, anatomy: Anatomy) -> float:
-        """Extravasated contrast enhances like the aorta on the same phase."""
-        hu = self.settings.hu
-        if anatomy.aorta_hu is None:
-            return hu.blush_fallback_min
-        return max(hu.blush_min, anatomy.aorta_hu - hu.blush_aorta_margin)
-
-    def _candidates(self, anatomy: Anatomy) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    def _candidates(self, volume: Volume, anatomy: Anatomy) -> tuple[np.ndarray, np.ndarray, Blush]:
         hu_s, seg = self.settings.hu, self.settings.segmentation
-        hu, regions = anatomy.hu, anatomy.regions
+        hu = anatomy.hu
         voxel_ml = anatomy.voxel_volume_mm3 / 1000.0
         cavity = anatomy.cavity()
         blood_range = cavity & (hu >= hu_s.blood_min) & (hu <= hu_s.blood_max)
-        solid = np.isin(regions, SOLID_CODES)
-        blush_min = self._blush_min(anatomy)
-        bright = cavity & (hu >= blush_min) & (hu < hu_s.bone_min)
-
-        # Outside organs, a bright focus counts inside a hematoma, or as a
-        # compact blob away from the aorta (a vessel is a long tube); inside
-        # liver or spleen it is contained bleeding.
-        blush_outside = self._keep(
-            bright & ~solid, voxel_ml,
-            lambda box, comp: (self._in_hematoma(box, comp, blood_range, solid)
-                               or _compact_and_apart(box, comp, regions, anatomy.spacing)))
-        blush_inside = self._keep(bright & np.isin(regions, CONTAINED), voxel_ml, lambda box, comp: True)
-        blush = blush_outside | blush_inside
+        low = self._low_attenuation(anatomy, cavity, blood_range)
+        blood_range |= low
+        blush = find_blush(volume, anatomy, self.settings, blood_range)
 
         # Thin rims of partial volume round organs and vessels go with the opening.
-        blood = morphology.open_(blood_range, morphology.in_plane(1)) | blush
+        blood = morphology.open_(blood_range, morphology.in_plane(1)) | blush.mask
         lining = None if anatomy.wall_lining is None else blood_range & anatomy.wall_lining & ~blood
         if lining is not None and lining.any():
             # A layer against the wall thinner than the opening stays when it
             # continues a collection (the wall made it look thick).
-            blood = _reconstruct(blood, blood | lining)
+            blood = morphology.reconstruct(blood, blood | lining)
         del blood_range
         labels, count = ndimage.label(blood)
         sizes = np.bincount(labels.ravel(), minlength=count + 1)
-        with_blush = np.unique(labels[blush])
+        with_blush = np.unique(labels[blush.mask])
         keep = sizes * voxel_ml >= seg.min_component_ml
         keep[with_blush] = True
         keep[0] = False
-        blood = keep[labels]
-        notes = [f"blush threshold {blush_min:g} HU" + (
-            " (no aorta found: fallback)" if anatomy.aorta_hu is None
-            else f" (aorta {anatomy.aorta_hu:g} HU minus {hu_s.blush_aorta_margin:g})")]
-        return blood, blush, notes
+        return keep[labels], low, blush
 
-    def _keep(self, mask: np.ndarray, voxel_ml: float,
-              accept: Callable[[tuple[slice, ...], np.ndarray], bool]) -> np.ndarray:
-        """Components of mask within the blush size limits that accept() approves."""
-        seg = self.settings.segmentation
-        labels, count = ndimage.label(mask)
-        sizes = np.bincount(labels.ravel(), minlength=count + 1) * voxel_ml
-        kept = np.zeros_like(mask)
-        for index, box in enumerate(ndimage.find_objects(labels), start=1):
-            if box is None or not seg.min_blush_ml <= sizes[index] <= seg.max_blush_ml:
-                continue
-            grown = tuple(slice(max(0, s.start - m), s.stop + m) for s, m in zip(box, (1, 3, 3)))
-            component = labels[grown] == index
-            if accept(grown, component):
-                kept[grown] |= component
-        return kept
+    def _low_attenuation(self, anatomy: Anatomy, cavity: np.ndarray, blood_range: np.ndarray) -> np.ndarray:
+        """Voxels of blood_low_min-blood_min HU that belong to a thick collection.
 
-    @staticmethod
-    def _in_hematoma(box: tuple[slice, ...], component: np.ndarray, blood_range: np.ndarray,
-                     solid: np.ndarray) -> bool:
-        # A ring three working pixels out: nearer ones are the blush's own blur.
-        shell = (morphology.dilate(component, (3, 7, 7)) & ~morphology.dilate(component, (3, 5, 5))
-                 & ~solid[box])
-        if not shell.any():
-            return False
-        return float(blood_range[box][shell].mean()) >= SHELL_BLOOD_FRACTION
+        Blood of 20-30 HU (unclotted or diluted, see HuSettings) has the HU of
+        partial volume where an organ's edge or tip meets fluid-filled bowel;
+        those are thin (a pixel or two in-plane, a slice along z). So the low
+        band counts only in a collection with a core segmentation.low_blood_core_mm
+        wide and three working slices deep, where a box of three pixels and
+        three slices fits (and a pixel beyond: its blurred edge).
+        """
+        hu_s, seg = self.settings.hu, self.settings.segmentation
+        low = cavity & (anatomy.hu >= hu_s.blood_low_min) & (anatomy.hu < hu_s.blood_min)
+        if not low.any():
+            return low
+        collection = low | blood_range
+        radius = max(1, math.ceil((seg.low_blood_core_mm / anatomy.spacing[1] - 1) / 2))
+        core = morphology.erode(collection, (3,) + morphology.in_plane(radius)[1:])
+        body = morphology.reconstruct(core, morphology.open_(collection, (3, 3, 3)))
+        return low & morphology.dilate(body, morphology.in_plane(1))
 
     # --- full resolution ------------------------------------------------------
 
-    def _refine(self, context: StageContext, blood: np.ndarray, blush: np.ndarray,
+    def _refine(self, context: StageContext, blood: np.ndarray, low: np.ndarray, blush: Blush,
                 labels: np.ndarray) -> None:
         """Redraw each candidate at full resolution, slice by slice."""
         anatomy, volume = context.anatomy, context.volume
         # Grown by a working slice too: a collection's thin ends may be too small for the grid.
         grow = (3,) + morphology.in_plane(REFINE_MARGIN)[1:]
-        blood_near, blush_near = morphology.dilate(blood, grow), morphology.dilate(blush, grow)
+        blood_near, low_near = morphology.dilate(blood, grow), morphology.dilate(low, grow)
         cavity = anatomy.cavity()
-        blush_min = self._blush_min(anatomy)
         full_shape = volume.hu.shape[1:]
         for kc in np.flatnonzero(blood_near.any(axis=(1, 2))):
-            masks = [anatomy.upsample(m[kc], full_shape) for m in (blood_near, blush_near, cavity)]
+            maps = [anatomy.upsample(m[kc], full_shape) for m in (blood_near, low_near, blush.threshold, cavity)]
             for k in anatomy.full_slices(int(kc)):
-                self._refine_slice(volume.hu[k], labels[k], *masks, blush_min)
+                self._refine_slice(volume.hu[k], labels[k], *maps)
 
     def _refine_slice(self, hu_slice: np.ndarray, out_slice: np.ndarray, region: np.ndarray,
-                      blush_region: np.ndarray, cavity: np.ndarray, blush_min: float) -> None:
+                      low_region: np.ndarray, blush_edge: np.ndarray, cavity: np.ndarray) -> None:
         hu_s = self.settings.hu
         (r0, r1), (c0, c1) = [(int(a.min()), int(a.max()) + 1) for a in np.nonzero(region)]
         crop = (slice(max(0, r0 - 1), r1 + 1), slice(max(0, c0 - 1), c1 + 1))
         raw = hu_slice[crop]
         # Blood sits in a narrow HU window, so noise is taken out first; the
-        # median keeps edges. A blush stands far above its threshold, and the
-        # median would shave a small one's corners, so it uses raw HU.
+        # median keeps edges. A blush is cut at its half maximum, where noise
+        # errs both ways, and the median would shave a small one's corners, so
+        # it uses raw HU.
         hu = ndimage.median_filter(raw, size=3)
         inside = region[crop] & cavity[crop]
-        is_blood = inside & (hu >= hu_s.blood_min) & (hu <= hu_s.blood_max)
-        is_blush = blush_region[crop] & inside & (raw >= blush_min) & (raw < hu_s.bone_min)
+        floor = np.where(low_region[crop], hu_s.blood_low_min, hu_s.blood_min)
+        is_blood = inside & (hu >= floor) & (hu <= hu_s.blood_max)
+        edge = blush_edge[crop]
+        is_blush = (edge > 0) & inside & (raw >= edge) & (raw < hu_s.bone_min)
         out = np.where(is_blood | is_blush, HEMORRHAGE, 0).astype(np.uint8)
         out[_small_holes(is_blood | is_blush)] = HEMORRHAGE
         out[is_blush] = ACTIVE_EXTRAVASATION
         out_slice[crop] = out
-
-
-def _compact_and_apart(box: tuple[slice, ...], component: np.ndarray, regions: np.ndarray,
-                       spacing: tuple[float, float, float]) -> bool:
-    extents = [span * d for span, d in zip(_spans(component), spacing)]
-    compact = max(extents) <= COMPACT_MAX_MM and max(extents) <= COMPACT_MAX_RATIO * max(min(extents), spacing[0])
-    touches_aorta = bool(np.any(regions[box][morphology.dilate(component, (3, 5, 5))] == AORTA))
-    return compact and not touches_aorta
-
-
-def _reconstruct(seeds: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The components of mask (3D) that hold a seed."""
-    labels, count = ndimage.label(mask)
-    keep = np.zeros(count + 1, dtype=bool)
-    keep[np.unique(labels[seeds])] = True
-    keep[0] = False
-    return keep[labels]
-
-
-def _spans(mask: np.ndarray) -> list[int]:
-    return [int(np.ptp(np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))))) + 1
-            for axis in range(3)]
 
 
 def _small_holes(mask: np.ndarray) -> np.ndarray:

@@ -71,7 +71,7 @@ class TemplateReport:
         self.settings = settings
 
     def run(self, findings: Findings) -> str:
-        f, rec = findings, findings.recommendation
+        f, rec, hu = findings, findings.recommendation, self.settings.hu
         series = f.series
         head = [
             "RESEARCH USE ONLY - NOT FOR CLINICAL DECISIONS",
@@ -125,7 +125,12 @@ class TemplateReport:
             "",
             "LIMITATIONS",
             *(["- HU thresholds and morphology only: lacerations, capsule integrity, bowel and mesenteric",
-               "  injury are not assessed; the grades above are lower bounds."]
+               "  injury are not assessed; the grades above are lower bounds.",
+               f"- Blood of {hu.blood_low_min:g}-{hu.blood_min:g} HU (unclotted or diluted) counts only in thick "
+               f"collections, under {hu.blood_low_min:g} HU not at all:",
+               "  very low attenuation blood can be confused with ascites, urine or fluid-filled bowel.",
+               "- Contrast continuous with bowel gas is taken for oral contrast, and on the delayed phase contrast",
+               "  in or against a kidney or in the bladder for excreted contrast (a urine leak looks the same)."]
               if self.settings.backends.segmentation == "hu-baseline" else
               [f"- Segmentation by the {self.settings.backends.segmentation} backend: the volumes depend on "
                "its training; lacerations, capsule integrity, bowel and mesenteric injury are not",
