@@ -80,3 +80,47 @@ def test_one_phase_says_the_distinction_could_not_be_made(phase, others, why):
     kinds, summary = multiphase.compare(current(phase, focus(1.0, 165, 190)), others, SETTINGS)
     assert kinds == {} and not summary["compared"]
     assert "could not be determined" in summary["statement"] and why in summary["statement"]
+
+
+# --- two phases of one phantom study through the pipeline --------------------------
+
+TWO_PHASE = dict(slices=60, rows=256, cols=256, pixel_spacing=(1.5625, 1.5625), slice_spacing=5.0,
+                 blood="large", blush=True)
+CASES = {  # (arterial, portal-venous): the blush's HU and size on each
+    "growing": (dict(blush_hu=280, blush_scale=1.0), dict(blush_hu=200, blush_scale=1.6)),
+    "pseudoaneurysm": (dict(blush_hu=270, blush_scale=1.0), dict(blush_hu=165, blush_scale=1.0)),
+}
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def two_phases(request, phantom_factory):
+    from pydicom.uid import generate_uid
+
+    from pipeline import run_series
+
+    arterial, portal = CASES[request.param]
+    same = dict(study_uid=generate_uid(), frame_of_reference_uid=generate_uid())
+    first = phantom_factory(f"{request.param}-arterial", **TWO_PHASE, phase="arterial", **same, **arterial)
+    second = phantom_factory(f"{request.param}-portal", **TWO_PHASE, phase="portal_venous", **same, **portal)
+    earlier = run_series(first.paths)
+    return request.param, earlier, run_series(second.paths, other_phases=[earlier])
+
+
+def test_the_phases_tell_a_growing_blush_from_a_pseudoaneurysm(two_phases):
+    case, earlier, later = two_phases
+    assert (earlier.phase.name, later.phase.name) == ("arterial", "portal_venous")
+    assert earlier.contrast_foci and earlier.contrast_foci[0].kind == "undetermined"
+    assert "could not be determined" in earlier.multiphase["statement"]  # one phase when it ran
+    (focus,) = later.contrast_foci
+    assert later.multiphase["compared"] and later.multiphase["phases"] == ["portal_venous", "arterial"]
+    if case == "growing":
+        assert focus.kind == "active_bleeding" and "grew" in focus.evidence
+        assert later.volumes_ml["active_extravasation"] > 0 == later.volumes_ml["contained_vascular_injury"]
+        assert "ACTIVE BLEEDING" in later.report
+    else:
+        assert focus.kind == "contained_vascular_injury" and "followed the aorta" in focus.evidence
+        assert later.volumes_ml["contained_vascular_injury"] == pytest.approx(focus.volume_ml, abs=1e-3)
+        assert later.volumes_ml["active_extravasation"] == 0
+        assert (later.labels == 3).sum() > 0 and (later.labels == 2).sum() == 0  # its own label
+        assert "CONTAINED VASCULAR INJURY (pseudoaneurysm)" in later.report
+    assert later.risk_tier == "high"
