@@ -176,7 +176,7 @@ class _Foci:
         hematoma = self._in_hematoma(grown, focus)
         if verdict is None and not inside and not hematoma and not self._compact_and_apart(grown, focus):
             verdict = "not in a hematoma and not a compact focus"
-        core = peak = surround = 0.0
+        core = peak = 0.0
         if verdict is None:
             core, peak = self._core_and_peak(grown, focus)
             required = self.rule.levels(self.rule.floor)[organ if inside else self.bands[grown][focus]]
@@ -243,19 +243,17 @@ class _Foci:
         near = morphology.dilate(focus, (3, 5, 5))  # a calcification's core may lie in the next slice
         rows = slice(r0 + box[1].start * f, r0 + box[1].stop * f)
         cols = slice(c0 + box[2].start * f, c0 + box[2].stop * f)
+        up = lambda m: np.repeat(np.repeat(m, f, axis=0), f, axis=1)  # noqa: E731
         values, peak = [], -np.inf
         for n, k in enumerate(range(box[0].start, box[0].stop)):
             if not near[n].any():
                 continue
-            up = lambda m: np.repeat(np.repeat(m, f, axis=0), f, axis=1)  # noqa: E731
             inner, around = up(focus[n]), up(near[n])
             for full in anatomy.full_slices(k):
                 smooth = ndimage.median_filter(hu[full, rows, cols], size=3)
-                smooth = smooth[:inner.shape[0], :inner.shape[1]]
-                values.append(smooth[inner[:smooth.shape[0], :smooth.shape[1]]])
-                peak = max(peak, float(smooth[around[:smooth.shape[0], :smooth.shape[1]]].max(initial=-1024)))
-        values = np.concatenate(values) if values else np.zeros(1)
-        return float(np.percentile(values, CORE_PERCENTILE)) if values.size else 0.0, peak
+                values.append(smooth[inner])
+                peak = max(peak, float(smooth[around].max()))
+        return float(np.percentile(np.concatenate(values), CORE_PERCENTILE)), peak
 
 
 def _grow(box: tuple[slice, ...], margin: tuple[int, ...], shape: tuple[int, ...]) -> tuple[slice, ...]:

@@ -72,23 +72,26 @@ class HuSegmentation:
         return keep[labels], low, blush
 
     def _low_attenuation(self, anatomy: Anatomy, cavity: np.ndarray, blood_range: np.ndarray) -> np.ndarray:
-        """Voxels of blood_low_min-blood_min HU that belong to a thick collection.
+        """Voxels of blood_low_min-blood_min HU in a collection that has a thick core of them.
 
         Blood of 20-30 HU (unclotted or diluted, see HuSettings) has the HU of
-        partial volume where an organ's edge or tip meets fluid-filled bowel;
-        those are thin (a pixel or two in-plane, a slice along z). So the low
-        band counts only in a collection with a core segmentation.low_blood_core_mm
-        wide and three working slices deep, where a box of three pixels and
-        three slices fits (and a pixel beyond: its blurred edge).
+        partial volume where an organ's edge or tip meets fluid-filled bowel,
+        and of the rim of any collection; those are thin (a pixel or two
+        in-plane, a slice along z). So the low band counts only in a collection
+        whose core of it is segmentation.low_blood_core_mm wide and three
+        working slices deep, out to where a box of three pixels and three
+        slices fits (and a pixel beyond: its blurred edge). Noise holes are
+        closed first: such blood lies a few HU above the floor.
         """
         hu_s, seg = self.settings.hu, self.settings.segmentation
         low = cavity & (anatomy.hu >= hu_s.blood_low_min) & (anatomy.hu < hu_s.blood_min)
         if not low.any():
             return low
-        collection = low | blood_range
+        box = (3, 3, 3)
+        collection = morphology.erode(morphology.dilate(low | blood_range, box), box) & cavity
         radius = max(1, math.ceil((seg.low_blood_core_mm / anatomy.spacing[1] - 1) / 2))
-        core = morphology.erode(collection, (3,) + morphology.in_plane(radius)[1:])
-        body = morphology.reconstruct(core, morphology.open_(collection, (3, 3, 3)))
+        core = morphology.erode(collection, (3,) + morphology.in_plane(radius)[1:]) & low
+        body = morphology.reconstruct(core, morphology.open_(collection, box))
         return low & morphology.dilate(body, morphology.in_plane(1))
 
     # --- full resolution ------------------------------------------------------
@@ -118,8 +121,11 @@ class HuSegmentation:
         # errs both ways, and the median would shave a small one's corners, so
         # it uses raw HU.
         hu = ndimage.median_filter(raw, size=3)
+        low = low_region[crop]
+        if low.any():  # a few HU above its floor, low-attenuation blood needs a wider median
+            hu = np.where(low, ndimage.median_filter(raw, size=5), hu)
         inside = region[crop] & cavity[crop]
-        floor = np.where(low_region[crop], hu_s.blood_low_min, hu_s.blood_min)
+        floor = np.where(low, hu_s.blood_low_min, hu_s.blood_min)
         is_blood = inside & (hu >= floor) & (hu <= hu_s.blood_max)
         edge = blush_edge[crop]
         is_blush = (edge > 0) & inside & (raw >= edge) & (raw < hu_s.bone_min)
