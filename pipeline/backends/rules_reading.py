@@ -53,7 +53,8 @@ class RulesReading:
         else:
             pattern = "hemoperitoneum" + (" with active contrast extravasation" if blush > 0 else "")
             pattern += f" ({_names(spaces)})"
-            description = (f"About {blood:.0f} mL of blood-density material ({hu.blood_min:g}-{hu.blood_max:g} HU) "
+            description = (f"About {blood:.0f} mL of blood-density material ({hu.blood_min:g}-{hu.blood_max:g} HU, "
+                           f"from {hu.blood_low_min:g} HU in thick collections) "
                            f"in {len(components)} collection(s), by compartment: "
                            + "; ".join(f"{c.name.replace('_', ' ')} {c.volume_ml:.1f} mL"
                                        + (f" (touching the {_names(c.organs_adjacent)})"
