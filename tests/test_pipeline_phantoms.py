@@ -13,7 +13,7 @@ from phantom import make_volume
 from node.analyze import analyze
 from pipeline import PipelineSettings, run_series
 from pipeline.findings import Findings
-from pipeline.volume import VolumeError
+from pipeline.volume import VolumeError, load_volume
 
 # name -> spec: blood none / small / large, with and without blush, different
 # pixel and slice spacings and file orders. All cover the 400 mm field of view.
@@ -58,6 +58,14 @@ def test_volumes_within_15_percent_of_the_truth(analysed, name):
             assert findings.volumes_ml[key] == 0, f"{key} found where there is none"
         else:
             assert findings.volumes_ml[key] == pytest.approx(expected, rel=0.15), key
+
+
+@pytest.mark.parametrize("name", [n for n in PHANTOMS if n != "none"])
+def test_no_voxel_of_fat_is_called_blood(analysed, name):
+    """What a reader sees in the viewer's statistics: the segment's HU never reaches fat."""
+    truth, findings = analysed[name]
+    hu = load_volume(truth.paths, 10, 0.5).hu
+    assert hu[findings.labels > 0].min() > PipelineSettings().hu.fat_max
 
 
 @pytest.mark.parametrize("name", [n for n in PHANTOMS if n != "none"])

@@ -29,7 +29,7 @@ MAX_NOISE_HOLE_PX = 20  # holes this small inside blood are noise, not tissue
 
 class HuSegmentation:
     name = "hu-baseline"
-    version = "1.1"
+    version = "1.2"  # 1.2: a pixel that is itself fat is never blood
     description = ("embedded CPU baseline, no model weights: HU thresholds, morphology and "
                    "connected components")
 
@@ -126,11 +126,14 @@ class HuSegmentation:
             hu = np.where(low, ndimage.median_filter(raw, size=5), hu)
         inside = region[crop] & cavity[crop]
         floor = np.where(low, hu_s.blood_low_min, hu_s.blood_min)
-        is_blood = inside & (hu >= floor) & (hu <= hu_s.blood_max)
+        # The median decides (noise), but a pixel that is itself fat is never blood: the median
+        # of a fat pixel at a collection's edge is the blood's (OHIF showed -126 HU in the segment).
+        is_blood = inside & (hu >= floor) & (hu <= hu_s.blood_max) & (raw > hu_s.fat_max)
         edge = blush_edge[crop]
         is_blush = (edge > 0) & inside & (raw >= edge) & (raw < hu_s.bone_min)
         out = np.where(is_blood | is_blush, HEMORRHAGE, 0).astype(np.uint8)
-        out[_small_holes(is_blood | is_blush)] = HEMORRHAGE
+        # Noise holes in blood are filled, fat or gas in a hole is not blood.
+        out[_small_holes(is_blood | is_blush) & (raw > hu_s.fat_max)] = HEMORRHAGE
         out[is_blush] = ACTIVE_EXTRAVASATION
         out_slice[crop] = out
 
