@@ -193,6 +193,73 @@ def _agreement(found: np.ndarray, expected: np.ndarray, voxel_ml: float) -> tupl
             2.0 * float((found & expected).sum()) / both if truth_ml else None)
 
 
+@dataclass
+class PhaseCase:
+    """Two phases of one study: the later is compared with the earlier (pipeline.multiphase)."""
+
+    name: str
+    earlier: Case
+    later: Case
+    expected: str  # the kind the later phase's focus must get
+
+
+def _phases(name: str, site: str, blood: str, earlier: tuple, later: tuple, expected: str) -> PhaseCase:
+    """earlier, later: (phase, aorta HU, blush HU, blush scale)."""
+    def one(phase: str, aorta: float, hu: float, scale: float) -> Case:
+        return _blush(f"{name}-{phase}", phase, aorta, hu, site, blood, extra=dict(blush_scale=scale))
+    return PhaseCase(name, one(*earlier), one(*later), expected)
+
+
+# A blush that grows and changes shape from the arterial to the portal phase is active
+# bleeding; one that keeps its size and follows the aorta is a contained vascular injury.
+PHASE_CASES = [
+    _phases("growing-perisplenic", "perisplenic", "perisplenic", ("arterial", 300, 280, 1.0),
+            ("portal_venous", 180, 200, 1.6), "active_bleeding"),
+    _phases("growing-perirenal", "perirenal", "perirenal", ("arterial", 300, 250, 1.0),
+            ("portal_venous", 180, 190, 1.6), "active_bleeding"),
+    _phases("pseudoaneurysm-perisplenic", "perisplenic", "perisplenic", ("arterial", 300, 270, 1.0),
+            ("portal_venous", 180, 165, 1.0), "contained_vascular_injury"),
+    _phases("pseudoaneurysm-intrasplenic", "intrasplenic", "none", ("arterial", 300, 290, 1.0),
+            ("portal_venous", 180, 175, 1.0), "contained_vascular_injury"),
+]
+
+
+def measure_phases(case: PhaseCase) -> dict:
+    earlier_volume, _ = phantom_volume(case.earlier.spec())
+    later_volume, truth = phantom_volume(case.later.spec())
+    start = time.perf_counter()
+    earlier = run_volume(earlier_volume)
+    later = run_volume(later_volume, other_phases=[earlier])
+    seconds = time.perf_counter() - start
+    voxel_ml = later_volume.voxel_volume_mm3 / 1000.0
+    truth_ml, found_ml, error, dice = _agreement(np.isin(later.labels, (2, 3)), truth == 2, voxel_ml)
+    focus = max(later.contrast_foci, key=lambda f: f.volume_ml, default=None)
+    return {"case": case.name, "phases": f"{earlier.phase.name} -> {later.phase.name}",
+            "earlier_ml": sum(f.volume_ml for f in earlier.contrast_foci), "truth_ml": truth_ml,
+            "found_ml": found_ml, "error_pct": error, "dice": dice, "expected": case.expected,
+            "kind": focus.kind if focus else "no focus", "evidence": focus.evidence if focus else "",
+            "claims": sorted(name for name, o in later.organs.items() if injured(o)),
+            "grades": {name: o.aast_grade for name, o in later.organs.items() if o.aast_grade},
+            "seconds": seconds}
+
+
+def phases_passed(r: dict) -> bool:
+    return r["kind"] == r["expected"] and r["error_pct"] is not None and abs(r["error_pct"]) <= TARGET_BLUSH_ERROR
+
+
+def phases_table(results: list[dict]) -> str:
+    lines = ["| case | phases | earlier focus mL | later truth mL | later found mL | error % | Dice | expected "
+             "| found | evidence | injured organs (AAST) | s | told apart |", "|" + " --- |" * 13]
+    for r in results:
+        grades = ", ".join(f"{o} {g}" for o, g in r["grades"].items())
+        lines.append(
+            f"| {r['case']} | {r['phases']} | {r['earlier_ml']:.2f} | {r['truth_ml']:.2f} | {r['found_ml']:.2f} | "
+            + (f"{r['error_pct']:+.1f} | {r['dice']:.3f}" if r["error_pct"] is not None else "- | -")
+            + f" | {r['expected']} | {r['kind']} | {r['evidence']} | {', '.join(r['claims']) or 'none'}"
+            + (f" ({grades})" if grades else "") + f" | {r['seconds']:.1f} | {'yes' if phases_passed(r) else 'NO'} |")
+    return "\n".join(lines) + "\n"
+
+
 def measure(case: Case) -> dict:
     spec = case.spec()
     volume, truth = phantom_volume(spec)
@@ -276,16 +343,18 @@ def table(results: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", help="run only these (default: all)")
-    parser.add_argument("--only", choices=("blood", "extravasation"), help="one family of cases")
+    parser.add_argument("--only", choices=("blood", "extravasation", "phases"), help="one family of cases")
     args = parser.parse_args()
-    families = [("blood", CASES, table, passed), ("extravasation", EXTRAVASATION_CASES, blush_table, blush_passed)]
-    for family, all_cases, make_table, met_target in families:
+    families = [("blood", CASES, table, passed, measure),
+                ("extravasation", EXTRAVASATION_CASES, blush_table, blush_passed, measure),
+                ("phases", PHASE_CASES, phases_table, phases_passed, measure_phases)]
+    for family, all_cases, make_table, met_target, measure_case in families:
         cases = [c for c in all_cases if (not args.cases or c.name in args.cases) and args.only in (None, family)]
         if not cases:
             continue
         results = []
         for case in cases:
-            results.append(measure(case))
+            results.append(measure_case(case))
             print(f"{case.name}: {results[-1]}", file=sys.stderr)
         met = sum(met_target(r) for r in results)
         text = make_table(results) + f"\n{met} of {len(results)} {family} cases meet the targets."
