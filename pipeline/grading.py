@@ -35,7 +35,9 @@ def organ_evidence(organ: str, located: bool, quantification: Quantification) ->
         largest_intraparenchymal_mm=max((c.largest_extent_mm for c in inside), default=0.0),
         blush_inside=any(c.active_extravasation_ml > 0 for c in inside),
         blush_outside_adjacent=any(c.active_extravasation_ml > 0 for c in beside),
-        vascular_injury=any(c.contained_vascular_injury_ml > 0 for c in inside))
+        vascular_injury=any(c.contained_vascular_injury_ml > 0 for c in inside),
+        bleeding_confirmed=any(f.kind == "active_bleeding" and f.compartment in {c.name for c in beside}
+                               for f in quantification.contrast_foci))
 
 
 def spaces_with_blood(quantification: Quantification, min_ml: float) -> list[str]:

@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from pipeline import compartments
 from pipeline.anatomy import ORGAN_CODES, Anatomy, uncertain_boundary
-from pipeline.findings import BloodComponent, Compartment
+from pipeline.findings import BloodComponent, Compartment, ContrastFocus
 from pipeline.labels import ACTIVE_EXTRAVASATION, CONTAINED_VASCULAR_INJURY, HEMORRHAGE, LABEL_NAMES
 from pipeline.settings import PipelineSettings
 from pipeline.stages import StageContext
@@ -37,6 +37,7 @@ class Quantification:
     components: list[BloodComponent]
     compartments: list[Compartment] = field(default_factory=list)
     compartment_map: compartments.CompartmentMap | None = None  # where each working block's blood lies
+    contrast_foci: list[ContrastFocus] = field(default_factory=list)  # set by pipeline.run, with their kinds
 
 
 def labelled_slices(labels: np.ndarray) -> np.ndarray:

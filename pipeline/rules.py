@@ -30,6 +30,9 @@ class OrganEvidence:
     # A contrast focus inside it that kept its size and followed the vessels across the
     # study's phases (pipeline.multiphase): a pseudoaneurysm, AAST's "vascular injury".
     vascular_injury: bool = False
+    # The blush beside it was seen growing across the study's phases (pipeline.multiphase):
+    # active bleeding, not a vascular injury.
+    bleeding_confirmed: bool = False
 
     @property
     def parenchymal(self) -> bool:
@@ -50,7 +53,13 @@ class GradeRule:
 GRADE_RULES: tuple[GradeRule, ...] = (
     GradeRule("AAST-SPLEEN-V-BLEED-BEYOND", "spleen", 5,
               "active bleeding extending beyond the spleen into the peritoneum", AAST_SPLEEN,
-              lambda e: e.blush_outside_adjacent and e.parenchymal),
+              lambda e: e.blush_outside_adjacent and e.parenchymal and e.bleeding_confirmed),
+    # On one phase a blush beyond the organ is active bleeding (V) or a vascular injury (IV):
+    # the lower bound is the lesser, until another phase tells them apart.
+    GradeRule("AAST-SPLEEN-IV-BLUSH-BEYOND-ONE-PHASE", "spleen", 4,
+              "contrast blush beyond the spleen on one phase: active bleeding (grade V) or a splenic "
+              "vascular injury (grade IV), not told apart", AAST_SPLEEN,
+              lambda e: e.blush_outside_adjacent and e.parenchymal and not e.bleeding_confirmed),
     GradeRule("AAST-SPLEEN-IV-VASCULAR-INJURY", "spleen", 4,
               "splenic vascular injury (pseudoaneurysm: contained, following the vessels across phases)",
               AAST_SPLEEN, lambda e: e.vascular_injury),
@@ -65,7 +74,11 @@ GRADE_RULES: tuple[GradeRule, ...] = (
               lambda e: 0 < e.largest_intraparenchymal_mm < 50),
     GradeRule("AAST-LIVER-IV-BLEED-BEYOND", "liver", 4,
               "active bleeding extending beyond the liver parenchyma into the peritoneum", AAST_LIVER,
-              lambda e: e.blush_outside_adjacent and e.parenchymal),
+              lambda e: e.blush_outside_adjacent and e.parenchymal and e.bleeding_confirmed),
+    GradeRule("AAST-LIVER-III-BLUSH-BEYOND-ONE-PHASE", "liver", 3,
+              "contrast blush beyond the liver on one phase: active bleeding (grade IV) or a liver "
+              "vascular injury (grade III), not told apart", AAST_LIVER,
+              lambda e: e.blush_outside_adjacent and e.parenchymal and not e.bleeding_confirmed),
     GradeRule("AAST-LIVER-III-VASCULAR-INJURY", "liver", 3,
               "liver vascular injury (pseudoaneurysm: contained, following the vessels across phases)",
               AAST_LIVER, lambda e: e.vascular_injury),

@@ -19,7 +19,7 @@ import pydicom
 from pipeline import backends, multiphase, rules
 from pipeline.anatomy import Anatomy, build_anatomy
 from pipeline.contrast_foci import FocusMap
-from pipeline.findings import (RESEARCH_USE, Assessment, ContrastFocus, Findings, OrganFinding, Provenance,
+from pipeline.findings import (RESEARCH_USE, Assessment, Findings, OrganFinding, Provenance,
                                Recommendation, RuleFiring, StageProvenance)
 from pipeline.grading import NOT_ASSESSED, ORGANS, Grading
 from pipeline.labels import CONTAINED_VASCULAR_INJURY
@@ -124,10 +124,9 @@ def run_volume(volume: Volume, settings: PipelineSettings | None = None,
              f"active extravasation {quantification.volumes_ml['active_extravasation']:.1f} mL")
     assessment = assess(volume, anatomy, quantification, settings)
     context.notes.extend(assessment.notes)
-    foci: list[ContrastFocus] = []
     multiphase: dict[str, Any] = {}
     if assessment.assessed:
-        foci, multiphase, quantification = _contrast_foci(context, labels, quantification, chosen, other_phases)
+        multiphase, quantification = _contrast_foci(context, labels, quantification, chosen, other_phases)
         with stages.stage("reading", chosen["reading"]):
             reading = chosen["reading"].run(context, triage, quantification)
         with stages.stage("grading", chosen["grading"]):
@@ -154,7 +153,7 @@ def run_volume(volume: Volume, settings: PipelineSettings | None = None,
         provenance=Provenance(PIPELINE_VERSION, _backend_summary(chosen), _with_weights(stages.records, settings),
                               asdict(settings), context.notes),
         labels=labels, reconciliation=reconciliation, compartments=quantification.compartments,
-        assessment=assessment, contrast_foci=foci, multiphase=multiphase,
+        assessment=assessment, contrast_foci=quantification.contrast_foci, multiphase=multiphase,
         phase=context.phase)  # pipeline.phase, recognised in the anatomy step
     with stages.stage("report", chosen["report"]):
         findings.report = chosen["report"].run(findings)
@@ -163,9 +162,10 @@ def run_volume(volume: Volume, settings: PipelineSettings | None = None,
 
 def _contrast_foci(context: StageContext, labels: np.ndarray, quantification: Quantification,
                    chosen: dict[str, Any], other_phases: Sequence[Findings]
-                   ) -> tuple[list[ContrastFocus], dict[str, Any], Quantification]:
+                   ) -> tuple[dict[str, Any], Quantification]:
     """The blushes, told apart across the study's phases when there are others; a focus found
-    contained is relabelled, and the volumes counted again."""
+    contained is relabelled, and the volumes counted again. The foci go with the quantification,
+    which the grading reads (a grade follows the kind)."""
     anatomy, where = context.anatomy, quantification.compartment_map
     found = FocusMap(labels)
     foci = found.describe(context.volume, anatomy.aorta_hu, lambda k, i, j: where.name_at(anatomy, k, i, j))
@@ -180,7 +180,8 @@ def _contrast_foci(context: StageContext, labels: np.ndarray, quantification: Qu
         found.relabel(focus_id, CONTAINED_VASCULAR_INJURY)
     if contained:
         quantification = chosen["quantification"].run(context, labels)
-    return foci, summary, quantification
+    quantification.contrast_foci = foci
+    return summary, quantification
 
 
 def _nothing_measured(quantification: Quantification) -> Quantification:

@@ -103,7 +103,7 @@ def test_organ_grade_rules_and_slices(bleed):
     spleen = bleed.organs["spleen"]
     text = answer(bleed, "Is the spleen injured, and where on which slices?")
     assert "Spleen:" in text and f"{spleen.adjacent_blood_ml:.1f} mL" in text
-    assert "AAST grade at least V" in text and spleen.aast_rules[0] in text
+    assert "AAST grade at least IV" in text and spleen.aast_rules[0] in text
     component = next(c for c in bleed.components if "spleen" in c.organs_touched)
     first, last = component.slices
     assert f"images {first + 1} to {last + 1} of {bleed.series['shape'][0]}" in text
@@ -194,7 +194,7 @@ def test_follow_up_questions_use_the_earlier_turns(bleed):
     assert "Liver:" in follow and "Spleen:" not in follow
     # Without the earlier turn the same words are about every graded organ.
     alone = answer(bleed, "What grade?")
-    assert "Spleen: at least AAST grade V" in alone and "Following on" not in alone
+    assert "Spleen: at least AAST grade IV" in alone and "Following on" not in alone
     # "And the spleen?" asks the earlier question about another organ.
     again = answer(bleed, "And the spleen?", [Turn("Where is the blood around the liver?", first)])
     assert "Spleen:" in again and "Collection" in again

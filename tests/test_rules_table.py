@@ -34,13 +34,17 @@ def evidence(organ: str, **changes) -> rules.OrganEvidence:
 
 
 @pytest.mark.parametrize("organ, changes, grade, rule", [
-    ("spleen", dict(blush_outside_adjacent=True, intraparenchymal_blood_ml=4.0), 5,
+    ("spleen", dict(blush_outside_adjacent=True, intraparenchymal_blood_ml=4.0, bleeding_confirmed=True), 5,
      "AAST-SPLEEN-V-BLEED-BEYOND"),
+    ("spleen", dict(blush_outside_adjacent=True, intraparenchymal_blood_ml=4.0), 4,
+     "AAST-SPLEEN-IV-BLUSH-BEYOND-ONE-PHASE"),
     ("spleen", dict(blush_inside=True), 4, "AAST-SPLEEN-IV-BLEED-CONTAINED"),
     ("spleen", dict(largest_intraparenchymal_mm=50.0), 3, "AAST-SPLEEN-III-HEMATOMA-5CM"),
     ("spleen", dict(largest_intraparenchymal_mm=20.0), 2, "AAST-SPLEEN-II-HEMATOMA"),
-    ("liver", dict(blush_outside_adjacent=True, intraparenchymal_blood_ml=4.0), 4,
+    ("liver", dict(blush_outside_adjacent=True, intraparenchymal_blood_ml=4.0, bleeding_confirmed=True), 4,
      "AAST-LIVER-IV-BLEED-BEYOND"),
+    ("liver", dict(blush_outside_adjacent=True, intraparenchymal_blood_ml=4.0), 3,
+     "AAST-LIVER-III-BLUSH-BEYOND-ONE-PHASE"),
     ("liver", dict(blush_inside=True), 3, "AAST-LIVER-III-BLEED-CONTAINED"),
     ("liver", dict(largest_intraparenchymal_mm=120.0), 3, "AAST-LIVER-III-HEMATOMA-10CM"),
     ("liver", dict(largest_intraparenchymal_mm=60.0), 2, "AAST-LIVER-II-HEMATOMA"),
@@ -166,3 +170,16 @@ def test_a_contained_vascular_injury_follows_its_own_rules():
     q.volumes_ml["contained_vascular_injury"] = 0.8
     tier, reasons = risk_tier(q, TIERS)
     assert tier == "high" and any("pseudoaneurysm" in r for r in reasons)
+
+
+def test_a_blush_beyond_the_organ_grades_as_bleeding_only_once_the_phases_show_it_grew():
+    from pipeline.findings import ContrastFocus
+
+    q = quantification(compartment(5.0, "intrasplenic", ["spleen"]),
+                       compartment(60.0, "perisplenic", ["spleen"], blush=0.6))
+    focus = ContrastFocus(id=1, volume_ml=0.6, mean_hu=200.0, aorta_hu=180.0, centroid_mm=[0, 0, 0],
+                          max_extent_mm=12.0, compartment="perisplenic")
+    q.contrast_foci = [focus]
+    assert rules.grade(organ_evidence("spleen", True, q))[0] == 4  # one phase: IV at least
+    focus.kind = "active_bleeding"
+    assert rules.grade(organ_evidence("spleen", True, q))[0] == 5

@@ -46,13 +46,14 @@ class RulesReading:
         found = quantification.compartments
         # Organs with parenchymal evidence only; blood beside an organ is no injury of it.
         organs = [c.organ for c in found if c.parenchymal and c.organ]
-        spaces = [c.name for c in found]
+        spaces = [c.name for c in found if not c.parenchymal]  # blood inside an organ is no hemoperitoneum
         if blood == 0:
             pattern = "no hemoperitoneum or active extravasation detected"
             description = "No blood-density collection above the minimum size in the peritoneal cavity."
         else:
-            pattern = "hemoperitoneum" + (" with active contrast extravasation" if blush > 0 else "")
-            pattern += f" ({_names(spaces)})"
+            parts = [f"hemoperitoneum ({_names(spaces)})"] if spaces else []
+            parts += [f"{_names([organ])} intraparenchymal blood" for organ in organs]
+            pattern = " and ".join(parts) + (" with a contrast blush" if blush > 0 else "")
             description = (f"About {blood:.0f} mL of blood-density material ({hu.blood_min:g}-{hu.blood_max:g} HU, "
                            f"from {hu.blood_low_min:g} HU in thick collections) "
                            f"in {len(components)} collection(s), by compartment: "
