@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import pixel_array
 
 from pipeline.findings import Findings
-from pipeline.labels import ACTIVE_EXTRAVASATION
+from pipeline.labels import ACTIVE_EXTRAVASATION, CONTAINED_VASCULAR_INJURY
 
 KEY_SLICE_COUNT = 6
 
@@ -42,7 +42,7 @@ def key_slices(findings: Findings, source_datasets: Sequence[Dataset],
         return []
     flat = findings.labels.reshape(len(findings.labels), -1)
     blood = np.count_nonzero(flat, axis=1)
-    blush = np.count_nonzero(flat == ACTIVE_EXTRAVASATION, axis=1)
+    blush = np.count_nonzero(np.isin(flat, (ACTIVE_EXTRAVASATION, CONTAINED_VASCULAR_INJURY)), axis=1)
     slices = findings.series["slices"]
     by_uid = {str(ds.SOPInstanceUID): ds for ds in source_datasets}
     missing = {s["sop_instance_uid"] for s in slices} - set(by_uid)

@@ -46,6 +46,7 @@ from dicom_out.segments import Segment, planned_segments
 from dicom_out.source import source_images
 from dicom_out.sr_text_report import text_report
 from pipeline.findings import Compartment, Findings, OrganFinding
+from pipeline.labels import HEMORRHAGE
 
 RelationshipType = hd.sr.RelationshipTypeValues
 MeasurementGroup = (hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
@@ -190,11 +191,19 @@ def _largest_voxel(found: Sequence[Compartment]) -> list[int] | None:
 
 
 def _segment_voxel(segment: Segment, findings: Findings) -> list[int] | None:
-    """A voxel of the segment: its largest focus (blush kinds), else where the most blood is."""
+    """A voxel of the segment: its largest focus (blush kinds); for the non-enhancing blood, on
+    the slice that holds most of it (the total points at the largest compartment: two labels
+    at one point would hide each other's numbers in the viewer)."""
     if segment.finding.key == "non_enhancing_hemorrhage":
-        return _largest_voxel(findings.compartments)
-    kinds = {"contained_vascular_injury": ("contained_vascular_injury",)}.get(
-        segment.finding.key, ("undetermined", "active_bleeding"))
+        if findings.labels is None or not (findings.labels == HEMORRHAGE).any():
+            return _largest_voxel(findings.compartments)
+        per_slice = (findings.labels == HEMORRHAGE).reshape(len(findings.labels), -1).sum(axis=1)
+        k = int(np.argmax(per_slice))
+        rows, columns = np.nonzero(findings.labels[k] == HEMORRHAGE)
+        middle = np.argmin((rows - rows.mean()) ** 2 + (columns - columns.mean()) ** 2)
+        return [k, int(rows[middle]), int(columns[middle])]
+    contained = segment.finding.key == "contained_vascular_injury"
+    kinds = ("contained_vascular_injury",) if contained else ("undetermined", "active_bleeding")
     foci = [f for f in findings.contrast_foci if f.kind in kinds and f.voxel]
     return max(foci, key=lambda f: f.volume_ml).voxel if foci else None
 

@@ -32,7 +32,7 @@ from dicom_out.key_slices import KeySlice, SliceReader
 from dicom_out.summary_series import first_source, instance_uid, series_attributes
 from dicom_out.summary_text import TITLE, summary_lines
 from pipeline.findings import Findings
-from pipeline.labels import ACTIVE_EXTRAVASATION
+from pipeline.labels import ACTIVE_EXTRAVASATION, CONTAINED_VASCULAR_INJURY
 
 WINDOW_CENTER, WINDOW_WIDTH = 50, 400  # soft tissue, HU
 MIN_WIDTH = 512  # a key slice is scaled up by a whole factor to at least this width
@@ -41,10 +41,12 @@ MARGIN = 0.04  # of the width
 OUTLINE_PX = 2  # drawn just outside the region, so that its own pixels stay visible
 HEMORRHAGE_RGB = (230, 40, 40)
 EXTRAVASATION_RGB = (255, 220, 0)
+CONTAINED_RGB = (220, 60, 230)  # the SEG's contained vascular injury colour, lighter on grey
 TEXT_RGB = (255, 255, 255)
 NOTICE_RGB = (255, 220, 0)
 LEGEND = [("Red outline: hemorrhage (all blood)", HEMORRHAGE_RGB),
-          ("Yellow outline: active extravasation (contrast blush)", EXTRAVASATION_RGB)]
+          ("Yellow outline: active extravasation (contrast blush)", EXTRAVASATION_RGB),
+          ("Magenta outline: contained vascular injury (pseudoaneurysm)", CONTAINED_RGB)]
 
 
 def build_summary_sc(findings: Findings, source_datasets: Sequence[Dataset],
@@ -84,8 +86,8 @@ def render_key_image(hu: np.ndarray, labels: np.ndarray, caption: str) -> np.nda
         (hu.shape[1] * scale, hu.shape[0] * scale), Image.Resampling.BILINEAR)
     pixels = np.array(image.convert("RGB"))
     labels = labels.repeat(scale, axis=0).repeat(scale, axis=1)
-    for mask, rgb in ((labels > 0, HEMORRHAGE_RGB), (labels == ACTIVE_EXTRAVASATION,
-                                                      EXTRAVASATION_RGB)):
+    for mask, rgb in ((labels > 0, HEMORRHAGE_RGB), (labels == ACTIVE_EXTRAVASATION, EXTRAVASATION_RGB),
+                      (labels == CONTAINED_VASCULAR_INJURY, CONTAINED_RGB)):
         pixels[binary_dilation(mask, iterations=OUTLINE_PX) & ~mask] = rgb
     width = pixels.shape[1]
     font = _font(max(12, width // 34))

@@ -14,11 +14,33 @@ def tier_text(tier: str) -> str:
     return tier.replace("_", " ").strip().upper() or "UNKNOWN"
 
 
+KIND_TEXT = {"active_bleeding": "active bleeding (grew across the phases)",
+             "contained_vascular_injury": "contained vascular injury (pseudoaneurysm)",
+             "undetermined": "active bleeding or pseudoaneurysm, not told apart on one phase"}
+
+
 def volume_lines(findings: Findings) -> list[str]:
     volumes = findings.volumes_ml
-    return [f"Hemorrhage (all blood, blush included): {volumes.get('hemorrhage', 0.0):.1f} mL",
-            f"Active extravasation (contrast blush): "
-            f"{volumes.get('active_extravasation', 0.0):.1f} mL"]
+    lines = [f"Hemorrhage (all blood, blush included): {volumes.get('hemorrhage', 0.0):.1f} mL",
+             f"Active extravasation (contrast blush): "
+             f"{volumes.get('active_extravasation', 0.0):.1f} mL"]
+    if volumes.get("contained_vascular_injury"):
+        lines.append(f"Contained vascular injury (pseudoaneurysm): "
+                     f"{volumes['contained_vascular_injury']:.1f} mL")
+    return lines
+
+
+def finding_lines(findings: Findings) -> list[str]:
+    """What the volumes alone do not say: each blush's kind, and which organ is injured."""
+    lines = [f"- Blush {f.id} ({f.compartment.replace('_', ' ')}, {f.volume_ml:.1f} mL): "
+             f"{KIND_TEXT.get(f.kind, f.kind)}" for f in findings.contrast_foci]
+    injured = [o for o in findings.organs.values() if o.injured]
+    if findings.assessment.assessed:
+        lines.append("Organ injury (evidence inside the organ): " + ("; ".join(
+            f"{o.organ.replace('_', ' ')}: {', '.join(o.injury_evidence)}"
+            + (f", AAST grade at least {o.aast_grade}" if o.aast_grade else "") for o in injured)
+            or "none seen; blood beside an organ is not counted as its injury"))
+    return lines
 
 
 def summary_lines(findings: Findings, algorithm: Algorithm) -> list[str]:
@@ -27,6 +49,7 @@ def summary_lines(findings: Findings, algorithm: Algorithm) -> list[str]:
     rec = findings.recommendation
     return [
         *volume_lines(findings),
+        *finding_lines(findings),
         f"Risk tier: {tier_text(findings.risk_tier)}",
         *[f"- {reason}" for reason in findings.risk_tier_reasons],
         "",

@@ -28,14 +28,12 @@ SINGLE_PHASE = ("single phase: whether a contrast focus is active bleeding or a 
                 "injury (pseudoaneurysm) could not be determined; it needs a later phase of the study")
 
 
-def phase_of(findings: Any) -> str | None:
-    """The phase the pipeline recognised in a series (Findings, or anything with .phase), if it did."""
-    phase = getattr(findings, "phase", None)
-    if isinstance(phase, dict):
-        phase = phase.get("name") or phase.get("phase")
-    elif phase is not None and not isinstance(phase, str):
-        phase = getattr(phase, "name", None)
-    return phase if phase in PHASE_ORDER else None
+def phase_of(series: Any) -> str | None:
+    """The phase the pipeline recognised in a series: a name, or a ContrastPhase (Findings.phase,
+    StageContext.phase)."""
+    phase = getattr(series, "phase", None)
+    name = phase if isinstance(phase, str) else getattr(phase, "name", None)
+    return name if name in PHASE_ORDER else None
 
 
 @dataclass

@@ -141,9 +141,10 @@ DECISION_RULES: tuple[DecisionRule, ...] = (
                  "with embolisation; it may rupture later even while the patient is stable.",
                  EAST_2012, lambda c: c.contained_vascular_injury_ml > 0),
     DecisionRule("EAST-HEMOPERITONEUM-AMOUNT", ("stable", "unknown"),
-                 "The amount of hemoperitoneum predicts the need for intervention in stable splenic "
-                 "injury: higher risk of failed non-operative management; the surgical team should "
-                 "be aware.", EAST_2012,
+                 "A moderate or large hemoperitoneum with a splenic injury or blood in the perisplenic "
+                 "space (a splenic injury may be there that this backend cannot see): in stable splenic "
+                 "injury the amount predicts the need for intervention, a higher risk of failed "
+                 "non-operative management; the surgical team should be aware.", EAST_2012,
                  lambda c: c.spleen_involved and c.amount_tier in ("moderate", "high")),
 )
 

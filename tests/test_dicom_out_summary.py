@@ -396,3 +396,22 @@ def test_analyze_writes_them_too(phantom_factory, tmp_path):
     assert len(sc) > 1 and (tmp_path / "out" / "pdf.dcm").is_file()
     assert pydicom.dcmread(tmp_path / "out" / "kos.dcm").Modality == "KO"
     assert "sc-01.dcm" in lines[-1] and "pdf.dcm" in lines[-1] and "kos.dcm" in lines[-1]
+
+
+def test_the_summary_says_which_organ_is_injured_and_what_each_blush_may_be():
+    """A reader of the summary page alone learns what the volumes do not say."""
+    import dataclasses
+
+    from dicom_out.device import Algorithm
+    from dicom_out.summary_text import summary_lines
+    from qa_support import findings_dict
+
+    findings = Findings.from_json_dict(findings_dict("bleed"))  # a splenic hematoma and a blush
+    lines = summary_lines(findings, Algorithm.of(findings, "trauma-node test", "1"))
+    organ = next(line for line in lines if line.startswith("Organ injury"))
+    assert "spleen: intraparenchymal blood" in organ and "liver" not in organ
+    assert any("not told apart on one phase" in line for line in lines if line.startswith("- Blush"))
+    volumes = dict(findings.volumes_ml, contained_vascular_injury=0.6)
+    contained = summary_lines(dataclasses.replace(findings, volumes_ml=volumes),
+                              Algorithm.of(findings, "trauma-node test", "1"))
+    assert "Contained vascular injury (pseudoaneurysm): 0.6 mL" in contained
