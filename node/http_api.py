@@ -38,10 +38,11 @@ log = logging.getLogger("trauma_node.http")
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_QUESTION_CHARS = 2000
 PURGE_INTERVAL_S = 3600.0
-# Shutting down: open answer streams get this long to end by themselves, then they are
-# cancelled, and their answers get ANSWER_STORE_S to be stored as interrupted.
-GRACEFUL_SHUTDOWN_S = 3.0
-ANSWER_STORE_S = 5.0
+# Shutting down, as shares of node.stop_timeout_s, so that the API has stopped before the
+# node says it has: open answer streams get the first share to end by themselves, then they
+# are cancelled, and their answers get the second to be stored as interrupted.
+GRACEFUL_SHUTDOWN_SHARE = 0.3
+ANSWER_STORE_SHARE = 0.4
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
@@ -138,7 +139,8 @@ def create_app(settings: Settings, index: Index, answerer: Answerer | None = Non
             yield
         finally:
             task.cancel()
-            await anyio.to_thread.run_sync(open_answers.stop, ANSWER_STORE_S)
+            await anyio.to_thread.run_sync(open_answers.stop,
+                                           ANSWER_STORE_SHARE * settings.node.stop_timeout_s)
 
     app = FastAPI(
         title="trauma-node", version=__version__, lifespan=lifespan,
@@ -300,8 +302,8 @@ def create_app(settings: Settings, index: Index, answerer: Answerer | None = Non
     return app
 
 
-def server_config(app: FastAPI, host: str, port: int) -> uvicorn.Config:
+def server_config(app: FastAPI, host: str, port: int, stop_timeout_s: float) -> uvicorn.Config:
     """How the node serves the API: quiet logs, and a bounded wait for open answer
-    streams at shutdown (see GRACEFUL_SHUTDOWN_S)."""
+    streams at shutdown (a share of node.stop_timeout_s: GRACEFUL_SHUTDOWN_SHARE)."""
     return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                          timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+                          timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SHARE * stop_timeout_s)

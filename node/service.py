@@ -77,7 +77,7 @@ class Node:
         self.delivery.start()
         self.retention.start()
         app = create_app(s, self.index, live=self.live)
-        self.http = uvicorn.Server(server_config(app, s.node.http_bind, s.node.http_port))
+        self.http = uvicorn.Server(server_config(app, s.node.http_bind, s.node.http_port, s.node.stop_timeout_s))
         self._http_thread = threading.Thread(target=self.http.run, name="http", daemon=True)
         self._http_thread.start()
         log.info("HTTP API on http://%s:%d (data directory %s)", s.node.http_bind,

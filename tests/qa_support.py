@@ -83,7 +83,8 @@ class ApiServer:
         self.app = create_app(self.settings, self.index, answerer=answerer,
                               tokens=list(tokens) if tokens is not None else None)
         self.port = free_port()
-        self.server = uvicorn.Server(server_config(self.app, "127.0.0.1", self.port))
+        self.server = uvicorn.Server(server_config(self.app, "127.0.0.1", self.port,
+                                                   self.settings.node.stop_timeout_s))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property
