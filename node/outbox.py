@@ -25,6 +25,9 @@ class OutboxState(str, enum.Enum):
     PENDING = "pending"
     SENT = "sent"
     DEAD = "dead"
+    # Held results of a series version that may be incomplete, replaced by a later
+    # version before they were sent (node.receiver): never sent, kept as a record.
+    WITHDRAWN = "withdrawn"
 
 
 class OutboxItem(Base):
@@ -97,6 +100,16 @@ def mark_failed(index: Index, item: OutboxItem, error: str, policy: DeliverySect
             state=state.value, attempts=attempts, last_error=error[:500],
             next_attempt_at=now + backoff_s(attempts, policy)))
     return state.value
+
+
+def withdraw(index: Index, series_uid: str, version: int) -> int:
+    """The unsent rows of one series version are withdrawn; returns how many."""
+    with index.engine.begin() as conn:
+        return conn.execute(update(OutboxItem).where(
+            OutboxItem.series_uid == series_uid, OutboxItem.series_version == version,
+            OutboxItem.state == OutboxState.PENDING.value).values(
+            state=OutboxState.WITHDRAWN.value,
+            last_error="withdrawn: a later version of the series arrived")).rowcount
 
 
 def retry_dead(index: Index) -> int:
