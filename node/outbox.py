@@ -13,7 +13,7 @@ import datetime as dt
 import enum
 import time
 
-from sqlalchemy import DateTime, Float, Integer, String, Text, UniqueConstraint, select, update
+from sqlalchemy import Connection, DateTime, Float, Integer, String, Text, UniqueConstraint, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -102,14 +102,14 @@ def mark_failed(index: Index, item: OutboxItem, error: str, policy: DeliverySect
     return state.value
 
 
-def withdraw(index: Index, series_uid: str, version: int) -> int:
-    """The unsent rows of one series version are withdrawn; returns how many."""
-    with index.engine.begin() as conn:
-        return conn.execute(update(OutboxItem).where(
-            OutboxItem.series_uid == series_uid, OutboxItem.series_version == version,
-            OutboxItem.state == OutboxState.PENDING.value).values(
-            state=OutboxState.WITHDRAWN.value,
-            last_error="withdrawn: a later version of the series arrived")).rowcount
+def withdraw(conn: Connection, series_uid: str, version: int) -> int:
+    """The unsent rows of one series version are withdrawn (in the caller's transaction,
+    e.g. the one that starts the later version); returns how many."""
+    return conn.execute(update(OutboxItem).where(
+        OutboxItem.series_uid == series_uid, OutboxItem.series_version == version,
+        OutboxItem.state == OutboxState.PENDING.value).values(
+        state=OutboxState.WITHDRAWN.value,
+        last_error="withdrawn: a later version of the series arrived")).rowcount
 
 
 def retry_dead(index: Index) -> int:
