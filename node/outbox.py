@@ -112,6 +112,14 @@ def withdraw(conn: Connection, series_uid: str, version: int) -> int:
         last_error="withdrawn: a later version of the series arrived")).rowcount
 
 
+def never_sent(conn: Connection, series_uid: str, versions: list[int]) -> list[int]:
+    """Those of the series' versions none of whose results reached a destination."""
+    sent = set(conn.execute(select(OutboxItem.series_version).where(
+        OutboxItem.series_uid == series_uid, OutboxItem.series_version.in_(versions),
+        OutboxItem.state == OutboxState.SENT.value)).scalars())
+    return [version for version in versions if version not in sent]
+
+
 def retry_dead(index: Index) -> int:
     """Dead letters go back to pending with a fresh attempt count."""
     with index.engine.begin() as conn:
