@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 from dicom_out.device import RESEARCH_USE, Algorithm
-from pipeline.findings import Findings
+from pipeline.findings import Findings, incomplete_statement
 
 TAG = f"[{RESEARCH_USE} - AI-generated] "  # leads every text a viewer may show on its own
 
 
 def impression(findings: Findings) -> str:
+    preliminary = f"{incomplete_statement(findings.incomplete)} " if findings.incomplete else ""
+    return TAG + preliminary + _impression(findings)
+
+
+def _impression(findings: Findings) -> str:
     if not findings.assessment.assessed:
-        return (f"{TAG}NOT ASSESSED: this series could not be assessed, so no hemorrhage result and "
+        return (f"NOT ASSESSED: this series could not be assessed, so no hemorrhage result and "
                 f"no risk tier are given. Why: {'; '.join(findings.assessment.reasons)}.")
     pattern = str(findings.reading.get("injury_pattern") or "no intra-abdominal blood detected")
     volumes = findings.volumes_ml
     reasons = "; ".join(findings.risk_tier_reasons)
-    return (f"{TAG}{pattern[:1].upper()}{pattern[1:]}. "
+    return (f"{pattern[:1].upper()}{pattern[1:]}. "
             f"Hemorrhage {volumes.get('hemorrhage', 0.0):.1f} mL, active extravasation "
             f"{volumes.get('active_extravasation', 0.0):.1f} mL. "
             f"Risk tier: {findings.risk_tier.upper()}" + (f" ({reasons})." if reasons else "."))

@@ -4,7 +4,7 @@ Secondary Capture series and the head of the report PDF."""
 from __future__ import annotations
 
 from dicom_out.device import Algorithm
-from pipeline.findings import Findings
+from pipeline.findings import Findings, incomplete_statement
 
 TITLE = "AI hemorrhage summary, abdominal trauma CT"
 
@@ -48,6 +48,7 @@ def summary_lines(findings: Findings, algorithm: Algorithm) -> list[str]:
     Lines starting with '- ' are list items; '' separates paragraphs."""
     rec = findings.recommendation
     return [
+        *([incomplete_statement(findings.incomplete), ""] if findings.incomplete else []),
         *volume_lines(findings),
         *finding_lines(findings),
         f"Risk tier: {tier_text(findings.risk_tier)}",

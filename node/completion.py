@@ -27,6 +27,14 @@ from .selection import decide
 log = logging.getLogger("trauma_node.completion")
 
 
+def _incomplete_reason(row) -> str | None:
+    """Why the series may lack instances; a series that stated its size and has them all
+    is complete whatever cut its receiving short."""
+    if row.expected_count and row.instance_count >= row.expected_count:
+        return None
+    return row.incomplete_reason
+
+
 class CompletionMonitor:
     def __init__(self, index: Index, receiver: Receiver, completion: CompletionSection,
                  selection: SelectionSection):
@@ -42,7 +50,7 @@ class CompletionMonitor:
         with self.receiver.lock, self.index.engine.connect() as conn:
             rows = conn.execute(select(
                 Series.id, Series.study_id, Series.series_uid, Series.version, Series.instance_count,
-                Series.expected_count, Series.last_activity,
+                Series.expected_count, Series.last_activity, Series.incomplete_reason,
             ).where(Series.state == SeriesState.RECEIVING.value)).all()
             due = []
             for row in rows:
@@ -76,14 +84,16 @@ class CompletionMonitor:
                 ).values(state=state.value, completed_at=utcnow(), skip_reason=decision.reason))
                 if result.rowcount != 1:
                     continue
+                incomplete = _incomplete_reason(row)
                 if decision.selected:
                     job_id = conn.execute(insert(Job).values(
-                        series_id=row.id, series_version=row.version,
-                        state="queued").returning(Job.id)).scalar_one()
+                        series_id=row.id, series_version=row.version, state="queued",
+                        incomplete_reason=incomplete).returning(Job.id)).scalar_one()
             changed += 1
             if decision.selected:
-                log.info("series %s v%d complete: %d instances, %d slices, queued job %d",
-                         row.series_uid, row.version, len(instances), decision.slices, job_id)
+                log.info("series %s v%d complete: %d instances, %d slices, queued job %d%s",
+                         row.series_uid, row.version, len(instances), decision.slices, job_id,
+                         f"; may be incomplete: {incomplete}" if incomplete else "")
             else:
                 log.info("series %s v%d complete: %d instances, skipped: %s",
                          row.series_uid, row.version, len(instances), decision.reason)

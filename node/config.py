@@ -79,6 +79,10 @@ class CompletionSection:
     # A complete series waits while another series of its study is still arriving (the
     # study's other phases), at most this long after its last image; 0: never waits.
     study_wait_s: float = 30.0
+    # Results of a series version whose receiving was cut short (aborted association, node
+    # stopped) wait this long before delivery, and are withdrawn if a later version of the
+    # series arrives meanwhile; 0: sent at once (still marked as possibly incomplete).
+    incomplete_hold_s: float = 300.0
 
 
 @dataclass
@@ -239,6 +243,8 @@ def validate(settings: Settings) -> list[str]:
     problems += _check_positive(s.completion.check_interval_s, "completion.check_interval_s")
     if not 0 <= s.completion.study_wait_s <= 3600:
         problems.append("completion.study_wait_s: must be in [0, 3600] seconds")
+    if not 0 <= s.completion.incomplete_hold_s <= 86400:
+        problems.append("completion.incomplete_hold_s: must be in [0, 86400] seconds")
     if s.selection.min_slices < 1:
         problems.append("selection.min_slices: must be at least 1")
     problems += _check_positive(s.selection.max_slice_spacing_mm, "selection.max_slice_spacing_mm")

@@ -76,6 +76,9 @@ class Series(Base):
     last_activity: Mapped[float] = mapped_column(Float, default=time.time)
     completed_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     skip_reason: Mapped[str | None] = mapped_column(Text)
+    # Why this version may lack instances (its association was aborted, the node stopped
+    # while receiving it); None when nothing cut its receiving short. Reset by a new version.
+    incomplete_reason: Mapped[str | None] = mapped_column(Text)
     study: Mapped[Study] = relationship(back_populates="series")
     jobs: Mapped[list["Job"]] = relationship(back_populates="series", order_by="Job.id")
 
@@ -113,6 +116,8 @@ class Job(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     error: Mapped[str | None] = mapped_column(Text)
     result: Mapped[dict | None] = mapped_column(JSON)
+    # The series version's incomplete_reason when it was queued: its results are held.
+    incomplete_reason: Mapped[str | None] = mapped_column(Text)
     series: Mapped[Series] = relationship(back_populates="jobs")
 
 

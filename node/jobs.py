@@ -26,6 +26,7 @@ class ClaimedJob:
     study_uid: str
     series_version: int
     attempts: int
+    incomplete_reason: str | None = None  # its results are held (node.job_step)
 
 
 def claim(index: Index, worker: str) -> ClaimedJob | None:
@@ -53,7 +54,7 @@ def claim(index: Index, worker: str) -> ClaimedJob | None:
             job = session.get(Job, candidate)
             series = job.series
             return ClaimedJob(job.id, series.id, series.series_uid, series.study.study_uid,
-                              job.series_version, job.attempts)
+                              job.series_version, job.attempts, job.incomplete_reason)
     return None
 
 
@@ -74,6 +75,20 @@ def other_phases(index: Index, job: ClaimedJob) -> list[dict]:
         ).order_by(Job.id)).all()
     latest = {row.series_id: row.result for row in rows if row.result}
     return list(latest.values())
+
+
+def latest_version(index: Index, job: ClaimedJob) -> int:
+    """The job's series' current version (later than the job's once instances came after)."""
+    with index.engine.connect() as conn:
+        return conn.execute(select(Series.version).where(Series.id == job.series_id)).scalar_one()
+
+
+def earlier_incomplete_versions(index: Index, job: ClaimedJob) -> list[int]:
+    """The versions of the job's series before its own that were queued as possibly incomplete."""
+    with index.engine.connect() as conn:
+        return list(conn.execute(select(Job.series_version).where(
+            Job.series_id == job.series_id, Job.series_version < job.series_version,
+            Job.incomplete_reason.is_not(None))).scalars())
 
 
 def finish(index: Index, job_id: int, result: dict) -> None:

@@ -3,7 +3,10 @@
 The C-STORE handler answers Success only after `Receiver.store` returns, that
 is after the file is renamed into the spool and its row committed. The same
 SOP Instance received twice is stored once. Which associations are still
-sending to which series is tracked here, so completion can wait for them.
+sending to which series is tracked here, so completion can wait for them, and a
+series whose sender's association was aborted (or that was still receiving when
+the node stopped) is marked as possibly incomplete: its results are held
+(node.job_step), and withdrawn when a later version of it arrives.
 
 Speed (profiled with bench/ingest.py): an instance of a series that is already
 receiving costs one duplicate look-up and one transaction of two statements,
@@ -37,6 +40,7 @@ from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
+from . import outbox
 from .headers import InstanceHeader
 from .index import Index, Instance, Series, SeriesState, Study, utcnow
 from .spool import Buffer, Spool
@@ -44,6 +48,8 @@ from .spool import Buffer, Spool
 log = logging.getLogger("trauma_node.receive")
 
 _RECEIVING = SeriesState.RECEIVING.value
+ABORTED = "the association sending it was aborted before it was released"
+NODE_STOPPED = "the node stopped while it was being received"
 
 
 @dataclass
@@ -223,7 +229,8 @@ class Receiver:
             if study_id is None:
                 study_id = conn.execute(insert(Study).values(
                     study_uid=header.study_uid).returning(Study.id)).scalar_one()
-            series = conn.execute(select(Series.id, Series.state, Series.version).where(
+            series = conn.execute(select(
+                Series.id, Series.state, Series.version, Series.incomplete_reason).where(
                 Series.series_uid == header.series_uid)).first()
             expected = header.images_in_acquisition
             if series is None:
@@ -241,9 +248,14 @@ class Receiver:
                     version += 1
                     conn.execute(update(Series).where(Series.id == series_id).values(
                         state=_RECEIVING, version=version, skip_reason=None,
-                        completed_at=None))
+                        completed_at=None, incomplete_reason=None))
                     log.info("series %s v%d receiving (late instances after %s)",
                              header.series_uid, version, series.state)
+                    if series.incomplete_reason:  # its held results are not sent
+                        withdrawn = outbox.withdraw(conn, header.series_uid, version - 1)
+                        log.info("series %s v%d replaces v%d, which may have been incomplete: "
+                                 "%d held deliveries withdrawn", header.series_uid, version,
+                                 version - 1, withdrawn)
             conn.execute(insert(Instance).values(
                 series_id=series_id, sop_instance_uid=header.sop_uid,
                 sop_class_uid=header.sop_class_uid, transfer_syntax_uid=transfer_syntax,
@@ -266,8 +278,9 @@ class Receiver:
         self._senders.setdefault(series_id, set()).add(assoc_id)
         self._sent_by.setdefault(assoc_id, set()).add(series_id)
 
-    def association_closed(self, assoc_id: int) -> None:
-        """The quiet period of the series it sent restarts now."""
+    def association_closed(self, assoc_id: int, aborted: bool = False) -> None:
+        """The quiet period of the series it sent restarts now; an aborted association
+        leaves them possibly incomplete."""
         with self.lock:
             series_ids = self._sent_by.pop(assoc_id, set())
             for series_id in series_ids:
@@ -278,11 +291,24 @@ class Receiver:
                         del self._senders[series_id]
             if series_ids:
                 with self.index.engine.begin() as conn:
-                    conn.execute(update(Series).where(
-                        Series.id.in_(series_ids),
-                        Series.state == SeriesState.RECEIVING.value,
-                    ).values(last_activity=time.time()))
+                    receiving = (Series.id.in_(series_ids),
+                                 Series.state == SeriesState.RECEIVING.value)
+                    conn.execute(update(Series).where(*receiving).values(
+                        last_activity=time.time()))
+                    if aborted:
+                        conn.execute(update(Series).where(
+                            *receiving, Series.incomplete_reason.is_(None)).values(
+                            incomplete_reason=ABORTED))
 
     def is_being_sent(self, series_id: int) -> bool:
         """Call with the lock held."""
         return bool(self._senders.get(series_id))
+
+
+def mark_interrupted_receiving(index: Index) -> int:
+    """At start-up: series still receiving were cut short by the node's stop or crash, as
+    far as it can tell; returns how many were marked."""
+    with index.engine.begin() as conn:
+        return conn.execute(update(Series).where(
+            Series.state == _RECEIVING, Series.incomplete_reason.is_(None)).values(
+            incomplete_reason=NODE_STOPPED)).rowcount

@@ -14,8 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import time
+from math import prod
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Collection
 
 import numpy as np
 import pydicom
@@ -34,6 +37,40 @@ log = logging.getLogger("trauma_node.results")
 ALGORITHM_NAME = "trauma-node"
 
 
+# What one version's results may take beyond the label volume: the summary page and key
+# images, the PDF, the SR and findings.json come to a few MB.
+RESULTS_OVERHEAD_BYTES = 32 * 2**20
+
+
+class NoRoomForResults(Exception):
+    """Writing the results would take the disk below storage.min_free_disk_mb."""
+
+    def __init__(self, message: str, needed: int):
+        super().__init__(message)
+        self.needed = needed
+
+
+def disk_free_bytes(path: Path) -> int:
+    return shutil.disk_usage(path).free
+
+
+def results_bytes(shape: Collection[int]) -> int:
+    """At most what one version's results take: the labels twice (labels.npy, the SEG's
+    frames at worst) and the rest."""
+    return 2 * prod(shape) + RESULTS_OVERHEAD_BYTES
+
+
+def check_room(settings: Settings, needed: int) -> None:
+    """Results respect the free-disk floor as received instances do; raises NoRoomForResults."""
+    floor = settings.storage.min_free_disk_mb * 2**20
+    free = disk_free_bytes(settings.data_dir)
+    if free - needed < floor:
+        raise NoRoomForResults(
+            f"{needed / 2**20:.0f} MB of results would leave {max(0, free - needed) / 2**20:.0f} MB "
+            f"free, below storage.min_free_disk_mb ({settings.storage.min_free_disk_mb} MB)",
+            needed)
+
+
 def results_dir(settings: Settings, study_uid: str, series_uid: str, version: int) -> Path:
     return (settings.data_dir / "results" / check_uid(study_uid, "Study Instance UID")
             / check_uid(series_uid, "Series Instance UID") / f"v{version}")
@@ -48,11 +85,13 @@ def _write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
 
 
 def write_outputs(findings: Findings, source_paths: list[Path], out_dir: Path,
-                  series_version: int) -> dict[str, list[Path]]:
+                  series_version: int, unreported: Collection[int] = ()) -> dict[str, list[Path]]:
     """findings.json, labels.npy, report.txt and the DICOM objects in out_dir.
 
     Returns the DICOM objects written by kind, {"seg": [path], "sr": [path],
     "sc": [path, ...], ...}; a kind with no object (no KOS without key slices) is left out.
+    unreported: earlier versions whose results were never sent (withdrawn), which the new
+    SR does not name as its predecessor.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     if findings.labels is not None:
@@ -64,7 +103,7 @@ def write_outputs(findings: Findings, source_paths: list[Path], out_dir: Path,
     sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in source_paths]
     outputs = build_outputs(findings, sources, series_version=series_version,
                             algorithm_name=ALGORITHM_NAME, algorithm_version=__version__,
-                            previous_sr=previous_sr(out_dir, series_version))
+                            previous_sr=previous_sr(out_dir, series_version, unreported))
     written: dict[str, list[Path]] = {}
     for kind, datasets in outputs.by_kind().items():
         for number, dataset in enumerate(datasets, start=1):
@@ -77,13 +116,17 @@ def write_outputs(findings: Findings, source_paths: list[Path], out_dir: Path,
     return written
 
 
-def previous_sr(out_dir: Path, series_version: int) -> pydicom.Dataset | None:
+def previous_sr(out_dir: Path, series_version: int, unreported: Collection[int] = ()
+                ) -> pydicom.Dataset | None:
     """The SR of the latest earlier version of this series (sibling v<N> folders), if one was made.
 
-    A version that was never reported (it failed, or was superseded before it
-    ran) is passed over: the new SR's predecessor is the report a reader may have seen.
+    A version that was never reported (it failed, was superseded before it ran, or its
+    results were withdrawn) is passed over: the new SR's predecessor is the report a
+    reader may have seen.
     """
     for version in range(series_version - 1, 0, -1):
+        if version in unreported:
+            continue
         path = out_dir.parent / f"v{version}" / "sr.dcm"
         if path.is_file():
             try:
@@ -96,8 +139,10 @@ def previous_sr(out_dir: Path, series_version: int) -> pydicom.Dataset | None:
 
 
 def queue_delivery(settings: Settings, index: Index, study_uid: str, series_uid: str,
-                   version: int, objects: dict[str, list[Path]]) -> int:
-    """One outbox row per object and destination that wants that kind of object."""
+                   version: int, objects: dict[str, list[Path]], hold_s: float = 0.0) -> int:
+    """One outbox row per object and destination that wants that kind of object, sent
+    hold_s from now at the earliest."""
+    not_before = time.time() + hold_s if hold_s else 0.0
     items: list[dict[str, Any]] = []
     for kind, path in ((kind, path) for kind, paths in objects.items() for path in paths):
         sop_uid = str(pydicom.dcmread(path, stop_before_pixels=True,
@@ -107,5 +152,5 @@ def queue_delivery(settings: Settings, index: Index, study_uid: str, series_uid:
                 items.append({"study_uid": study_uid, "series_uid": series_uid,
                               "series_version": version, "kind": kind,
                               "sop_instance_uid": sop_uid, "path": str(path),
-                              "destination": dest.name})
+                              "destination": dest.name, "next_attempt_at": not_before})
     return outbox.enqueue(index, items)

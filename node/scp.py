@@ -159,7 +159,9 @@ class StorageSCP:
         assoc = event.assoc
         with self._stats_lock:
             stats = self._stats.pop(id(assoc), None)
-        self.receiver.association_closed(id(assoc))
+        # Not released is cut short: pynetdicom flags an abort only after the connection's
+        # close event, but a release before it (the A-RELEASE-RP goes out first).
+        self.receiver.association_closed(id(assoc), aborted=not assoc.is_released)
         if stats is None:
             return
         how = "released" if assoc.is_released else "aborted" if assoc.is_aborted else "closed"

@@ -18,7 +18,7 @@ from .http_api import create_app, server_config
 from .index import Index
 from .metrics import LiveFigures
 from .policy import AssociationPolicy
-from .receiver import Receiver
+from .receiver import Receiver, mark_interrupted_receiving
 from .retention import Retention
 from .scp import StorageSCP
 from .spool import Spool
@@ -62,6 +62,11 @@ class Node:
         if removed:
             log.info("start-up: removed %d partial files (never acknowledged)", removed)
         jobs.requeue_interrupted(self.index, s.workers.max_attempts, role="serve")
+        cut_short = mark_interrupted_receiving(self.index)
+        if cut_short:
+            log.warning("start-up: %d series were still being received when the node stopped: "
+                        "their results will be held %g s as possibly incomplete "
+                        "(completion.incomplete_hold_s)", cut_short, s.completion.incomplete_hold_s)
         if s.workers.count == 0:
             log.warning("workers.count = 0: this node runs no analysis; jobs wait for "
                         "`trauma-node worker` sharing its database and data directory")

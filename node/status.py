@@ -71,10 +71,12 @@ def _series(series: Series) -> dict[str, Any]:
         "expected_instances": series.expected_count,
         "completed_at": _iso(series.completed_at),
         "skip_reason": series.skip_reason,
+        "incomplete_reason": series.incomplete_reason,  # of the current version
         "jobs": [{
             "id": job.id,
             "series_version": job.series_version,
             "state": job.state,
+            "incomplete_reason": job.incomplete_reason,  # its results were held
             "attempts": job.attempts,
             "worker": job.worker,  # host/role-N
             "error": job.error,
@@ -100,7 +102,9 @@ def table(index: Index) -> str:
     for study in studies(index):
         for s in study["series"]:
             job = s["jobs"][-1] if s["jobs"] else None
-            detail = s["skip_reason"] or (job["error"] if job and job["error"] else "") or ""
+            detail = (s["skip_reason"] or (job["error"] if job and job["error"] else "")
+                      or (f"may be incomplete: {job['incomplete_reason']}"
+                          if job and job["incomplete_reason"] else ""))
             series_rows.append((study["study_uid"], s["series_uid"], s["modality"] or "",
                                 s["state"], str(s["version"]), str(s["instances"]),
                                 f"{job['id']}:{job['state']}" if job else "-",

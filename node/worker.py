@@ -22,6 +22,7 @@ from .config import Settings
 from .index import Index
 from .logs import setup_logging
 from .metrics import WORKER_RESTARTS, Counters
+from .results import RESULTS_OVERHEAD_BYTES, NoRoomForResults, check_room
 from .stopping import STOP_RESERVE_S, exit_by, exit_now, on_stop_signals
 
 log = logging.getLogger("trauma_node.worker")
@@ -67,9 +68,39 @@ class JobCutter:
             exit_now(0)
 
 
+class _DiskRoom:
+    """Whether there is room for results, said once each time it changes."""
+
+    def __init__(self) -> None:
+        self.needed = RESULTS_OVERHEAD_BYTES  # the last job put back needed this much
+        self.short: str | None = None
+
+    def enough(self, settings: Settings) -> bool:
+        try:
+            check_room(settings, self.needed)
+        except NoRoomForResults as exc:
+            self.full(str(exc), self.needed)
+            return False
+        if self.short is not None:
+            log.info("free disk is above the floor again: analysis goes on")
+            self.short, self.needed = None, RESULTS_OVERHEAD_BYTES
+        return True
+
+    def full(self, why: str, needed: int) -> None:
+        self.needed = max(self.needed, needed)
+        if self.short is None:
+            log.error("analysis paused: %s; queued jobs wait until space is freed", why)
+        self.short = why
+
+
+_disk_room = _DiskRoom()
+
+
 def run_one(index: Index, settings: Settings, name: str, cutter: JobCutter | None = None
             ) -> bool:
-    """Claim and run one job; False when the queue was empty."""
+    """Claim and run one job; False when the queue was empty or there is no room for results."""
+    if not _disk_room.enough(settings):
+        return False
     job = jobs.claim(index, name)
     if job is None:
         return False
@@ -84,6 +115,11 @@ def run_one(index: Index, settings: Settings, name: str, cutter: JobCutter | Non
     try:
         paths = [settings.spool_dir / p for p in jobs.instance_paths(index, job)]
         result = run_job(settings, index, job, paths)
+    except NoRoomForResults as exc:  # not the job's fault: it waits in the queue
+        jobs.give_back(index, [name])
+        _disk_room.full(str(exc), exc.needed)
+        log.warning("job %d back in the queue: %s", job.id, exc)
+        return False
     except Exception as exc:  # a bad series fails its job, never the worker
         log.warning("job %d failed after %.1f s: %s", job.id, time.monotonic() - started, exc)
         log.debug("job %d traceback:\n%s", job.id, traceback.format_exc())

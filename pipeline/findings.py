@@ -159,6 +159,13 @@ class Provenance:
     notes: list[str]
 
 
+def incomplete_statement(reason: str) -> str:
+    """What every output says of a series that may lack instances (Findings.incomplete)."""
+    return (f"Preliminary: this series may be incomplete ({reason}). Missing slices can hide "
+            "blood or an injury, so volumes are lower bounds; a later complete version of the "
+            "series replaces this result.")
+
+
 @dataclass
 class Findings:
     research_use: str
@@ -186,6 +193,8 @@ class Findings:
     # Across the study's phases (pipeline.multiphase): compared or not, and why.
     multiphase: dict[str, Any] = field(default_factory=dict)
     phase: ContrastPhase = field(default_factory=ContrastPhase)  # older findings.json: undetermined
+    # Why the series may lack instances (the node cut short receiving it); None: not known to.
+    incomplete: str | None = None
 
     def to_json_dict(self) -> dict[str, Any]:
         out = {f.name: _plain(getattr(self, f.name))
@@ -217,6 +226,7 @@ class Findings:
             assessment=Assessment(**data.get("assessment", {"assessed": True, "reasons": []})),
             contrast_foci=[ContrastFocus(**c) for c in data.get("contrast_foci", [])],
             multiphase=data.get("multiphase", {}), phase=ContrastPhase(**data.get("phase", {})),
+            incomplete=data.get("incomplete"),
             organs={k: OrganFinding(**v) for k, v in data["organs"].items()},
             reading=data["reading"], risk_tier=data["risk_tier"],
             risk_tier_reasons=data["risk_tier_reasons"],

@@ -84,11 +84,14 @@ def _checked(settings: PipelineSettings | None) -> PipelineSettings:
 
 def run_series(paths: Sequence[Path | str], settings: PipelineSettings | None = None,
                hemodynamic_status: str | None = None, progress: Progress = lambda _: None,
-               observer: Observer | None = None, other_phases: Sequence[Findings] = ()) -> Findings:
+               observer: Observer | None = None, other_phases: Sequence[Findings] = (),
+               incomplete: str | None = None) -> Findings:
     """Load the files of one CT series and run every stage (raises VolumeError on bad input).
 
     other_phases: the Findings of the study's other series already analysed; their
     contrast foci are compared with this series' (pipeline.multiphase).
+    incomplete: why the series may lack instances, when the caller knows it may; the
+    report and every output say so.
     """
     settings = _checked(settings)
     stages = _Stages(progress, observer)
@@ -96,13 +99,14 @@ def run_series(paths: Sequence[Path | str], settings: PipelineSettings | None = 
         volume = load_volume(paths, settings.min_slices, settings.gap_tolerance)
     progress(f"volume: {volume.hu.shape[0]} slices of {volume.hu.shape[1]}x{volume.hu.shape[2]}, "
              f"spacing {volume.spacing[0]:.2f} x {volume.spacing[1]:.3f} x {volume.spacing[2]:.3f} mm")
-    return run_volume(volume, settings, hemodynamic_status, progress, observer, stages, other_phases)
+    return run_volume(volume, settings, hemodynamic_status, progress, observer, stages, other_phases,
+                      incomplete)
 
 
 def run_volume(volume: Volume, settings: PipelineSettings | None = None,
                hemodynamic_status: str | None = None, progress: Progress = lambda _: None,
                observer: Observer | None = None, stages: _Stages | None = None,
-               other_phases: Sequence[Findings] = ()) -> Findings:
+               other_phases: Sequence[Findings] = (), incomplete: str | None = None) -> Findings:
     """Run every stage on a loaded volume."""
     settings = _checked(settings)
     stages = stages or _Stages(progress, observer)
@@ -154,7 +158,7 @@ def run_volume(volume: Volume, settings: PipelineSettings | None = None,
                               asdict(settings), context.notes),
         labels=labels, reconciliation=reconciliation, compartments=quantification.compartments,
         assessment=assessment, contrast_foci=quantification.contrast_foci, multiphase=multiphase,
-        phase=context.phase)  # pipeline.phase, recognised in the anatomy step
+        phase=context.phase, incomplete=incomplete)  # phase: recognised in the anatomy step
     with stages.stage("report", chosen["report"]):
         findings.report = chosen["report"].run(findings)
     return findings

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.findings import RESEARCH_USE, Findings, OrganFinding
+from pipeline.findings import RESEARCH_USE, Findings, OrganFinding, incomplete_statement
 from pipeline.rules import ROMAN
 from pipeline.settings import PipelineSettings
 
@@ -78,6 +78,8 @@ class TemplateReport:
             f"Automated abdominal trauma CT analysis. Backend: {f.provenance.backend_summary}.",
             RESEARCH_USE,
             "",
+            *(["SERIES MAY BE INCOMPLETE",
+               f"- {incomplete_statement(f.incomplete)}", ""] if f.incomplete else []),
             "TECHNIQUE",
             f"- CT series {series['series_instance_uid']}: {series['shape'][0]} slices, "
             f"voxel {series['spacing_mm'][2]:.2f} x {series['spacing_mm'][1]:.2f} x "

@@ -4,7 +4,9 @@
   cut off by a stop);
 - TRAUMA_TEST_KILL_SERIES=UID: a job of that series kills its worker process with
   SIGKILL, as the out-of-memory killer does;
-- TRAUMA_TEST_ANSWER_DELAY_S=N: answers to questions stream one piece every N seconds.
+- TRAUMA_TEST_ANSWER_DELAY_S=N: answers to questions stream one piece every N seconds;
+- TRAUMA_TEST_RESULTS_FREE_FILE=PATH: while PATH exists, the disk that results are
+  written to has as many bytes free as it says (a disk filling up, without filling one).
 
 The module concerned is changed when the process first imports it; without these
 variables nothing is.
@@ -22,6 +24,7 @@ import time
 DELAY_S = float(os.environ.get("TRAUMA_TEST_JOB_DELAY_S") or 0)
 KILL_SERIES = os.environ.get("TRAUMA_TEST_KILL_SERIES", "")
 ANSWER_DELAY_S = float(os.environ.get("TRAUMA_TEST_ANSWER_DELAY_S") or 0)
+RESULTS_FREE_FILE = os.environ.get("TRAUMA_TEST_RESULTS_FREE_FILE", "")
 
 
 def _faulty_jobs(module) -> None:
@@ -54,11 +57,26 @@ def _slow_answers(module) -> None:
     module.create_answerer = create
 
 
+def _results_disk(module) -> None:
+    disk_free_bytes = module.disk_free_bytes
+
+    def free(path):
+        try:
+            with open(RESULTS_FREE_FILE) as told:
+                return int(told.read())
+        except FileNotFoundError:
+            return disk_free_bytes(path)
+
+    module.disk_free_bytes = free
+
+
 PATCHES = {}
 if DELAY_S or KILL_SERIES:
     PATCHES["node.job_step"] = _faulty_jobs
 if ANSWER_DELAY_S:
     PATCHES["pipeline.answering"] = _slow_answers
+if RESULTS_FREE_FILE:
+    PATCHES["node.results"] = _results_disk
 
 
 class _PatchOnImport(importlib.abc.MetaPathFinder):
