@@ -156,6 +156,7 @@ class Peer:
 # The kinds of result object a destination may want (dicom_out.KINDS): seg, sr, and for
 # viewers without SEG/SR support sc (summary images), pdf (the report), kos (key images).
 OBJECT_KINDS = ("seg", "sr", "sc", "pdf", "kos")
+VERIFY_INTERRUPTED = ("c-find", "resend")
 
 
 @dataclass
@@ -166,6 +167,10 @@ class Destination:
     port: int
     tls: bool = False
     objects: list[str] = field(default_factory=lambda: ["seg", "sr"])
+    # An object whose C-STORE was cut off (crash, stop, no answer) may be there already:
+    # "c-find" asks the destination first and sends it only if missing; "resend" sends it
+    # again unasked (a destination that does not answer C-FIND gets that too).
+    verify_interrupted: str = "c-find"
 
 
 @dataclass
@@ -297,6 +302,9 @@ def validate(settings: Settings) -> list[str]:
         names.add(dest.name)
         if dest.tls and not s.tls.ca_certificates:
             problems.append(f"destinations[{i}].tls: needs tls.ca_certificates to verify the PACS")
+        if dest.verify_interrupted not in VERIFY_INTERRUPTED:
+            problems.append(f"destinations[{i}].verify_interrupted: {dest.verify_interrupted!r}"
+                            f" is not one of {', '.join(VERIFY_INTERRUPTED)}")
         unknown = sorted(str(kind) for kind in set(dest.objects) - set(OBJECT_KINDS))
         if unknown or not dest.objects:
             problems.append(f"destinations[{i}].objects: "

@@ -1,4 +1,11 @@
-"""Delivery: C-STORE the outbox to its destinations, with backoff and dead letters."""
+"""Delivery: C-STORE the outbox to its destinations, with backoff and dead letters.
+
+An object whose last attempt was cut off after its C-STORE went out (outbox: in doubt)
+may be at the destination already. With verify_interrupted = "c-find" the destination
+is asked first (C-FIND, IMAGE level) and the object sent only if it is missing: at most
+once. A destination that does not answer C-FIND, or verify_interrupted = "resend", gets
+it again unasked, logged and counted: at least once.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +14,23 @@ import threading
 from collections import defaultdict
 from pathlib import Path
 
+from pydicom.errors import InvalidDicomError
+
 from . import outbox
 from .config import Destination, Settings
 from .index import Index
-from .scu import AssociationFailed, send
+from .metrics import INTERRUPTED_DELIVERIES, Counters
+from .scu import AssociationFailed, QueryUnanswered, held_instances, instance_uids, send
 from .tls import client_context
 
 log = logging.getLogger("trauma_node.delivery")
 
 
 class Delivery:
-    def __init__(self, settings: Settings, index: Index):
+    def __init__(self, settings: Settings, index: Index, counters: Counters | None = None):
         self.settings = settings
         self.index = index
+        self.counters = counters or Counters()
         self.destinations = {d.name: d for d in settings.destinations}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -42,26 +53,88 @@ class Delivery:
                 outbox.mark_failed(self.index, item, f"destination {name!r} is no longer "
                                    "configured", policy)
             return 0
+        items, resend = self._settle_interrupted(dest, items)
         by_path = {str(Path(item.path)): item for item in items}
-        try:
-            report = send([Path(p) for p in by_path], dest.host, dest.port, dest.ae_title,
-                          policy.calling_ae_title, self._tls(dest), policy.timeout_s)
-        except (AssociationFailed, OSError) as exc:
-            states = [outbox.mark_failed(self.index, item, str(exc), policy) for item in items]
-            log.warning("delivery to %s (%s@%s:%d) failed for %d objects: %s; %d dead letters",
-                        name, dest.ae_title, dest.host, dest.port, len(items), exc,
-                        states.count("dead"))
-            return 0
-        failures = {**report.failed, **report.skipped}
-        for path, item in by_path.items():
-            if path in failures:
-                state = outbox.mark_failed(self.index, item, failures[path], policy)
-                log.warning("delivery of %s %s to %s failed: %s (%s)", item.kind,
-                            item.sop_instance_uid, name, failures[path], state)
-            else:
+        recorded: set[str] = set()
+        started: set[str] = set()
+
+        def before(path: Path) -> None:
+            item = by_path[str(path)]
+            if item.id in resend:
+                self.counters.add(INTERRUPTED_DELIVERIES, resend[item.id])
+            outbox.mark_started(self.index, item.id)
+            started.add(str(path))
+
+        def after(path: Path, error: str | None, cut_off: bool) -> None:
+            item = by_path[str(path)]
+            recorded.add(str(path))
+            if error is None:
                 outbox.mark_sent(self.index, item.id)
                 log.info("delivered %s %s to %s", item.kind, item.sop_instance_uid, name)
+                return
+            state = outbox.mark_failed(self.index, item, error, policy,
+                                       answered=str(path) in started and not cut_off)
+            log.warning("delivery of %s %s to %s failed: %s (%s%s)", item.kind,
+                        item.sop_instance_uid, name, error, state,
+                        "; in doubt: it may have arrived" if cut_off else "")
+
+        if not by_path:
+            return 0
+        try:
+            report = send([Path(p) for p in by_path], dest.host, dest.port, dest.ae_title,
+                          policy.calling_ae_title, self._tls(dest), policy.timeout_s,
+                          before_each=before, after_each=after)
+        except (AssociationFailed, OSError) as exc:
+            rest = [item for path, item in by_path.items() if path not in recorded]
+            states = [outbox.mark_failed(self.index, item, str(exc), policy) for item in rest]
+            log.warning("delivery to %s (%s@%s:%d) failed for %d objects: %s; %d dead letters",
+                        name, dest.ae_title, dest.host, dest.port, len(rest), exc,
+                        states.count("dead"))
+            return 0
         return report.sent
+
+    def _settle_interrupted(self, dest: Destination, items: list[outbox.OutboxItem]
+                            ) -> tuple[list[outbox.OutboxItem], dict[int, str]]:
+        """Rows in doubt that the destination holds are marked sent. Returns the rows still
+        to send, and of those in doubt, how each is sent again: absent or unverified."""
+        in_doubt = [item for item in items if item.attempt_started_at is not None]
+        if not in_doubt:
+            return items, {}
+        unasked = {item.id: "unverified" for item in in_doubt}
+        if dest.verify_interrupted == "resend":
+            log.warning("%d objects whose delivery to %s was cut off are sent again unasked "
+                        "(verify_interrupted = \"resend\"): it may receive them twice",
+                        len(in_doubt), dest.name)
+            return items, unasked
+        uids = {}
+        for item in in_doubt:
+            try:
+                uids[item.id] = instance_uids(Path(item.path))
+            except (InvalidDicomError, AttributeError, OSError, ValueError):
+                pass  # not sendable either: its C-STORE attempt fails and says why
+        try:
+            held = held_instances(list(uids.values()), dest.host, dest.port, dest.ae_title,
+                                  self.settings.delivery.calling_ae_title, self._tls(dest),
+                                  self.settings.delivery.timeout_s) if uids else set()
+        except (QueryUnanswered, OSError) as exc:
+            log.warning("%s did not answer C-FIND (%s): %d objects whose delivery was cut off "
+                        "are sent again unasked; it may receive them twice (allow our AE title "
+                        "to query it, or set verify_interrupted = \"resend\")",
+                        dest.name, exc, len(in_doubt))
+            return items, unasked
+        resend = {}
+        for item in in_doubt:
+            if item.id in uids and uids[item.id][2] in held:
+                outbox.mark_sent(self.index, item.id)
+                self.counters.add(INTERRUPTED_DELIVERIES, "present")
+                log.info("%s %s confirmed present at %s after an interrupted attempt: marked "
+                         "sent, not sent again", item.kind, item.sop_instance_uid, dest.name)
+            else:
+                resend[item.id] = "absent" if item.id in uids else "unverified"
+                log.info("%s %s not at %s after an interrupted attempt: sending it again",
+                         item.kind, item.sop_instance_uid, dest.name)
+        confirmed = {item.id for item in in_doubt} - set(resend)
+        return [item for item in items if item.id not in confirmed], resend
 
     def _tls(self, dest: Destination):
         return client_context(self.settings.tls) if dest.tls else None

@@ -68,8 +68,16 @@ RECEIVED_BYTES = Family("trauma_node_received_bytes_total", "counter",
 WORKER_RESTARTS = Family("trauma_node_worker_restarts_total", "counter",
                          "Worker processes of `serve` that died (killed, out of memory) and "
                          "were restarted, since the node started.")
+INTERRUPTED_DELIVERIES = Family(
+    "trauma_node_interrupted_deliveries_total", "counter",
+    "Result objects found cut off in the middle of their delivery (the node crashed or "
+    "stopped, or the destination did not answer, after the C-STORE went out), since the node "
+    "started, by what was done: present (C-FIND found it at the destination: marked sent, not "
+    "sent again), absent (C-FIND found it missing: sent again), unverified (sent again "
+    "unasked: no C-FIND answer, or verify_interrupted = \"resend\"; it may be there twice).",
+    "outcome", ("present", "absent", "unverified"))
 COUNTED = (ASSOCIATIONS_ACCEPTED, ASSOCIATIONS_REJECTED, CSTORE_RESPONSES, RECEIVED_BYTES,
-           WORKER_RESTARTS)
+           WORKER_RESTARTS, INTERRUPTED_DELIVERIES)
 
 
 class Counters:

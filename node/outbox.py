@@ -4,6 +4,11 @@ Rows are written in the same database as the jobs, so results survive a
 restart and a destination that is down gets them when it comes back. A row
 that has been sent is never sent again (no export loop); one that failed
 `delivery.max_attempts` times is a dead letter until `trauma-node retry`.
+
+Each attempt is recorded as started (committed) before its C-STORE goes out, and the
+mark is cleared with its answer. A row still marked when it is next due was cut off
+(a crash, a stop, no answer): the destination may hold it already, so node.delivery
+asks before sending it again.
 Import this module before creating the Index so that its table is created.
 """
 
@@ -13,7 +18,8 @@ import datetime as dt
 import enum
 import time
 
-from sqlalchemy import Connection, DateTime, Float, Integer, String, Text, UniqueConstraint, select, update
+from sqlalchemy import (Connection, DateTime, Float, Integer, String, Text, UniqueConstraint,
+                        event, inspect, select, text, update)
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -47,6 +53,17 @@ class OutboxItem(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    # Epoch seconds when the last attempt's C-STORE was about to go out; None once the
+    # destination answered it. Set when due: that attempt was cut off (in doubt).
+    attempt_started_at: Mapped[float | None] = mapped_column(Float)
+
+
+@event.listens_for(Base.metadata, "after_create")
+def _add_new_columns(_metadata, connection, **_kw) -> None:
+    """Databases made before a column existed get it when the Index opens them."""
+    have = {c["name"] for c in inspect(connection).get_columns(OutboxItem.__tablename__)}
+    if "attempt_started_at" not in have:
+        connection.execute(text("ALTER TABLE outbox ADD COLUMN attempt_started_at FLOAT"))
 
 
 def enqueue(index: Index, items: list[dict]) -> int:
@@ -82,23 +99,35 @@ def backoff_s(attempts: int, policy: DeliverySection) -> float:
     return min(policy.max_delay_s, policy.base_delay_s * 2 ** max(0, attempts - 1))
 
 
+def mark_started(index: Index, item_id: int) -> None:
+    """Committed before the C-STORE goes out: from here until its answer is recorded,
+    the row is in doubt."""
+    with index.engine.begin() as conn:
+        conn.execute(update(OutboxItem).where(OutboxItem.id == item_id).values(
+            attempt_started_at=time.time()))
+
+
 def mark_sent(index: Index, item_id: int) -> None:
+    """The destination holds it: acknowledged, or confirmed after a cut-off attempt."""
     with index.engine.begin() as conn:
         conn.execute(update(OutboxItem).where(OutboxItem.id == item_id).values(
             state=OutboxState.SENT.value, sent_at=utcnow(), last_error=None,
-            attempts=OutboxItem.attempts + 1))
+            attempts=OutboxItem.attempts + 1, attempt_started_at=None))
 
 
 def mark_failed(index: Index, item: OutboxItem, error: str, policy: DeliverySection,
-                now: float | None = None) -> str:
-    """Record a failed attempt; schedule the next one or make it a dead letter."""
+                now: float | None = None, answered: bool = False) -> str:
+    """Record a failed attempt; schedule the next one or make it a dead letter.
+    answered: the destination refused this attempt with a status, so it does not hold
+    the object; otherwise a row in doubt stays in doubt."""
     now = time.time() if now is None else now
     attempts = item.attempts + 1
     state = OutboxState.DEAD if attempts >= policy.max_attempts else OutboxState.PENDING
+    doubt = {"attempt_started_at": None} if answered else {}
     with index.engine.begin() as conn:
         conn.execute(update(OutboxItem).where(OutboxItem.id == item.id).values(
             state=state.value, attempts=attempts, last_error=error[:500],
-            next_attempt_at=now + backoff_s(attempts, policy)))
+            next_attempt_at=now + backoff_s(attempts, policy), **doubt))
     return state.value
 
 

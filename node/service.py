@@ -45,7 +45,7 @@ class Node:
                                             settings.selection)
         self.workers = WorkerPool(settings, self.index, counters=self.live.counters)
         self.orphan_watch = OrphanWatch(settings, self.index)
-        self.delivery = Delivery(settings, self.index)
+        self.delivery = Delivery(settings, self.index, self.live.counters)
         self.retention = Retention(settings, self.index, self.receiver.forget_series,
                                    self.receiver.lock, self.spool.free_bytes)
         self.http: uvicorn.Server | None = None

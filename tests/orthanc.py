@@ -23,13 +23,26 @@ class Orthanc:
         the calling node must then present a certificate signed by "trusted".
         modalities: Orthanc's DicomModalities, e.g. {"trauma": ["TRAUMA_AI", host, port]}.
         dicomweb: load the DICOMweb plugin, at {url}/dicom-web/, its metadata read in full
-        from the stored files (an SR's content tree is not among Orthanc's main tags)."""
+        from the stored files (an SR's content tree is not among Orthanc's main tags).
+        Every instance received over DICOM, a second copy of one too, is listed by
+        receptions() (a Lua ReceivedInstanceFilter, called before Orthanc stores it)."""
         self.workdir = workdir
         self.dicom_port = dicom_port
         self.http_port = http_port
         self.aet = aet
         self.proc: subprocess.Popen | None = None
         workdir.mkdir(parents=True, exist_ok=True)
+        self.received = workdir / "received.txt"
+        lua = workdir / "receptions.lua"
+        lua.write_text(f"""function ReceivedInstanceFilter(dicom, origin, info)
+  if origin["RequestOrigin"] == "DicomProtocol" then
+    local log = io.open({json.dumps(str(self.received))}, "a")
+    log:write(dicom.SOPInstanceUID .. "\\n")
+    log:close()
+  end
+  return true
+end
+""")
         self.config = workdir / "orthanc.json"
         self.config.write_text(json.dumps({
             "Name": "test-pacs",
@@ -42,6 +55,7 @@ class Orthanc:
             "AuthenticationEnabled": False,
             "DicomCheckCalledAet": True,
             "DicomAlwaysAllowStore": True,
+            "LuaScripts": [str(lua)],
             "Plugins": [DICOMWEB_PLUGIN] if dicomweb else [],
             **({"DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True,
                              "StudiesMetadata": "Full", "SeriesMetadata": "Full"}}
@@ -104,6 +118,10 @@ class Orthanc:
             tags = self.get(f"/instances/{orthanc_id}/simplified-tags")
             uids.add(tags["SOPInstanceUID"])
         return uids
+
+    def receptions(self) -> list[str]:
+        """The SOP Instance UID of every C-STORE received, in order, copies included."""
+        return self.received.read_text().split() if self.received.exists() else []
 
     def file(self, sop_uid: str) -> bytes:
         found = httpx.post(f"{self.url}/tools/find", json={

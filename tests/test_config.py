@@ -60,6 +60,9 @@ def test_command_line_overrides_environment():
      {}, "destinations[0].objects: unknown ['png'] (use some of seg, sr, sc, pdf, kos)"),
     ("[[destinations]]\nname='p'\nae_title='PACS'\nhost='h'\nport=104\nobjects=[]\n", {},
      "destinations[0].objects: empty: nothing would be sent"),
+    ("[[destinations]]\nname='p'\nae_title='PACS'\nhost='h'\nport=104\n"
+     "verify_interrupted='c-move'\n", {},
+     "destinations[0].verify_interrupted: 'c-move' is not one of c-find, resend"),
     ("[completion]\nquiet_period_s = 0\n", {}, "completion.quiet_period_s"),
     ("[workers]\ncount = -1\n", {}, "workers.count: must be 0 or more"),
     ("[selection]\nexclude_series_descriptions = ['(']\n", {},

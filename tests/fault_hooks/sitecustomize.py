@@ -6,7 +6,10 @@
   SIGKILL, as the out-of-memory killer does;
 - TRAUMA_TEST_ANSWER_DELAY_S=N: answers to questions stream one piece every N seconds;
 - TRAUMA_TEST_RESULTS_FREE_FILE=PATH: while PATH exists, the disk that results are
-  written to has as many bytes free as it says (a disk filling up, without filling one).
+  written to has as many bytes free as it says (a disk filling up, without filling one);
+- TRAUMA_TEST_KILL_DELIVERY=acknowledged: the delivering process kills itself (SIGKILL)
+  when a C-STORE was acknowledged, before the outbox records it sent; =started: once an
+  attempt is recorded as started, before its C-STORE goes out.
 
 The module concerned is changed when the process first imports it; without these
 variables nothing is.
@@ -25,6 +28,7 @@ DELAY_S = float(os.environ.get("TRAUMA_TEST_JOB_DELAY_S") or 0)
 KILL_SERIES = os.environ.get("TRAUMA_TEST_KILL_SERIES", "")
 ANSWER_DELAY_S = float(os.environ.get("TRAUMA_TEST_ANSWER_DELAY_S") or 0)
 RESULTS_FREE_FILE = os.environ.get("TRAUMA_TEST_RESULTS_FREE_FILE", "")
+KILL_DELIVERY = os.environ.get("TRAUMA_TEST_KILL_DELIVERY", "")
 
 
 def _faulty_jobs(module) -> None:
@@ -70,6 +74,22 @@ def _results_disk(module) -> None:
     module.disk_free_bytes = free
 
 
+def _killed_delivery(module) -> None:
+    mark_started = module.mark_started
+
+    def started_then_killed(index, item_id):
+        mark_started(index, item_id)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def killed(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if KILL_DELIVERY == "started":
+        module.mark_started = started_then_killed
+    else:
+        module.mark_sent = killed
+
+
 PATCHES = {}
 if DELAY_S or KILL_SERIES:
     PATCHES["node.job_step"] = _faulty_jobs
@@ -77,6 +97,8 @@ if ANSWER_DELAY_S:
     PATCHES["pipeline.answering"] = _slow_answers
 if RESULTS_FREE_FILE:
     PATCHES["node.results"] = _results_disk
+if KILL_DELIVERY:
+    PATCHES["node.outbox"] = _killed_delivery
 
 
 class _PatchOnImport(importlib.abc.MetaPathFinder):

@@ -1,0 +1,158 @@
+"""A delivery cut off by a crash (SIGKILL) is not sent twice to a destination that has it.
+
+The delivering process kills itself (tests/fault_hooks) right after Orthanc acknowledged a
+C-STORE and before the outbox recorded it sent, or right after the attempt was recorded as
+started and before its C-STORE went out. Orthanc lists every C-STORE it receives, a second
+copy of one too (Orthanc.receptions), so a double send shows.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import subprocess
+import sys
+from collections import Counter
+
+import httpx
+import pytest
+
+from conftest import AUTH, FAST, ROOT, TESTS, free_port, storescu, wait_for
+from metrics_support import figures_of, one
+from node import metrics, outbox
+from node.config import load_settings
+from node.delivery import Delivery
+from node.index import Index
+from orthanc import Orthanc
+
+CALLING_AE = "TRAUMA_AI"  # delivery.calling_ae_title
+# What delivers in a test: the node's own Delivery, as `serve` runs it.
+DELIVER = ("from node.config import load_settings; from node.delivery import Delivery; "
+           "from node.index import Index; s = load_settings('/dev/null'); "
+           "Delivery(s, Index(s.database_url)).deliver_due()")
+
+
+def pacs_for(tmp_path, answers_c_find: bool = True) -> Orthanc:
+    """Orthanc answers C-FIND only from a modality it knows: our calling AE title."""
+    return Orthanc(tmp_path / "orthanc", free_port(), free_port(), modalities={
+        "trauma": [CALLING_AE, "127.0.0.1", free_port()]} if answers_c_find else {}).start()
+
+
+def destination(pacs: Orthanc, verify: str) -> str:
+    return (f'[{{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", '
+            f'"port": {pacs.dicom_port}, "verify_interrupted": "{verify}"}}]')
+
+
+def killed_delivering(data_dir, destinations: str, when: str) -> None:
+    """Runs one delivery pass in a process that SIGKILLs itself `when`."""
+    env = {**os.environ, "PYTHONPATH": str(TESTS / "fault_hooks"),
+           "TRAUMA_TEST_KILL_DELIVERY": when, "TRAUMA_NODE_DATA_DIR": str(data_dir),
+           "TRAUMA_NODE_PEERS": "[]", "TRAUMA_NODE_DESTINATIONS": destinations}
+    done = subprocess.run([sys.executable, "-c", DELIVER], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == -9, done.stderr
+
+
+def in_doubt(data_dir) -> list[tuple[str, bool]]:
+    with sqlite3.connect(data_dir / "index.sqlite") as db:
+        return [(state, started is not None) for state, started in db.execute(
+            "SELECT state, attempt_started_at FROM outbox ORDER BY id")]
+
+
+@pytest.mark.parametrize("verify, answers_c_find, when, copies_of_first, outcome", [
+    # The issue: acknowledged, then killed before it was recorded; sent again unasked.
+    ("resend", True, "acknowledged", 2, "unverified"),
+    # Asked first: the destination has it, so it is not sent again.
+    ("c-find", True, "acknowledged", 1, "present"),
+    # Killed before the C-STORE went out: the destination lacks it, so it is sent.
+    ("c-find", True, "started", 1, "absent"),
+    # A destination that does not answer C-FIND gets it again, and the log says so.
+    ("c-find", False, "acknowledged", 2, "unverified"),
+])
+def test_an_attempt_cut_off_by_a_crash(tmp_path, phantom_factory, caplog, verify,
+                                       answers_c_find, when, copies_of_first, outcome):
+    pacs = pacs_for(tmp_path, answers_c_find)
+    try:
+        env = {"TRAUMA_NODE_PEERS": "[]",
+               "TRAUMA_NODE_DESTINATIONS": destination(pacs, verify)}
+        settings = load_settings("/dev/null", env=env, overrides={
+            "node.data_dir": str(tmp_path / "data")})
+        settings.data_dir.mkdir(parents=True)
+        index = Index(settings.database_url)
+        truth = phantom_factory("interrupted", slices=3, rows=32, cols=32)
+        outbox.enqueue(index, [
+            {"study_uid": truth.spec.study_uid, "series_uid": truth.spec.series_uid,
+             "series_version": 1, "kind": "sc", "sop_instance_uid": sop, "path": str(path),
+             "destination": "pacs"} for sop, path in zip(truth.sop_instance_uids, truth.paths)])
+        first, *others = [sop for _, sop in sorted(zip(map(str, truth.paths),
+                                                       truth.sop_instance_uids))]  # sent so
+
+        killed_delivering(settings.data_dir, env["TRAUMA_NODE_DESTINATIONS"], when)
+        assert pacs.receptions() == ([first] if when == "acknowledged" else [])
+        assert in_doubt(settings.data_dir) == [("pending", True)] + [("pending", False)] * 2
+
+        delivery = Delivery(settings, index)  # the restarted node
+        with caplog.at_level(logging.INFO, logger="trauma_node.delivery"):
+            assert delivery.deliver_due() == 3 - (outcome == "present")
+        received = Counter(pacs.receptions())
+        assert received == {first: copies_of_first, **{sop: 1 for sop in others}}
+        assert pacs.instance_uids() == set(truth.sop_instance_uids)
+        assert in_doubt(settings.data_dir) == [("sent", False)] * 3
+        assert delivery.counters.value(metrics.INTERRUPTED_DELIVERIES, outcome) == 1
+        expected_log = {
+            "present": f"{first} confirmed present at pacs after an interrupted attempt",
+            "absent": f"{first} not at pacs after an interrupted attempt: sending it again",
+            "unverified": "it may receive them twice"}[outcome]
+        assert expected_log in caplog.text
+        if not answers_c_find:
+            assert "pacs did not answer C-FIND" in caplog.text
+        index.close()
+    finally:
+        pacs.stop()
+
+
+def test_serve_killed_between_the_acknowledgement_and_its_record(
+        tmp_path, node_factory, phantom_factory):
+    """SIGKILL of `serve` itself: after the restart the PACS holds each result once."""
+    pacs = pacs_for(tmp_path)
+    try:
+        node = node_factory(FAST + f"""
+[[destinations]]
+name = "pacs"
+ae_title = "PACS"
+host = "127.0.0.1"
+port = {pacs.dicom_port}
+objects = ["sr", "pdf"]
+""", env={"PYTHONPATH": str(TESTS / "fault_hooks"),
+          "TRAUMA_TEST_KILL_DELIVERY": "acknowledged"})
+        truth = phantom_factory("interrupted-serve", slices=12, rows=64, cols=64)
+        storescu([truth.paths[0].parent], node.dicom_port)
+        assert node.proc.wait(timeout=120) == -9  # killed in the middle of its delivery
+        node.stop()
+        assert len(pacs.receptions()) == 1
+        rows = in_doubt(node.data_dir)  # the other was not tried
+        assert sorted(rows) == [("pending", False), ("pending", True)]
+
+        del node.env["TRAUMA_TEST_KILL_DELIVERY"]
+        node.start()
+        wait_for(lambda: in_doubt(node.data_dir) == [("sent", False)] * len(rows), timeout=60,
+                 what="delivery after the restart")
+        received = Counter(pacs.receptions())
+        assert len(received) == len(rows) and set(received.values()) == {1}, received
+        assert "confirmed present at pacs after an interrupted attempt" in node.log()
+        figures = figures_of(httpx.get(f"{node.url}/metrics", headers=AUTH, timeout=10).text)
+        assert one(figures, "trauma_node_interrupted_deliveries_total", outcome="present") == 1
+        assert one(figures, "trauma_node_interrupted_deliveries_total", outcome="unverified") == 0
+    finally:
+        pacs.stop()
+
+
+def test_a_database_without_the_column_gets_it(tmp_path):
+    url = f"sqlite:///{tmp_path / 'index.sqlite'}"
+    Index(url).close()
+    with sqlite3.connect(tmp_path / "index.sqlite") as db:
+        db.execute("ALTER TABLE outbox DROP COLUMN attempt_started_at")
+    Index(url).close()
+    with sqlite3.connect(tmp_path / "index.sqlite") as db:
+        assert "attempt_started_at" in {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
