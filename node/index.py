@@ -25,6 +25,8 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
+    text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
@@ -129,6 +131,27 @@ class WorkerBeat(Base):
     pid: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     last_seen: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+
+
+# Columns added after a release, by table: databases made before get them when an Index
+# opens them. (Until the schema has real migrations: then this goes.)
+ADDED_COLUMNS = {
+    "outbox": {"attempt_started_at": "FLOAT"},
+    "series": {"incomplete_reason": "TEXT"},
+    "jobs": {"incomplete_reason": "TEXT"},
+}
+
+
+@event.listens_for(Base.metadata, "after_create")
+def _add_new_columns(_metadata, connection, **_kw) -> None:
+    tables = inspect(connection)
+    for table, columns in ADDED_COLUMNS.items():
+        if not tables.has_table(table):
+            continue
+        have = {c["name"] for c in tables.get_columns(table)}
+        for name, sql_type in columns.items():
+            if name not in have:
+                connection.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}"))
 
 
 def make_engine(url: str, durable: bool = False) -> Engine:

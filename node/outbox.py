@@ -19,7 +19,7 @@ import enum
 import time
 
 from sqlalchemy import (Connection, DateTime, Float, Integer, String, Text, UniqueConstraint,
-                        event, inspect, select, text, update)
+                        select, update)
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -56,14 +56,6 @@ class OutboxItem(Base):
     # Epoch seconds when the last attempt's C-STORE was about to go out; None once the
     # destination answered it. Set when due: that attempt was cut off (in doubt).
     attempt_started_at: Mapped[float | None] = mapped_column(Float)
-
-
-@event.listens_for(Base.metadata, "after_create")
-def _add_new_columns(_metadata, connection, **_kw) -> None:
-    """Databases made before a column existed get it when the Index opens them."""
-    have = {c["name"] for c in inspect(connection).get_columns(OutboxItem.__tablename__)}
-    if "attempt_started_at" not in have:
-        connection.execute(text("ALTER TABLE outbox ADD COLUMN attempt_started_at FLOAT"))
 
 
 def enqueue(index: Index, items: list[dict]) -> int:
@@ -142,10 +134,12 @@ def withdraw(conn: Connection, series_uid: str, version: int) -> int:
 
 
 def never_sent(conn: Connection, series_uid: str, versions: list[int]) -> list[int]:
-    """Those of the series' versions none of whose results reached a destination."""
+    """Those of the series' versions none of whose results reached a destination (or may
+    have: an attempt cut off is in doubt)."""
     sent = set(conn.execute(select(OutboxItem.series_version).where(
         OutboxItem.series_uid == series_uid, OutboxItem.series_version.in_(versions),
-        OutboxItem.state == OutboxState.SENT.value)).scalars())
+        (OutboxItem.state == OutboxState.SENT.value)
+        | OutboxItem.attempt_started_at.is_not(None))).scalars())
     return [version for version in versions if version not in sent]
 
 
