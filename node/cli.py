@@ -288,6 +288,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    # Every command logs through the node's escaping handler (node.logs), not logging's
+    # bare last-resort one; serve and worker set their configured level again.
+    setup_logging("WARNING")
     logging.captureWarnings(True)
     try:
         return int(args.func(args) or 0)

@@ -24,10 +24,13 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from pynetdicom import _config
 from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.utils import decode_bytes
 
 A_ASSOCIATE_RQ = 0x01
 MAX_REQUEST_BYTES = 1 << 20  # 128 contexts x 16 transfer syntaxes come to ~150 KB
+ANSWER_WAIT_S = 1.0  # after an A-ASSOCIATE-RJ, for the peer to close the connection
 
 
 @dataclass
@@ -39,9 +42,33 @@ class Guard:
 
 
 class Refused(Exception):
-    def __init__(self, code: str | None, reason: str):
+    def __init__(self, code: str | None, reason: str, answer: bytes = b""):
         super().__init__(reason)
         self.code = code
+        self.answer = answer  # a PDU sent before the connection is closed
+
+
+def _associate_rj(reason: int) -> bytes:
+    """A-ASSOCIATE-RJ, rejected-permanent by the DICOM UL service-user (PS3.8 9.3.4)."""
+    return struct.pack(">BBLBBBB", 0x03, 0, 4, 0, 1, 1, reason)
+
+
+# A-ASSOCIATE-RQ fields (PS3.8 9.3.2): offset, name, A-ASSOCIATE-RJ reason when invalid
+_AE_FIELDS = ((10, "Called AE Title", 7), (26, "Calling AE Title", 3))
+
+
+def check_ae_titles(request: bytes) -> None:
+    """Refuse a request whose AE titles pynetdicom cannot take (empty, control characters,
+    a backslash): decoding it would fail in the association's DUL, which then holds its
+    slot until the ACSE timeout, unlogged and uncounted. Raises Refused."""
+    for offset, name, reason in _AE_FIELDS:
+        raw = request[offset:offset + 16]
+        value = decode_bytes(raw) if len(raw) == 16 else ""
+        valid, why = (_config.VALIDATORS["AE"](value) if value.strip()
+                      else (False, "empty"))
+        if not valid:
+            raise Refused("bad_request", f"A-ASSOCIATE-RQ with an invalid {name} "
+                                         f"{value.strip()!r}: {why}", _associate_rj(reason))
 
 
 class GuardedServer(ThreadedAssociationServer):
@@ -76,6 +103,7 @@ def association_request(server: GuardedServer, sock: socket.socket, address: tup
             if length > MAX_REQUEST_BYTES:
                 raise Refused("no_request", f"an A-ASSOCIATE-RQ of {length} bytes")
             request = header + _read(sock, length, deadline)
+            check_ae_titles(request)
         except TimeoutError:
             raise Refused("tls" if tls else "no_request",
                           f"no {'TLS handshake' if tls else 'association request'} within "
@@ -87,6 +115,8 @@ def association_request(server: GuardedServer, sock: socket.socket, address: tup
                                 f"({type(exc).__name__})") from None
     except Refused as refused:
         guard.on_refused(str(address[0]), refused.code, str(refused))
+        if refused.answer:
+            _answer(sock, refused.answer)
         _close(sock)
         return None
     sock.settimeout(guard.data_timeout_s)
@@ -102,6 +132,20 @@ def _read(sock: socket.socket, size: int, deadline: float) -> bytes:
             raise ConnectionAbortedError("closed by the peer")
         data += chunk
     return bytes(data)
+
+
+def _answer(sock: socket.socket, pdu: bytes) -> None:
+    """Send pdu, then let the peer close first (PS3.8 ARTIM), for at most ANSWER_WAIT_S:
+    a connection closed at once can reach the peer before the PDU is read."""
+    try:
+        sock.settimeout(ANSWER_WAIT_S)
+        sock.sendall(pdu)
+        sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + ANSWER_WAIT_S
+        while sock.recv(4096) and time.monotonic() < deadline:
+            pass
+    except OSError:
+        pass
 
 
 def _close(sock: socket.socket) -> None:

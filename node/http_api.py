@@ -304,6 +304,9 @@ def create_app(settings: Settings, index: Index, answerer: Answerer | None = Non
 
 def server_config(app: FastAPI, host: str, port: int, stop_timeout_s: float) -> uvicorn.Config:
     """How the node serves the API: quiet logs, and a bounded wait for open answer
-    streams at shutdown (a share of node.stop_timeout_s: GRACEFUL_SHUTDOWN_SHARE)."""
+    streams at shutdown (a share of node.stop_timeout_s: GRACEFUL_SHUTDOWN_SHARE).
+    log_config=None: uvicorn installs no handlers of its own, its loggers propagate to
+    the node's (node.logs: control characters from a request escaped)."""
     return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                          log_config=None,
                           timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SHARE * stop_timeout_s)

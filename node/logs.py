@@ -1,19 +1,105 @@
-"""Logging set-up: one line per event, UIDs and AE titles only, never patient data."""
+"""Logging set-up: one line per event, UIDs and AE titles only, never patient data.
+
+Whatever came from the network (AE titles, UIDs, hosts, exception text, and what
+pynetdicom logs about them, such as a raw invalid UID) can hold control characters.
+Every handler the node installs formats with EscapingFormatter, which shows them
+escaped (a newline as \\n, ESC as \\x1b), so that a sender cannot forge a log line or
+drive the terminal that shows the log. Tracebacks stay readable on several lines: the
+frames are the node's code; only the exception's own text is escaped.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+import traceback
+from typing import Any
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+# C0 controls, DEL, C1 controls, and the two Unicode line and paragraph separators
+# (str.splitlines breaks lines at them, and so may a log viewer).
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+_ESCAPES.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t",
+                 0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
+def escape_controls(text: str) -> str:
+    """text with every control character escaped: one line, nothing for a terminal."""
+    return text.translate(_ESCAPES)
+
+
+class EscapingFormatter(logging.Formatter):
+    """logging.Formatter whose lines hold no control character from a message.
+
+    The rendered message (its arguments included) is escaped as a whole; a traceback
+    keeps its lines, with each exception's text escaped.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        # Not the traceback text another handler's formatter may have cached on the record.
+        cached, record.exc_text = record.exc_text, None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_text = cached
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        exc_type, exc, tb = ei
+        if exc is None:
+            return escape_controls(super().formatException(ei))
+        rendered = traceback.TracebackException(exc_type, exc, tb, compact=True)
+        if not isinstance(getattr(rendered, "_str", None), str):
+            # Not CPython 3.11 to 3.13, where _str holds str(exc): all on one line.
+            return escape_controls(super().formatException(ei))
+        _escape_texts(rendered, set())
+        return "".join(rendered.format()).rstrip("\n")
+
+    def formatStack(self, stack_info: str) -> str:
+        return stack_info  # the node's own frames
+
+
+def _escape_texts(rendered: traceback.TracebackException, seen: set[int]) -> None:
+    """Escape the text of an exception, of its cause and context, and of their notes."""
+    if id(rendered) in seen:
+        return
+    seen.add(id(rendered))
+    text = getattr(rendered, "_str", None)  # what str(exc) gave
+    if isinstance(text, str):
+        rendered._str = escape_controls(text)  # type: ignore[attr-defined]
+    notes = getattr(rendered, "__notes__", None)
+    if isinstance(notes, list):
+        rendered.__notes__ = [escape_controls(str(note)) for note in notes]
+    for attr in ("msg", "text", "filename"):  # SyntaxError's fields
+        value = getattr(rendered, attr, None)
+        if isinstance(value, str):
+            setattr(rendered, attr, escape_controls(value))
+    for linked in (rendered.__cause__, rendered.__context__,
+                   *(getattr(rendered, "exceptions", None) or ())):
+        if linked is not None:
+            _escape_texts(linked, seen)
+
+
+def handler(stream: Any = None) -> logging.Handler:
+    """A stream handler (stderr by default) with the node's escaping format."""
+    h = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    h.setFormatter(EscapingFormatter(FORMAT))
+    return h
 
 
 def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
+    """The root logger's only handler: stderr, escaped (journald, docker logs). Every
+    logger of the node, pynetdicom and uvicorn (node.http_api gives it no handlers of
+    its own) propagates to it."""
+    logging.basicConfig(level=getattr(logging, level, logging.INFO), handlers=[handler()],
+                        force=True)
     # pynetdicom logs dataset contents (patient names among them) at DEBUG and
     # every PDU at INFO: the node logs its own association lines instead.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+
+
+__all__ = ["EscapingFormatter", "FORMAT", "escape_controls", "handler", "setup_logging"]

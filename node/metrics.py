@@ -50,19 +50,22 @@ class Family:
 ASSOCIATIONS_ACCEPTED = Family("trauma_node_associations_accepted_total", "counter",
                                "DICOM associations accepted since the node started.")
 REJECTION_REASONS = ("called_ae", "calling_ae", "disk_low", "association_limit", "tls",
-                     "no_request")
+                     "no_request", "bad_request")
 ASSOCIATIONS_REJECTED = Family(
     "trauma_node_associations_rejected_total", "counter",
     "DICOM associations rejected since the node started, by reason: called_ae (not our AE "
     "title), calling_ae (not an allowed peer), disk_low (below storage.min_free_disk_mb), "
     "association_limit (network.max_associations), and connections closed before they were "
     "associations: tls (no or a failed TLS handshake), no_request (no A-ASSOCIATE-RQ within "
-    "network.association_request_timeout_s).", "reason", REJECTION_REASONS)
+    "network.association_request_timeout_s), bad_request (an A-ASSOCIATE-RQ with an AE title "
+    "that cannot be one: empty, control characters, a backslash).", "reason",
+    REJECTION_REASONS)
 CSTORE_RESPONSES = Family(
     "trauma_node_cstore_responses_total", "counter",
     "C-STORE responses since the node started, by outcome: stored, duplicate (already held, "
-    "answered Success), out_of_resources (0xA700), cannot_understand (0xC000).", "outcome",
-    ("stored", "duplicate", "out_of_resources", "cannot_understand"))
+    "answered Success), out_of_resources (0xA700), does_not_match_sop_class (0xA900: a CT "
+    "image without Pixel Data), cannot_understand (0xC000).", "outcome",
+    ("stored", "duplicate", "out_of_resources", "does_not_match_sop_class", "cannot_understand"))
 RECEIVED_BYTES = Family("trauma_node_received_bytes_total", "counter",
                         "Bytes of DICOM objects stored in the spool since the node started.")
 WORKER_RESTARTS = Family("trauma_node_worker_restarts_total", "counter",

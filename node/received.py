@@ -99,16 +99,20 @@ def _native_pixel_bytes(ds: Dataset) -> int | None:
         return None
 
 
-def pixel_data_truncated(ds: Dataset, transfer_syntax: UID) -> bool:
-    """For a fully decoded data set: is there less native pixel data than promised?"""
-    if "PixelData" not in ds or transfer_syntax.is_compressed:
-        return False
+def pixel_data_problem(ds: Dataset, transfer_syntax: UID) -> str | None:
+    """For a fully decoded data set: "missing" (no Pixel Data), "truncated" (less native
+    pixel data than promised) or None."""
+    if "PixelData" not in ds:
+        return "missing"
+    if transfer_syntax.is_compressed:
+        return None
     expected = _native_pixel_bytes(ds)
-    return expected is None or len(ds.PixelData) < expected
+    return "truncated" if expected is None or len(ds.PixelData) < expected else None
 
 
-def read_header(stream: BytesIO, transfer_syntax: UID) -> tuple[InstanceHeader, bool]:
-    """The header values and whether native Pixel Data is shorter than promised.
+def read_header(stream: BytesIO, transfer_syntax: UID) -> tuple[InstanceHeader, str | None]:
+    """The header values, and what is wrong with the Pixel Data: "missing" (none),
+    "truncated" (native, shorter than promised) or None.
 
     Reads the data set up to the Pixel Data element only. Raises on data that
     cannot be parsed (the caller answers with a failure status).
@@ -126,8 +130,10 @@ def read_header(stream: BytesIO, transfer_syntax: UID) -> tuple[InstanceHeader, 
     ds = read_dataset(stream, implicit, transfer_syntax.is_little_endian,
                       stop_when=at_pixel_data, specific_tags=HEADER_TAGS)
     header = extract(ds)
+    if not pixel:
+        return header, "missing"
     truncated = False
-    if pixel and not transfer_syntax.is_compressed:
+    if not transfer_syntax.is_compressed:
         # read_dataset rewound to the start of the Pixel Data element.
         long_form = not implicit and pixel["vr"] in EXPLICIT_VR_LENGTH_32
         value_start = stream.tell() + (12 if long_form else 8)
@@ -137,7 +143,7 @@ def read_header(stream: BytesIO, transfer_syntax: UID) -> tuple[InstanceHeader, 
         present = available if declared == _UNDEFINED_LENGTH else min(declared, available)
         expected = _native_pixel_bytes(ds)
         truncated = expected is None or present < expected
-    return header, truncated
+    return header, "truncated" if truncated else None
 
 
 HEADER_TAGS = _header_tags()

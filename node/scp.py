@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
@@ -43,9 +44,9 @@ from .headers import extract
 from .metrics import (ASSOCIATIONS_ACCEPTED, ASSOCIATIONS_REJECTED, CSTORE_RESPONSES,
                       RECEIVED_BYTES, Counters)
 from .policy import AssociationPolicy
-from .received import file_meta_prefix, pixel_data_truncated, read_header
+from .received import file_meta_prefix, pixel_data_problem, read_header
 from .receiver import Receiver
-from .spool import InvalidUID
+from .spool import InvalidUID, check_uid
 from .tls import server_context
 
 log = logging.getLogger("trauma_node.scp")
@@ -66,10 +67,20 @@ TRANSFER_SYNTAXES = [
 # C-STORE statuses (PS3.4 Annex B.2.3)
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
+DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 ABORT_WAIT_S = 1.0  # at shutdown, for an aborted association's thread to end
 
-_FAILURE_OUTCOMES = {OUT_OF_RESOURCES: "out_of_resources", CANNOT_UNDERSTAND: "cannot_understand"}
+_FAILURE_OUTCOMES = {OUT_OF_RESOURCES: "out_of_resources",
+                     DOES_NOT_MATCH_SOP_CLASS: "does_not_match_sop_class",
+                     CANNOT_UNDERSTAND: "cannot_understand"}
+
+# The image SOP classes the pipeline analyses: Pixel Data is Type 1 in each.
+PIXEL_DATA_REQUIRED = frozenset({
+    "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
+    "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image Storage
+    "1.2.840.10008.5.1.4.1.1.2.2",  # Legacy Converted Enhanced CT Image Storage
+})
 
 
 def _failure(status: int, comment: str) -> Dataset:
@@ -77,6 +88,21 @@ def _failure(status: int, comment: str) -> Dataset:
     ds.Status = status
     ds.ErrorComment = comment[:64]  # LO: 64 characters
     return ds
+
+
+def _dataset_size(request: Any) -> int:
+    if request.DataSet is None:
+        return 0
+    with request.DataSet.getbuffer() as body:
+        return body.nbytes
+
+
+@dataclass
+class _Repeated:
+    """A kind of failure in one association: its first line, logged, and how many more."""
+    level: int
+    first: str
+    more: int = 0
 
 
 @dataclass
@@ -88,6 +114,35 @@ class _AssociationStats:
     duplicates: int = 0
     failed: int = 0
     bytes: int = 0
+    # failure kind -> its first line and count; summarised when the association ends
+    repeated: dict[tuple[str, str], _Repeated] = field(default_factory=dict)
+
+
+def _log_failure(stats: _AssociationStats | None, level: int, msg: str, *args: Any,
+                 kind: str = "", exc_info: bool = False) -> None:
+    """Log a failed C-STORE the first time its kind (msg, the format, and kind) occurs in
+    the association; later ones are counted and summarised in one line when it ends
+    (_summarise), so that 147 refused instances of one series make two lines, not 147."""
+    if stats is not None:
+        seen = stats.repeated.get((msg, kind))
+        if seen is not None:
+            seen.more += 1
+            return
+        stats.repeated[(msg, kind)] = _Repeated(level, msg % args)
+    log.log(level, msg, *args, exc_info=exc_info)
+
+
+def _invalid_uid(stats: _AssociationStats | None, exc: InvalidUID) -> Dataset:
+    # Its kind, without the value: 'Study Instance UID is not a valid UID'.
+    _log_failure(stats, logging.WARNING, "C-STORE failed: %s", exc, kind=str(exc).split(":")[0])
+    return _failure(CANNOT_UNDERSTAND, str(exc))
+
+
+def _summarise(stats: _AssociationStats, how: str) -> None:
+    for seen in stats.repeated.values():
+        if seen.more:
+            log.log(seen.level, "%s ... and %d more like it (association %s: calling %r host %s)",
+                    seen.first, seen.more, how, stats.calling_ae, stats.host)
 
 
 class StorageSCP:
@@ -165,6 +220,7 @@ class StorageSCP:
         if stats is None:
             return
         how = "released" if assoc.is_released else "aborted" if assoc.is_aborted else "closed"
+        _summarise(stats, how)
         seconds = time.monotonic() - stats.started
         log.info("association %s: calling %r host %s: %d stored, %d duplicates, %d failed, "
                  "%.1f MB in %.2f s", how, stats.calling_ae, stats.host, stats.stored,
@@ -186,30 +242,55 @@ class StorageSCP:
         return status
 
     def _store(self, event: evt.Event, stats: _AssociationStats | None) -> int | Dataset:
-        if self.policy.disk_low():
-            log.error("C-STORE refused: free disk below %d MB (storage.min_free_disk_mb)",
-                      self.settings.storage.min_free_disk_mb)
-            return _failure(OUT_OF_RESOURCES, "Out of resources: disk space low")
         request = event.request
+        try:  # the request's own UIDs, perhaps missing (node.fast_dul routes those here)
+            check_uid(request.AffectedSOPClassUID, "SOP Class UID")
+            sop_uid = check_uid(request.AffectedSOPInstanceUID, "SOP Instance UID")
+        except InvalidUID as exc:
+            return _invalid_uid(stats, exc)
+        if self.policy.disk_low():
+            _log_failure(stats, logging.ERROR,
+                         "C-STORE refused: free disk below %d MB (storage.min_free_disk_mb)",
+                         self.settings.storage.min_free_disk_mb)
+            return _failure(OUT_OF_RESOURCES, "Out of resources: disk space low")
+        if _dataset_size(request) == 0:
+            _log_failure(stats, logging.WARNING, "C-STORE failed: empty data set (SOP %s)",
+                         sop_uid)
+            return _failure(CANNOT_UNDERSTAND, "Cannot understand: empty data set")
         transfer_syntax = UID(event.context.transfer_syntax)
         # Only the header is parsed (up to Pixel Data): see node/received.py.
         try:
             if transfer_syntax.is_deflated:
                 ds = event.dataset
-                header, truncated = extract(ds), pixel_data_truncated(ds, transfer_syntax)
+                header, pixels = extract(ds), pixel_data_problem(ds, transfer_syntax)
             else:
-                header, truncated = read_header(request.DataSet, transfer_syntax)
+                header, pixels = read_header(request.DataSet, transfer_syntax)
         except Exception as exc:  # any decode failure: refuse this object, keep serving
-            log.warning("C-STORE failed: dataset cannot be decoded (%s)", type(exc).__name__)
+            _log_failure(stats, logging.WARNING,
+                         "C-STORE failed: dataset cannot be decoded (%s, SOP %s)",
+                         type(exc).__name__, sop_uid)
             return _failure(CANNOT_UNDERSTAND, "Cannot understand: dataset cannot be decoded")
-        sop_uid = str(request.AffectedSOPInstanceUID)
         if header.sop_uid and header.sop_uid != sop_uid:
+            _log_failure(stats, logging.WARNING,
+                         "C-STORE failed: SOP Instance UID %s in the data set, %s in the request",
+                         header.sop_uid, sop_uid)
             return _failure(CANNOT_UNDERSTAND, "SOP Instance UID differs from the request")
         header.sop_uid = sop_uid
         header.sop_class_uid = str(request.AffectedSOPClassUID)
-        if truncated:
-            log.warning("C-STORE failed: pixel data truncated (SOP %s)", sop_uid)
+        try:  # a data set without them is not understood, whatever else it lacks
+            check_uid(header.study_uid, "Study Instance UID")
+            check_uid(header.series_uid, "Series Instance UID")
+        except InvalidUID as exc:
+            return _invalid_uid(stats, exc)
+        if pixels == "truncated":
+            _log_failure(stats, logging.WARNING, "C-STORE failed: pixel data truncated (SOP %s)",
+                         sop_uid)
             return _failure(CANNOT_UNDERSTAND, "Pixel data shorter than Rows x Columns")
+        if pixels == "missing" and header.sop_class_uid in PIXEL_DATA_REQUIRED:
+            _log_failure(stats, logging.WARNING, "C-STORE failed: CT image without Pixel Data "
+                         "(SOP %s)", sop_uid)
+            return _failure(DOES_NOT_MATCH_SOP_CLASS, "Data set does not match SOP Class: "
+                            "no Pixel Data")
         try:
             # What Event.encoded_dataset() returns, without its two copies of the
             # data set: the File Meta prefix, then the receive buffer itself.
@@ -219,13 +300,14 @@ class StorageSCP:
                 result = self.receiver.store(header, (prefix, body), str(transfer_syntax),
                                              calling, id(event.assoc))
         except InvalidUID as exc:
-            log.warning("C-STORE failed: %s", exc)
-            return _failure(CANNOT_UNDERSTAND, str(exc))
+            return _invalid_uid(stats, exc)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                log.error("C-STORE refused: disk full while writing SOP %s", sop_uid)
+                _log_failure(stats, logging.ERROR,
+                             "C-STORE refused: disk full while writing SOP %s", sop_uid)
                 return _failure(OUT_OF_RESOURCES, "Out of resources: disk full")
-            log.exception("C-STORE failed: cannot write SOP %s", sop_uid)
+            _log_failure(stats, logging.ERROR, "C-STORE failed: cannot write SOP %s", sop_uid,
+                         exc_info=True)
             return _failure(OUT_OF_RESOURCES, "Out of resources: cannot write")
         if result.stored:
             self.counters.add(CSTORE_RESPONSES, "stored")

@@ -7,6 +7,8 @@ of an association; everything else goes through the real network stack.
 from __future__ import annotations
 
 import io
+import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -15,15 +17,17 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.uid import ExplicitVRLittleEndian, CTImageStorage
 from pynetdicom import AE, _config
 
-from conftest import free_port
+from conftest import free_port, wait_for
 from node.config import load_settings
 from node.index import Index
+from node.metrics import CSTORE_RESPONSES
 from node.policy import AssociationPolicy
 from node.receiver import Receiver
 from node.scp import StorageSCP
 from node.spool import InvalidUID, Spool, check_uid
 
 CANNOT_UNDERSTAND = 0xC000
+DOES_NOT_MATCH = 0xA900
 OUT_OF_RESOURCES = 0xA700
 
 
@@ -172,3 +176,112 @@ def test_uid_validation(value):
 def test_valid_uids_pass():
     assert check_uid("1.2.840.10008.5.1.4.1.1.2", "UID") == "1.2.840.10008.5.1.4.1.1.2"
     assert check_uid("1.2.3\x00", "UID") == "1.2.3"  # padding
+
+
+# -- every instance gets an answer, at once, and the association goes on --------------
+
+PROMPT_S = 2.0  # the sender's DIMSE timeout is 20 s: an answer, not a timeout
+
+
+def answered(assoc, dataset) -> tuple[int, str, float]:
+    started = time.monotonic()
+    response = assoc.send_c_store(dataset)
+    elapsed = time.monotonic() - started
+    return status_of(response), str(response.get("ErrorComment", "")), elapsed
+
+
+def test_empty_sop_instance_uid_is_answered_cannot_understand(scp, assoc, phantom_factory):
+    """pynetdicom drops a C-STORE-RQ without an Affected SOP Instance UID unanswered (the
+    sender waited out its DIMSE timeout); node.fast_dul hands it to the handler."""
+    first, second, *_ = ct_slice(phantom_factory)
+    first.SOPInstanceUID = ""
+    status, comment, elapsed = answered(assoc, first)
+    assert (status, comment) == (CANNOT_UNDERSTAND, "SOP Instance UID is missing")
+    assert elapsed < PROMPT_S
+    assert answered(assoc, second)[0] == 0x0000  # the same association goes on
+    assert scp.instance_count() == 1
+
+
+def _undecodable(tmp_path: Path, _: list) -> Path:
+    # A sequence of undefined length whose first item is no item: pydicom cannot go on.
+    garbage = b"\x08\x00\x16\x00UI\x10\x00" + b"1.2.840.10008.5\x00" + \
+        b"\x08\x00\x15\x11SQ\x00\x00\xff\xff\xff\xff" + b"\x01" * 30
+    return raw_file(tmp_path / "bad.dcm", garbage, "1.2.3.4.5")
+
+
+def _no_pixel_data(tmp_path: Path, slices: list):
+    ds = slices[0]
+    del ds.PixelData
+    return ds
+
+
+def _zero_length(tmp_path: Path, _: list) -> Path:
+    return raw_file(tmp_path / "empty.dcm", b"", "1.2.3.4.6")
+
+
+@pytest.mark.parametrize("make, status, comment", [
+    (_undecodable, CANNOT_UNDERSTAND, "Cannot understand: dataset cannot be decoded"),
+    (_no_pixel_data, DOES_NOT_MATCH, "Data set does not match SOP Class: no Pixel Data"),
+    (_zero_length, CANNOT_UNDERSTAND, "Cannot understand: empty data set"),
+], ids=["undecodable", "ct-without-pixel-data", "zero-length"])
+def test_bad_data_sets_get_their_failure_status_at_once(scp, assoc, phantom_factory, tmp_path,
+                                                        make, status, comment):
+    slices = ct_slice(phantom_factory)
+    got, got_comment, elapsed = answered(assoc, make(tmp_path, slices))
+    assert (got, got_comment) == (status, comment)
+    assert elapsed < PROMPT_S
+    assert answered(assoc, slices[1])[0] == 0x0000
+    assert scp.instance_count() == 1 and len(scp.files()) == 1
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI", "ignore:The value length")
+def test_overlong_sop_instance_uid_in_the_request_is_answered(node_factory, phantom_factory,
+                                                             monkeypatch):
+    """A request UID pynetdicom cannot take (over 64 characters) made the node's DUL raise
+    and abort the association; it is answered Cannot understand instead. Sent to a node in
+    its own process: the sending pynetdicom is told to accept the UID."""
+    monkeypatch.setitem(_config.VALIDATORS, "UI", lambda value: (True, ""))
+    node = node_factory()
+    first, second, *_ = ct_slice(phantom_factory)
+    first.SOPInstanceUID = "1." + "2" * 80
+    ae = AE(ae_title="TESTSCU")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
+    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+    a = ae.associate("127.0.0.1", node.dicom_port, ae_title="TRAUMA_AI")
+    assert a.is_established
+    status, comment, elapsed = answered(a, first)
+    assert status == CANNOT_UNDERSTAND and "SOP Instance UID is not a valid UID" in comment
+    assert elapsed < PROMPT_S
+    assert answered(a, second)[0] == 0x0000
+    a.release()
+
+
+# -- repeated failures: the first logged, the rest summarised at the end ----------------
+
+def test_repeated_failures_are_summarised_per_association(scp, assoc, phantom_factory, caplog):
+    caplog.set_level(logging.INFO, logger="trauma_node.scp")
+    slices = ct_slice(phantom_factory)
+    repeats = 12
+    for i in range(repeats):  # pixel data cut short, each a different instance
+        ds = slices[i % 4].copy()
+        ds.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.1.{i + 1}"
+        ds.PixelData = ds.PixelData[:100]
+        assert status_of(assoc.send_c_store(ds)) == CANNOT_UNDERSTAND
+    scp.free[0] = 1024  # then the disk is full
+    for ds in slices * 3:
+        assert status_of(assoc.send_c_store(ds)) == OUT_OF_RESOURCES
+    assoc.release()
+    wait_for(lambda: any("association released" in r.getMessage() for r in caplog.records),
+             timeout=10, what="the association's end")
+    lines = [r.getMessage() for r in caplog.records if r.name == "trauma_node.scp"]
+    truncated = [line for line in lines if "pixel data truncated" in line]
+    disk = [line for line in lines if "free disk below" in line]
+    assert len(truncated) == 2 and len(disk) == 2, lines
+    assert truncated[1].endswith(f"... and {repeats - 1} more like it (association released: "
+                                 "calling 'TESTSCU' host 127.0.0.1)")
+    assert "... and 11 more like it" in disk[1]
+    # The counters behind /metrics count every one.
+    counters = scp.scp.counters
+    assert counters.value(CSTORE_RESPONSES, "cannot_understand") == repeats
+    assert counters.value(CSTORE_RESPONSES, "out_of_resources") == 12
+    assert "12 failed" not in " ".join(lines) and f"{repeats + 12} failed" in lines[-1]

@@ -5,13 +5,15 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from conftest import FAST, storescu
+from conftest import FAST, storescu, wait_for
+from metrics_support import one, scrape
 
 
 def _name(cn: str) -> x509.Name:
@@ -96,16 +98,36 @@ def test_tls_with_client_certificate(node_factory, phantom_factory, pki):
     assert "(TLS)" in node.log()
 
 
+def tls_refusals(node) -> tuple[float, list[str]]:
+    """The node's count of TLS refusals (/metrics) and its refusal log lines."""
+    with httpx.Client(timeout=10) as client:
+        count = one(scrape(client, node.url), "trauma_node_associations_rejected_total",
+                    reason="tls")
+    return count, [line for line in node.log().splitlines() if "connection refused" in line]
+
+
 def test_tls_refuses_plain_anonymous_and_foreign_clients(node_factory, phantom_factory, pki):
+    """Each refused connection is logged once, with its reason, and counted once."""
     truth = phantom_factory("tls", slices=12, rows=64, cols=64)
     node = node_factory(tls_config(pki))
-    one = [truth.paths[0]]
-    assert storescu(one, node.dicom_port, check=False).returncode != 0  # no TLS at all
-    anonymous = ["+tla", "+cf", str(pki["ca"])]  # TLS but no client certificate
-    assert storescu(one, node.dicom_port, extra=anonymous, check=False).returncode != 0
+    files = [truth.paths[0]]
     key, cert = pki["rogue"]  # a certificate the hospital CA did not sign
-    rogue = ["+tls", str(key), str(cert), "+cf", str(pki["ca"])]
-    assert storescu(one, node.dicom_port, extra=rogue, check=False).returncode != 0
+    attempts = [
+        ([], "TLS handshake failed"),  # no TLS at all
+        (["+tla", "+cf", str(pki["ca"])], "TLS handshake failed"),  # no client certificate
+        (["+tls", str(key), str(cert), "+cf", str(pki["ca"])], "TLS handshake failed"),
+    ]
+    for n, (extra, reason) in enumerate(attempts, start=1):
+        assert storescu(files, node.dicom_port, extra=extra, check=False).returncode != 0
+        wait_for(lambda: tls_refusals(node)[0] >= n, timeout=10, what="the refusal counted")
+        count, lines = tls_refusals(node)
+        assert count == n, lines
+        assert len(lines) == n and reason in lines[-1], lines
+    _, lines = tls_refusals(node)
+    assert "WRONG_VERSION_NUMBER" in lines[0] or "HTTP_REQUEST" in lines[0] \
+        or "UNEXPECTED" in lines[0], lines[0]  # plain TCP: named as such by OpenSSL
+    assert "CERTIFICATE" in lines[1] and "CERTIFICATE" in lines[2], lines
+    assert "association accepted" not in node.log()
     assert node.series(truth.spec.series_uid) is None  # nothing was stored
 
 
