@@ -12,10 +12,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the tests use: DCMTK (storescu, dsrdump), dicom3tools (dciodvfy), Orthanc
 # and its DICOMweb plugin (the OHIF test's PACS), Chromium and its driver (the page and OHIF
 # tests, headless), PostgreSQL (the shared-database test), npm (fetches the OHIF Viewer),
-# poppler-utils (pdftotext reads the report PDF back).
+# poppler-utils (pdftotext reads the report PDF back), systemd (systemd-analyze verifies
+# deploy/trauma-node.service; installing the package starts nothing in a container).
 TEST_TOOLS := /usr/bin/storescu /usr/bin/dciodvfy /usr/sbin/Orthanc /usr/bin/pdftotext \
 	/usr/share/orthanc/plugins/libOrthancDicomWeb.so /usr/bin/chromium \
-	/usr/bin/chromedriver /usr/lib/postgresql/*/bin/initdb /usr/bin/npm
+	/usr/bin/chromedriver /usr/lib/postgresql/*/bin/initdb /usr/bin/npm \
+	/usr/bin/systemd-analyze
 # The OHIF Viewer the viewer test loads our SEG and SR into: the prebuilt app (dist/) of
 # the pinned npm release, checked against its registry integrity, unpacked into .ohif/app.
 OHIF_VERSION := 3.13.2
@@ -49,10 +51,10 @@ system-deps:
 	@missing=0; for t in $(TEST_TOOLS); do [ -e $$t ] || missing=1; done; \
 	if [ $$missing = 1 ]; then \
 		echo "installing dcmtk dicom3tools orthanc orthanc-dicomweb chromium chromium-driver" \
-			"postgresql npm poppler-utils (Debian packages)"; \
+			"postgresql npm poppler-utils systemd (Debian packages)"; \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dcmtk dicom3tools orthanc \
-			orthanc-dicomweb chromium chromium-driver postgresql poppler-utils \
+			orthanc-dicomweb chromium chromium-driver postgresql poppler-utils systemd \
 			$$([ -x /usr/bin/npm ] || echo npm) >/dev/null; \
 	fi
 
