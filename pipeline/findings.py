@@ -195,6 +195,8 @@ class Findings:
     phase: ContrastPhase = field(default_factory=ContrastPhase)  # older findings.json: undetermined
     # Why the series may lack instances (the node cut short receiving it); None: not known to.
     incomplete: str | None = None
+    # RSNA 2023 targets as probabilities (pipeline.probabilities); uncalibrated, for evaluation.
+    probabilities: dict[str, Any] = field(default_factory=dict)
 
     def to_json_dict(self) -> dict[str, Any]:
         out = {f.name: _plain(getattr(self, f.name))
@@ -226,7 +228,7 @@ class Findings:
             assessment=Assessment(**data.get("assessment", {"assessed": True, "reasons": []})),
             contrast_foci=[ContrastFocus(**c) for c in data.get("contrast_foci", [])],
             multiphase=data.get("multiphase", {}), phase=ContrastPhase(**data.get("phase", {})),
-            incomplete=data.get("incomplete"),
+            incomplete=data.get("incomplete"), probabilities=data.get("probabilities", {}),
             organs={k: OrganFinding(**v) for k, v in data["organs"].items()},
             reading=data["reading"], risk_tier=data["risk_tier"],
             risk_tier_reasons=data["risk_tier_reasons"],

@@ -25,6 +25,7 @@ from pipeline.grading import NOT_ASSESSED, ORGANS, Grading
 from pipeline.labels import CONTAINED_VASCULAR_INJURY
 from pipeline.models.fingerprint import stage_weights
 from pipeline.plausibility import assess
+from pipeline.probabilities import probabilities
 from pipeline.quantification import Quantification
 from pipeline.reconcile import reconcile
 from pipeline.settings import PipelineSettings
@@ -158,7 +159,9 @@ def run_volume(volume: Volume, settings: PipelineSettings | None = None,
                               asdict(settings), context.notes),
         labels=labels, reconciliation=reconciliation, compartments=quantification.compartments,
         assessment=assessment, contrast_foci=quantification.contrast_foci, multiphase=multiphase,
-        phase=context.phase, incomplete=incomplete)  # phase: recognised in the anatomy step
+        phase=context.phase, incomplete=incomplete,  # phase: recognised in the anatomy step
+        probabilities=probabilities(grading.organs, quantification.volumes_ml, reading,
+                                    assessment.assessed))
     with stages.stage("report", chosen["report"]):
         findings.report = chosen["report"].run(findings)
     return findings
