@@ -215,6 +215,25 @@ def cmd_calibrate_triage(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from evaluation.dataset import DatasetError
+    from evaluation.evaluate import Options, evaluate
+
+    settings = _settings(args)
+    dataset = Path(args.dataset)
+    out = Path(args.out) if args.out else Path(f"evaluation-{dataset.resolve().name}")
+    try:
+        figures = evaluate(dataset, settings.pipeline, Options(
+            out, args.threshold, args.bootstrap, progress=not args.quiet), args.layout)
+    except DatasetError as exc:
+        print(f"evaluate: {exc}", file=sys.stderr)
+        return 2
+    print(f"RSNA 2023 metric {figures['rsna2023_log_loss']['score']:.4f} over "
+          f"{figures['dataset']['patients']} patients; {out / 'summary.md'}, metrics.json, "
+          "roc.png, reliability.png")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="trauma-node", description=(
         "DICOM node for abdominal trauma CT: receives CT series, analyses them, sends DICOM "
@@ -283,6 +302,20 @@ def parser() -> argparse.ArgumentParser:
                                           "and, for multi-frame files, frame")
     calibrate.add_argument("--json", action="store_true", help="print the figures as JSON")
     calibrate.set_defaults(func=cmd_calibrate_triage)
+
+    evaluate = with_config(sub.add_parser(
+        "evaluate", help="run the configured pipeline on a labelled dataset and measure it"))
+    evaluate.add_argument("dataset", help="RSNA 2023 layout (train.csv) or a site's folder "
+                                          "(labels.csv): see evaluation/dataset.py")
+    evaluate.add_argument("--out", help="results folder (default evaluation-<dataset name>); "
+                                        "a run resumes what it holds")
+    evaluate.add_argument("--layout", choices=("auto", "rsna2023", "site"), default="auto")
+    evaluate.add_argument("--threshold", type=float, default=0.5,
+                          help="probability at which a target counts as found (0.5)")
+    evaluate.add_argument("--bootstrap", type=int, default=1000,
+                          help="resamples for the 95%% intervals (0: none)")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+    evaluate.set_defaults(func=cmd_evaluate)
     return p
 
 
