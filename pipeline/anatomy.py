@@ -42,6 +42,12 @@ CHUNK_SLICES = 32  # slices per block-mean chunk: bounds the float32 temporaries
 AORTA_MAX_AREA_MM2 = 1200.0  # about 4 cm across: a larger tube is not the aorta
 ORGAN_MIN_ML = {"liver": 300.0, "spleen": 30.0, "kidney": 30.0}
 KIDNEY_MAX_ML = 600.0
+# An organ tapers to its poles; a vessel it touches (an unopacified IVC or portal
+# vein in the parenchyma window, on the arterial or delayed phase) runs on along
+# z with a small, constant cross-section. Beyond the first slice, counted from the
+# organ's largest one, where its area falls under this share of that largest one,
+# what the component holds is a vessel, not the organ.
+ORGAN_TAPER_SHARE = 0.05
 BOWEL_WALL_MM = 5.0
 
 
@@ -396,12 +402,40 @@ def _components(volume: Volume, anatomy: Anatomy, mask: np.ndarray, min_voxels: 
     return labels, found
 
 
-def _paint(regions: np.ndarray, labels: np.ndarray, component: _Component, code: int) -> None:
-    """Paint a component, its in-plane holes filled (a hematoma or blush inside it)."""
+def _paint(regions: np.ndarray, labels: np.ndarray, component: _Component, code: int,
+           unopened: np.ndarray | None = None) -> None:
+    """Paint a component, its in-plane holes filled (a hematoma or blush inside it).
+
+    unopened: the mask before an in-plane opening of one pixel; the component
+    gets back the edge pixels the opening took (one pixel of it), not what lay
+    beyond a neck it cut.
+    """
     box = component.box
-    filled = fill_holes_2d(labels[box] == component.index)
+    if unopened is not None:
+        box = tuple(slice(s.start, s.stop) for s in box[:1]) + tuple(
+            slice(max(0, s.start - 1), min(n, s.stop + 1)) for s, n in zip(box[1:], labels.shape[1:]))
+    mask = labels[box] == component.index
+    if unopened is not None:
+        mask = morphology.dilate(mask, morphology.in_plane(1)) & unopened[box]
+    filled = fill_holes_2d(mask)
     target = regions[box]
     target[filled & (target < AORTA)] = code
+
+
+def _organ_span(labels: np.ndarray, component: _Component) -> _Component:
+    """The component cut to the slices of the organ's body: from its largest
+    cross-section outwards, up to where the area falls under ORGAN_TAPER_SHARE of
+    it (a tubular vessel carried on along z beyond the organ's pole is left out)."""
+    box = component.box
+    area = np.count_nonzero(labels[box] == component.index, axis=(1, 2))
+    peak = int(np.argmax(area))
+    small = area < ORGAN_TAPER_SHARE * area[peak]
+    first = peak - int(np.argmax(small[peak::-1])) + 1 if small[:peak].any() else 0
+    last = peak + int(np.argmax(small[peak:])) if small[peak:].any() else len(area)
+    if first == 0 and last == len(area):
+        return component
+    z = slice(box[0].start + first, box[0].start + last)
+    return _Component(int(area[first:last].sum()), component.centroid, (z,) + box[1:], component.index)
 
 
 def _organs(volume: Volume, anatomy: Anatomy, settings: PipelineSettings) -> None:
@@ -427,15 +461,18 @@ def _organs(volume: Volume, anatomy: Anatomy, settings: PipelineSettings) -> Non
     left = [c for c in found if is_left(c.centroid)]
     for candidates, code in ((right, LIVER), (left, SPLEEN)):
         if candidates:
-            _paint(regions, labels, max(candidates, key=lambda c: c.voxels), code)
+            _paint(regions, labels, _organ_span(labels, max(candidates, key=lambda c: c.voxels)), code)
 
     enhancing = cavity & (hu >= settings.hu.vessel_min) & (hu < settings.hu.bone_min)
-    labels, found = _components(volume, anatomy, enhancing, int(ORGAN_MIN_ML["kidney"] / voxel_ml))
+    # Opened like the parenchyma: a blush or vessel beside a kidney, joined to it by
+    # a neck of blurred pixels, is not the kidney.
+    labels, found = _components(volume, anatomy, morphology.open_(enhancing, morphology.in_plane(1)),
+                                int(ORGAN_MIN_ML["kidney"] / voxel_ml))
     kidneys = [c for c in found if c.voxels * voxel_ml <= KIDNEY_MAX_ML and is_posterior(c.centroid)]
     for side_is_left, code in ((False, KIDNEY_RIGHT), (True, KIDNEY_LEFT)):
         side = [c for c in kidneys if is_left(c.centroid) == side_is_left]
         if side:
-            _paint(regions, labels, max(side, key=lambda c: c.voxels), code)
+            _paint(regions, labels, max(side, key=lambda c: c.voxels), code, unopened=enhancing)
     for organ in ORGAN_CODES:
         if not anatomy.organ_found(organ):
             anatomy.notes.append(f"{organ.replace('_', ' ')} not located by the HU baseline")

@@ -80,6 +80,7 @@ class Phase:
     kidney_medulla: float
     collecting_system: float | None  # renal pelvis and ureters (with the bladder)
     bladder_contrast: float | None = None  # a dependent layer of excreted contrast
+    ivc_infrarenal: float | None = None  # below the renal veins (None: as `ivc`)
 
 
 # Typical values on the enhancement curves of a 120 kVp trauma protocol (Bae,
@@ -87,15 +88,18 @@ class Phase:
 # 1999;173:747-55: corticomedullary, nephrographic and excretory renal phases).
 PHASES = {
     # Late arterial (~35 s): a dense aorta, the portal vein filling, the liver
-    # barely enhanced, the renal cortex far brighter than the medulla.
-    "arterial": Phase(aorta=300, ivc=155, portal_vein=140, liver=85, spleen=130, kidney_cortex=210,
-                      kidney_medulla=90, collecting_system=HU_URINE),
+    # barely enhanced, the renal cortex far brighter than the medulla; the IVC
+    # unopacified below the renal veins (the legs' blood has not returned) and
+    # mixed with the renal veins' early return above them: both in the liver's
+    # HU window, so that the organ finder must not follow the IVC.
+    "arterial": Phase(aorta=300, ivc=120, portal_vein=140, liver=85, spleen=130, kidney_cortex=210,
+                      kidney_medulla=90, collecting_system=HU_URINE, ivc_infrarenal=90),
     # Portal-venous (~70 s): portal vein like the aorta, liver and spleen enhanced, kidneys homogeneous.
     "portal_venous": Phase(aorta=180, ivc=150, portal_vein=180, liver=110, spleen=120, kidney_cortex=170,
                            kidney_medulla=160, collecting_system=HU_URINE),
     # Delayed / excretory (~5 min): vessels and organs washing out, excreted
     # contrast in the renal pelvis, ureters and the dependent bladder.
-    "delayed": Phase(aorta=155, ivc=155, portal_vein=155, liver=95, spleen=95, kidney_cortex=155,
+    "delayed": Phase(aorta=155, ivc=140, portal_vein=155, liver=95, spleen=95, kidney_cortex=155,
                      kidney_medulla=160, collecting_system=350, bladder_contrast=300),
 }
 # The phantom as it always was (phase None): portal-venous HU, homogeneous
@@ -144,6 +148,7 @@ LIVER = Ellipsoid((-70.0, 0.0, 70.0), (65.0, 75.0, 75.0))
 SPLEEN = Ellipsoid((85.0, 45.0, 80.0), (28.0, 45.0, 50.0))
 KIDNEYS = (Ellipsoid((-65.0, 65.0, 20.0), (25.0, 22.0, 55.0)),
            Ellipsoid((65.0, 65.0, 25.0), (25.0, 22.0, 55.0)))
+RENAL_VEINS_Z = 20.0  # where the renal veins join the IVC (the kidneys' hila)
 MEDULLA_SCALE = 0.6  # the renal medulla: the kidney's ellipsoid scaled about its centre
 COLLECTING = (Ellipsoid((-47.0, 62.0, 15.0), (8.0, 6.0, 14.0)), Ellipsoid((47.0, 62.0, 20.0), (8.0, 6.0, 14.0)))
 BLADDER = Ellipsoid((0.0, -25.0, -128.0), (35.0, 28.0, 24.0))  # lies where the pelvic collection would
@@ -386,7 +391,8 @@ def _render_plane(spec: PhantomSpec, z: float, grid: tuple[np.ndarray, np.ndarra
 
     hu[ellipse(0, 80, 20, 18)] = HU_BONE  # vertebral body
     hu[ellipse(15, 52, 11, 11)] = spec.aorta_hu if spec.aorta_hu is not None else phase.aorta
-    hu[ellipse(-20, 52, 12, 10)] = phase.ivc
+    below_renal_veins = z < RENAL_VEINS_Z and phase.ivc_infrarenal is not None
+    hu[ellipse(-20, 52, 12, 10)] = phase.ivc_infrarenal if below_renal_veins else phase.ivc
     paint((LIVER,), phase.liver)
     paint((SPLEEN,), phase.spleen)
     paint(KIDNEYS, phase.kidney_cortex)
