@@ -150,6 +150,15 @@ EXTRAVASATION_CASES = [
     _blush("blush250-aorta250-intrahepatic-arterial", "arterial", 250, 250, "intrahepatic"),
     _blush("blush300-aorta300-intrarenal-arterial", "arterial", 300, 300, "intrarenal"),
     _blush("blush200-aorta155-perisplenic-delayed", "delayed", 155, 200, "perisplenic", "perisplenic"),
+    # Against or inside an organ that enhances nearly as much: found by local contrast
+    # with the parenchyma round the focus (a 150 HU blush in a 120 HU spleen, a 190 HU
+    # one against a 170 HU kidney), not by a fixed margin over the organ as a whole.
+    _blush("blush150-aorta180-intrasplenic-portal", "portal_venous", 180, 150, "intrasplenic"),
+    _blush("blush150-aorta180-intrahepatic-portal", "portal_venous", 180, 150, "intrahepatic"),
+    _blush("blush190-aorta180-perirenal-portal", "portal_venous", 180, 190, "perirenal", "perirenal",
+           extra=dict(blush_scale=1.6)),
+    _blush("blush220-aorta180-intrarenal-portal", "portal_venous", 180, 220, "intrarenal"),
+    _blush("blush260-aorta300-intrarenal-arterial", "arterial", 300, 260, "intrarenal"),
     # Traps: contrast that is not extravasation, with and without blood beside it.
     _trap("oral350-portal", "portal_venous", oral_contrast_hu=350),
     _trap("oral350-peribowel-portal", "portal_venous", "peribowel", oral_contrast_hu=350),

@@ -6,7 +6,7 @@ SegmentationSettings, where their sources are given):
 | test | a contrast focus is extravasation when | why |
 | --- | --- | --- |
 | attenuation | at least `hu.blush_min` (85 HU) | the lowest extravasation measured, above every clot (Shanmuganathan 1993: 85-370 HU, clot 40-70 HU); it often enhances 40-70 HU less than the aorta (Willmann 2002), so the aorta sets no floor |
-| in or against an enhancing organ | above the organ's 90th percentile HU + `hu.blush_organ_margin` | the parenchyma enhances into the same range |
+| in an enhancing organ | above the organ's own parenchyma round it (90th percentile of a ring three to four working pixels out) + `hu.blush_organ_margin` | the parenchyma enhances into the same range, and unevenly (an arterial-phase renal cortex against its medulla): the reference is what surrounds the focus, not the organ as a whole |
 | too dense | its core no denser than `hu.blush_max` (400 HU) and the blood pool (aorta, portal vein where found) + `hu.blush_above_pool`; nothing denser within two working pixels unless it lies in a hematoma | calcification and bone (a calcified granuloma's blurred rim), dense oral or excreted contrast |
 | bowel | not continuous with gas or gas-filled bowel | positive oral contrast in the lumen |
 | vessel or lumen | not continuous, at a threshold halfway to the organ's, over more than `segmentation.max_blush_length_mm` | vessels (portal, splenic veins, IVC, mesenteric) and contrast-filled bowel are long; a blush is focal |
@@ -15,7 +15,15 @@ SegmentationSettings, where their sources are given):
 
 Each focus kept is redrawn at full resolution at its half maximum: halfway
 between its core and what surrounds it (never below `hu.blood_max`), so
-that its volume follows its edge rather than a fixed threshold.
+that its volume follows its edge rather than a fixed threshold; where a focus
+outside an organ lies against it, halfway between its core and the organ's
+parenchyma there.
+
+Foci are sought on the working grid: outside organs from halfway between the
+clot range and the floor, in an organ and one working voxel round it from the
+organ's local mean (over ORGAN_WINDOW_MM) plus the margin, so that a focus
+denser than the parenchyma round it is seen in an organ that enhances as much
+as a blush elsewhere (a 150 HU blush in a 120 HU spleen).
 """
 
 from __future__ import annotations
@@ -36,6 +44,8 @@ COMPACT_MAX_MM = 30.0  # ...or be a compact blob: a vessel runs longer than this
 COMPACT_MAX_RATIO = 3.0
 COMPACT_MIN_MM = 6.0  # and partial volume in an organ's hilum or fold is narrower
 CORE_PERCENTILE = 90  # a focus's core HU: robust to noise, not to its blurred edge
+ORGAN_WINDOW_MM = 30.0  # an organ's local mean is taken over this (in-plane, 3 working slices)
+MIN_RING_VOXELS = 8  # fewer organ voxels round a focus: the organ's own 90th percentile instead
 
 
 @dataclass
@@ -44,21 +54,19 @@ class BlushRule:
 
     floor: float
     ceiling: float
-    organ_levels: dict[int, float]  # region code -> the level inside or against that organ
+    organ_levels: dict[int, float]  # region code -> that organ's 90th percentile HU (the whole organ)
+    margin: float  # above the organ's parenchyma round a focus in it
     phase: str
     pool: dict[str, float] = field(default_factory=dict)  # the blood pool it is measured against
     excreted: float | None = None  # on the delayed phase: denser than this is excreted contrast
 
-    def levels(self, outside: float, in_organ: float = 0.0) -> np.ndarray:
-        """Lookup by organ code (0: no organ): outside, or an organ's level plus in_organ."""
-        table = np.full(256, outside, dtype=np.float32)
-        for code, value in self.organ_levels.items():
-            table[code] = value + in_organ
-        return table
+    def required(self, parenchyma: float) -> float:
+        """The core a focus in an organ needs, parenchyma being the organ's HU round it."""
+        return max(self.floor, parenchyma + self.margin)
 
     def describe(self) -> str:
         pool = ", ".join(f"{name} {hu:.0f} HU" for name, hu in self.pool.items()) or "no aorta found"
-        return (f"blush: at least {self.floor:g} HU (above organs' own enhancement inside or against them), "
+        return (f"blush: at least {self.floor:g} HU ({self.margin:g} HU above an organ's parenchyma round it), "
                 f"core at most {self.ceiling:g} HU; {self.phase.replace('_', '-')} phase, {pool}")
 
 
@@ -86,9 +94,9 @@ def blush_rule(anatomy: Anatomy, settings: PipelineSettings) -> BlushRule | None
     for code in SOLID_CODES:
         organ = anatomy.regions == code
         if organ.any():
-            levels[code] = max(floor, float(np.percentile(anatomy.hu[organ], 90)) + hu_s.blush_organ_margin)
+            levels[code] = float(np.percentile(anatomy.hu[organ], 90))
     excreted = excretion_level(*pool.values(), measured.get("kidney_cortex_hu")) if phase == DELAYED else None
-    return BlushRule(floor, ceiling, levels, phase, pool, excreted)
+    return BlushRule(floor, ceiling, levels, hu_s.blush_organ_margin, phase, pool, excreted)
 
 
 def find_blush(volume: Volume, anatomy: Anatomy, settings: PipelineSettings, blood_range: np.ndarray) -> Blush:
@@ -98,16 +106,26 @@ def find_blush(volume: Volume, anatomy: Anatomy, settings: PipelineSettings, blo
     if rule is None:
         empty.notes.append("no blush sought: no intravenous contrast (unenhanced series)")
         return empty
-    # Each organ with its blurred edge: a working voxel beyond its outline, its poles too.
-    bands = np.zeros(hu.shape, dtype=np.uint8)
-    for code in rule.organ_levels:
-        bands[morphology.dilate(regions == code, (3, 3, 3))] = code
+    # Each organ with its blurred edge: a working voxel beyond its outline, its poles too,
+    # and the organ's local mean there.
+    bands, local = _organ_bands(anatomy, rule)
     # On the blurred working grid a focus is sought from halfway between the clot range
     # and the floor (its core is then checked at full resolution), in an organ's band
-    # from the organ's level; halfway down from there (in a band, half the margin) is
-    # what joins a focus to the vessel, ureter or bowel it belongs to.
-    seek = rule.levels((rule.floor + settings.hu.blood_max) / 2)[bands]
-    link = rule.levels((rule.floor + settings.hu.blood_max) / 2, -settings.hu.blush_organ_margin / 2)[bands]
+    # from the organ's local mean plus the margin; halfway down from there (in a band,
+    # half the margin) is what joins a focus to the vessel, ureter or bowel it belongs to.
+    # Neither runs through the organ's own parenchyma (up to its 90th percentile and half
+    # the margin): an arterial-phase renal cortex is no lumen joining a focus to a vessel.
+    base = (rule.floor + settings.hu.blood_max) / 2
+    in_band = bands > 0
+    own = np.zeros(256, dtype=np.float32)
+    for code, level in rule.organ_levels.items():
+        own[code] = level + rule.margin / 2
+    own = own[bands[in_band]]
+    seek = np.full(hu.shape, base, dtype=np.float32)
+    link = seek.copy()
+    link[in_band] = np.maximum(np.maximum(base, own), local[in_band] + rule.margin / 2)
+    seek[in_band] = np.maximum(link[in_band], local[in_band] + rule.margin)
+    del local, own
     below_bone = (hu < settings.hu.bone_min) & anatomy.cavity()
     # A focus is at least two working pixels across: a one-pixel sliver at an organ's edge is not.
     bright = below_bone & (hu >= seek)
@@ -128,6 +146,28 @@ def find_blush(volume: Volume, anatomy: Anatomy, settings: PipelineSettings, blo
             verdicts[group] = found.group_verdict(groups, group, group_boxes[group - 1])
         found.consider(labels, index, box, verdicts[group])
     return Blush(found.mask, found.threshold, [rule.describe()] + found.summary())
+
+
+def _organ_bands(anatomy: Anatomy, rule: BlushRule) -> tuple[np.ndarray, np.ndarray]:
+    """Each organ's band (its code, one working voxel beyond its outline) and there the
+    mean HU of the organ's parenchyma within ORGAN_WINDOW_MM in-plane and a working slice
+    either side (float32; zero elsewhere). Its brightest tenth is left out of the mean:
+    a focus in it, or a vessel through it (an intrahepatic IVC), is not parenchyma."""
+    regions, hu = anatomy.regions, anatomy.hu
+    bands = np.zeros(hu.shape, dtype=np.uint8)
+    local = np.zeros(hu.shape, dtype=np.float32)
+    half = max(1, int(round(ORGAN_WINDOW_MM / 2 / anatomy.spacing[1])))
+    for code in rule.organ_levels:
+        organ = regions == code
+        box = _grow(ndimage.find_objects(organ.view(np.uint8))[0], (1, half, half), hu.shape)
+        inside = (organ[box] & (hu[box] <= rule.organ_levels[code])).astype(np.float32)
+        size = (3, 2 * half + 1, 2 * half + 1)
+        total = ndimage.uniform_filter(hu[box] * inside, size=size, mode="constant")
+        count = ndimage.uniform_filter(inside, size=size, mode="constant")
+        band = morphology.dilate(organ[box], (3, 3, 3))
+        bands[box][band] = code
+        local[box][band] = total[band] / np.maximum(count[band], 1e-6)
+    return bands, local
 
 
 class _Foci:
@@ -179,15 +219,15 @@ class _Foci:
         core = peak = 0.0
         if verdict is None:
             core, peak = self._core_and_peak(grown, focus)
-            required = self.rule.levels(self.rule.floor)[organ if inside else self.bands[grown][focus]]
-            if core < float(np.median(required)):
-                return  # fainter than extravasation (or than the organ round it): not a focus
+            required = self.rule.required(self._parenchyma(grown, focus, organ)) if inside else self.rule.floor
             if core > self.rule.ceiling:
                 verdict = "denser than extravasated contrast (calcification, bone or dense contrast)"
             elif self.rule.excreted is not None and core > self.rule.excreted and not hematoma:
                 verdict = "excreted contrast (delayed phase)"  # a ureter, no hematoma round it
             elif peak > self.rule.ceiling and not hematoma:
                 verdict = "beside calcification or bone, no hematoma round it"
+            elif core < required:
+                return  # fainter than extravasation (or than the organ round it): not a focus
         if verdict is not None:
             self.set_aside[verdict] = self.set_aside.get(verdict, 0.0) + ml
             return
@@ -196,10 +236,21 @@ class _Foci:
         # Its edge at half maximum between its core and its surroundings, never in the clot range.
         edge = max(self.settings.hu.blood_max, (core + surround) / 2)
         near = morphology.dilate(focus, (3, 3, 3))  # the working grid's blur made it larger already
-        if not inside:
-            near &= self.bands[grown] == 0  # the organ beside it, and its edge, enhance into its range
+        edges = np.full(focus.shape, edge, dtype=np.float32)
+        # Where it abuts an organ (in it, or within two working pixels of it: the organ's
+        # blurred edge), halfway to the organ's parenchyma, which enhances into the focus's
+        # own range, and on its own working slices only (a slice beyond, that threshold lies
+        # in the organ's noise).
+        in_plane = morphology.dilate(focus, (1, 3, 3))
+        for code in ([organ] if inside else [int(c) for c in np.unique(self.bands[grown][near]) if c]):
+            against = (np.ones(focus.shape, dtype=bool) if inside
+                       else morphology.dilate(self.anatomy.regions[grown] == code, (3, 5, 5)))
+            edges[against] = max(edge, (core + self._parenchyma(grown, focus, code)) / 2)
+            near &= in_plane | ~against
         target = self.threshold[grown]
-        target[near & ((target == 0) | (target > edge))] = int(round(edge))
+        edges = np.rint(edges).astype(np.int16)
+        update = near & ((target == 0) | (target > edges))
+        target[update] = edges[update]
 
     def summary(self) -> list[str]:
         return [f"contrast-density structures not called extravasation: {why} ({ml:.1f} mL)"
@@ -214,6 +265,18 @@ class _Foci:
             if (regions[focus] == code).mean() >= 0.5 or (bands[ring] == code).mean() >= 0.5:
                 return code
         return None
+
+    def _parenchyma(self, box: tuple[slice, ...], focus: np.ndarray, organ: int) -> float:
+        """The organ's HU round a focus: the 90th percentile of its voxels three to four
+        working pixels out (nearer is the focus's own blur; the 90th percentile so that an
+        unevenly enhancing organ, a renal cortex against its medulla, is read by its brightest
+        part), or the whole organ's where too few are there."""
+        ring = morphology.dilate(focus, (3, 9, 9)) & ~morphology.dilate(focus, (3, 5, 5))
+        ring &= self.anatomy.regions[box] == organ
+        ring &= ~self.blood_range[box]
+        if np.count_nonzero(ring) < MIN_RING_VOXELS:
+            return self.rule.organ_levels[organ]
+        return float(np.percentile(self.anatomy.hu[box][ring], CORE_PERCENTILE))
 
     def _in_hematoma(self, box: tuple[slice, ...], focus: np.ndarray) -> bool:
         # A ring three working pixels out: nearer ones are the focus's own blur.

@@ -52,12 +52,14 @@ class HuSettings:
     # extravasation there and above every clot. It enhances less than the
     # aorta more often than not (mean 155 HU against 199 HU in the aorta,
     # Willmann et al., AJR 2002;179:437-44; "within 10-15 HU of the aorta" has
-    # no primary source), so the aorta sets no floor. Inside or against an
-    # enhancing organ a focus must stand out from the organ itself: its 90th
-    # percentile HU plus blush_organ_margin (noise and heterogeneity; no
-    # published figure, a design choice).
+    # no primary source), so the aorta sets no floor. Inside an enhancing
+    # organ a focus must stand out from the parenchyma round it: the 90th
+    # percentile HU of the organ a few millimetres round the focus plus
+    # blush_organ_margin (above noise and the parenchyma's unevenness; no
+    # published figure, a design choice: a blush is seen as denser than the
+    # organ round it, and the brightest tenth of that is the reference).
     blush_min: float = 85.0
-    blush_organ_margin: float = 50.0
+    blush_organ_margin: float = 20.0
     # Extravasated contrast is diluted blood-pool contrast: a focus denser than
     # both blush_max (Shanmuganathan's densest was 370 HU) and the same phase's
     # blood pool (aorta, or the portal vein where found) plus blush_above_pool
