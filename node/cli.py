@@ -9,9 +9,10 @@ import re
 import sys
 from pathlib import Path
 
-from . import __version__
+from . import __version__, db_command
 from .config import ConfigError, Settings, load_settings
 from .logs import setup_logging
+from .schema import SchemaError
 
 _DESTINATION = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d{1,5})$")
 
@@ -247,6 +248,7 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--data-dir", help="data directory (spool, database)")
         return sp
 
+    db_command.add_parser(sub, with_config)  # trauma-node db upgrade
     serve = with_config(sub.add_parser("serve", help="run the DICOM SCP, workers and HTTP API"))
     serve.add_argument("--dicom-port", type=int)
     serve.add_argument("--http-port", type=int)
@@ -329,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ConfigError as exc:
         print(f"trauma-node: {exc}", file=sys.stderr)
+        return 2
+    except SchemaError as exc:  # a database older or newer than this code
+        print(f"trauma-node: {db_command.explain(exc, args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -3,48 +3,24 @@
 One row per message: a question, then the answer it got (linked by
 question_id). Earlier turns are given to the answerer as context; everything
 survives a restart; messages older than api.conversation_retention_days are
-purged. Import this module before creating the Index so its table is created.
+purged. The table is declared in node.tables.
 Text is stored, never logged.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import enum
 from typing import Any, Collection
 
-from sqlalchemy import DateTime, ForeignKey, Integer, String, Text, delete, func, or_, select
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import delete, func, or_, select
 
 from pipeline.answering import Turn
 
-from .index import Base, Index, Study, utcnow
+from .index import Index, Study, utcnow
+from .tables import MessageState, QaMessage
 
 # Earlier turns handed to the answerer: enough for follow-ups, bounded for prompts.
 HISTORY_TURNS = 20
-
-
-class MessageState(str, enum.Enum):
-    COMPLETE = "complete"
-    INTERRUPTED = "interrupted"  # the client went away; the text so far is kept
-    FAILED = "failed"  # the answerer raised; the text so far is kept
-
-
-class QaMessage(Base):
-    __tablename__ = "qa_messages"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
-    role: Mapped[str] = mapped_column(String(8))  # question | answer
-    text: Mapped[str] = mapped_column(Text)
-    # For an answer: the question it answers.
-    question_id: Mapped[int | None] = mapped_column(
-        ForeignKey("qa_messages.id", ondelete="CASCADE"), index=True)
-    state: Mapped[str] = mapped_column(String(12), default=MessageState.COMPLETE.value)
-    hemodynamic_status: Mapped[str | None] = mapped_column(String(8))
-    answerer: Mapped[str | None] = mapped_column(String(64))
-    # The job whose Findings grounded the answer (series version at the time).
-    job_id: Mapped[int | None] = mapped_column(Integer)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
 
 
 def study_id(index: Index, study_uid: str) -> int | None:

@@ -8,54 +8,19 @@ that has been sent is never sent again (no export loop); one that failed
 Each attempt is recorded as started (committed) before its C-STORE goes out, and the
 mark is cleared with its answer. A row still marked when it is next due was cut off
 (a crash, a stop, no answer): the destination may hold it already, so node.delivery
-asks before sending it again.
-Import this module before creating the Index so that its table is created.
+asks before sending it again. The table is declared in node.tables.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import enum
 import time
 
-from sqlalchemy import (Connection, DateTime, Float, Integer, String, Text, UniqueConstraint,
-                        select, update)
+from sqlalchemy import Connection, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Mapped, mapped_column
 
 from .config import DeliverySection
-from .index import Base, Index, utcnow
-
-
-class OutboxState(str, enum.Enum):
-    PENDING = "pending"
-    SENT = "sent"
-    DEAD = "dead"
-    # Held results of a series version that may be incomplete, replaced by a later
-    # version before they were sent (node.receiver): never sent, kept as a record.
-    WITHDRAWN = "withdrawn"
-
-
-class OutboxItem(Base):
-    __tablename__ = "outbox"
-    __table_args__ = (UniqueConstraint("sop_instance_uid", "destination"),)
-    id: Mapped[int] = mapped_column(primary_key=True)
-    study_uid: Mapped[str] = mapped_column(String(64), index=True)
-    series_uid: Mapped[str] = mapped_column(String(64))  # the source series
-    series_version: Mapped[int] = mapped_column(Integer)
-    kind: Mapped[str] = mapped_column(String(8))  # seg | sr | sc | pdf | kos
-    sop_instance_uid: Mapped[str] = mapped_column(String(64))
-    path: Mapped[str] = mapped_column(Text)  # absolute path of the object file
-    destination: Mapped[str] = mapped_column(String(64))
-    state: Mapped[str] = mapped_column(String(8), default=OutboxState.PENDING.value, index=True)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    next_attempt_at: Mapped[float] = mapped_column(Float, default=0.0)
-    last_error: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
-    sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
-    # Epoch seconds when the last attempt's C-STORE was about to go out; None once the
-    # destination answered it. Set when due: that attempt was cut off (in doubt).
-    attempt_started_at: Mapped[float | None] = mapped_column(Float)
+from .index import Index, utcnow
+from .tables import OutboxItem, OutboxState
 
 
 def enqueue(index: Index, items: list[dict]) -> int:

@@ -23,7 +23,7 @@ from metrics_support import figures_of, one
 from node import metrics, outbox
 from node.config import load_settings
 from node.delivery import Delivery
-from node.index import ADDED_COLUMNS, Index
+from node.index import Index
 from orthanc import Orthanc
 
 CALLING_AE = "TRAUMA_AI"  # delivery.calling_ae_title
@@ -147,15 +147,3 @@ objects = ["sr", "pdf"]
     finally:
         pacs.stop()
 
-
-def test_a_database_without_the_new_columns_gets_them(tmp_path):
-    url = f"sqlite:///{tmp_path / 'index.sqlite'}"
-    Index(url).close()
-    with sqlite3.connect(tmp_path / "index.sqlite") as db:
-        for table, columns in ADDED_COLUMNS.items():
-            for name in columns:
-                db.execute(f"ALTER TABLE {table} DROP COLUMN {name}")
-    Index(url).close()
-    with sqlite3.connect(tmp_path / "index.sqlite") as db:
-        for table, columns in ADDED_COLUMNS.items():
-            assert set(columns) <= {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
