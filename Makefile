@@ -9,6 +9,9 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Every apt-get waits up to 10 minutes for the dpkg lock (apt >= 1.9.11) rather than failing
+# at once while another apt holds it (unattended-upgrades on a machine that just booted).
+APT_GET := apt-get -o DPkg::Lock::Timeout=600
 # Debian packages the tests use: DCMTK (storescu, dsrdump), dicom3tools (dciodvfy), Orthanc
 # and its DICOMweb plugin (the OHIF test's PACS), Chromium and its driver (the page and OHIF
 # tests, headless), PostgreSQL (the shared-database test), npm (fetches the OHIF Viewer),
@@ -52,8 +55,8 @@ system-deps:
 	if [ $$missing = 1 ]; then \
 		echo "installing dcmtk dicom3tools orthanc orthanc-dicomweb chromium chromium-driver" \
 			"postgresql npm poppler-utils systemd (Debian packages)"; \
-		$(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dcmtk dicom3tools orthanc \
+		$(SUDO) $(APT_GET) update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) $(APT_GET) install -y -qq dcmtk dicom3tools orthanc \
 			orthanc-dicomweb chromium chromium-driver postgresql poppler-utils systemd \
 			$$([ -x /usr/bin/npm ] || echo npm) >/dev/null; \
 	fi
