@@ -94,12 +94,18 @@ def setup_logging(level: str = "INFO") -> None:
     """The root logger's only handler: stderr, escaped (journald, docker logs). Every
     logger of the node, pynetdicom and uvicorn (node.http_api gives it no handlers of
     its own) propagates to it."""
-    logging.basicConfig(level=getattr(logging, level, logging.INFO), handlers=[handler()],
-                        force=True)
+    root_level = getattr(logging, level, logging.INFO)
+    logging.basicConfig(level=root_level, handlers=[handler()], force=True)
     # pynetdicom logs dataset contents (patient names among them) at DEBUG and
     # every PDU at INFO: the node logs its own association lines instead.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # highdicom logs a dozen INFO lines for each SEG or SR it builds ("copy attributes of
+    # module ..."), Alembic two each time the database is opened: their warnings only,
+    # unless the node logs at DEBUG.
+    for chatty in ("highdicom", "alembic"):
+        logging.getLogger(chatty).setLevel(
+            logging.NOTSET if root_level <= logging.DEBUG else logging.WARNING)
 
 
 __all__ = ["EscapingFormatter", "FORMAT", "escape_controls", "handler", "setup_logging"]
