@@ -38,7 +38,7 @@ HIGH_GRADE = 4
 def _organ(found: OrganFinding | None, blood_ml: float) -> tuple[str, tuple[float, float, float]]:
     if found is None or not found.located:
         return "not located: prior", ()
-    if found.injured:
+    if found.injured or found.aast_grade:  # a grade is evidence too: a blush beside it, say
         key = "injured, AAST IV-V" if (found.aast_grade or 0) >= HIGH_GRADE else "injured"
     elif found.adjacent_blood_ml > 0:
         key = "blood beside it"
@@ -48,7 +48,8 @@ def _organ(found: OrganFinding | None, blood_ml: float) -> tuple[str, tuple[floa
 
 
 def probabilities(organs: dict[str, OrganFinding], volumes_ml: dict[str, float],
-                  reading: dict[str, Any], assessed: bool) -> dict[str, Any]:
+                  by_region_ml: dict[str, float], reading: dict[str, Any], assessed: bool
+                  ) -> dict[str, Any]:
     """{"method", "assessed", "targets": {target: {level: p}}, "any_injury": p, "evidence"}."""
     targets = {name: dict(levels) for name, levels in PRIORS.items()}
     evidence: dict[str, str] = {name: "not assessed: prior" for name in targets}
@@ -77,7 +78,9 @@ def probabilities(organs: dict[str, OrganFinding], volumes_ml: dict[str, float],
         p, evidence["bowel"] = (
             (0.60, "bowel injury evidence") if bowel is not None and bowel.injured else
             (0.40, "the reading names the bowel") if named else
-            (0.08, "blood beside the bowel") if bowel is not None and bowel.adjacent_blood_ml > 0 else
+            # Blood between the loops (the central, mesenteric space): a sign of bowel or
+            # mesenteric injury, though not specific.
+            (0.15, "blood in the mesenteric space") if by_region_ml.get("central", 0.0) > 0 else
             (0.02, "bowel not assessed by this evidence: prior"))
         targets["bowel"] = {"healthy": 1 - p, "injury": p}
     rounded = {name: {level: round(float(p), 4) for level, p in levels.items()}

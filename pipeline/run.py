@@ -160,8 +160,8 @@ def run_volume(volume: Volume, settings: PipelineSettings | None = None,
         labels=labels, reconciliation=reconciliation, compartments=quantification.compartments,
         assessment=assessment, contrast_foci=quantification.contrast_foci, multiphase=multiphase,
         phase=context.phase, incomplete=incomplete,  # phase: recognised in the anatomy step
-        probabilities=probabilities(grading.organs, quantification.volumes_ml, reading,
-                                    assessment.assessed))
+        probabilities=probabilities(grading.organs, quantification.volumes_ml,
+                                    quantification.by_region_ml, reading, assessment.assessed))
     with stages.stage("report", chosen["report"]):
         findings.report = chosen["report"].run(findings)
     return findings
