@@ -6,12 +6,20 @@ Every handler the node installs formats with EscapingFormatter, which shows them
 escaped (a newline as \\n, ESC as \\x1b), so that a sender cannot forge a log line or
 drive the terminal that shows the log. Tracebacks stay readable on several lines: the
 frames are the node's code; only the exception's own text is escaped.
+
+pydicom and pynetdicom warn once per instance, often several times (ten lines for each
+instance whose UIDs have a leading zero): RepeatedLines lets the first line of each kind
+through and counts the rest, one summary line per kind when its minute is up. The
+node's own lines are summarised where they are made (per association, node.scp).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
+import threading
+import time
 import traceback
 from typing import Any
 
@@ -83,11 +91,75 @@ def _escape_texts(rendered: traceback.TracebackException, seen: set[int]) -> Non
             _escape_texts(linked, seen)
 
 
+_NUMBERS = re.compile(r"\d+")
+
+
+class RepeatedLines(logging.Filter):
+    """Lines of other libraries that repeat within window_s: the first passes, the others
+    are counted, and one line says how many when the window ends (at the next line logged,
+    or at flush()). Lines alike but for their numbers (UIDs, counts) are one kind."""
+
+    def __init__(self, target: logging.Handler, window_s: float = 60.0,
+                 own: str = "trauma_node") -> None:
+        super().__init__()
+        self.target, self.window_s, self.own = target, window_s, own
+        self._open: dict[tuple[str, int, str], list[Any]] = {}  # -> [until, count, first]
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(self._local, "summarising", False):
+            return True
+        self.flush(record.created)
+        if record.name.startswith(self.own):
+            return True
+        key = (record.name, record.levelno, _NUMBERS.sub("#", record.getMessage()))
+        with self._lock:
+            entry = self._open.get(key)
+            if entry is None:
+                self._open[key] = [record.created + self.window_s, 0, record]
+                return True
+            entry[1] += 1
+            return False
+
+    def flush(self, now: float | None = None) -> None:
+        """Summarise the kinds whose window has ended by now (all of them when None)."""
+        limit = float("inf") if now is None else now
+        with self._lock:
+            ended = [key for key, (until, _, _) in self._open.items() if until <= limit]
+            entries = [self._open.pop(key) for key in ended]
+        for _, count, first in entries:
+            if count:
+                self._summarise(first, count)
+
+    def _summarise(self, first: logging.LogRecord, count: int) -> None:
+        text = first.getMessage()
+        summary = logging.LogRecord(
+            first.name, first.levelno, first.pathname, first.lineno,
+            "%d more line(s) like this in %.0f s were not logged: %s", (
+                count, self.window_s, text if len(text) <= 160 else text[:157] + "..."), None)
+        self._local.summarising = True
+        try:
+            self.target.handle(summary)
+        finally:
+            self._local.summarising = False
+
+
 def handler(stream: Any = None) -> logging.Handler:
-    """A stream handler (stderr by default) with the node's escaping format."""
+    """A stream handler (stderr by default) with the node's escaping format and repeated
+    library lines summarised."""
     h = logging.StreamHandler(stream if stream is not None else sys.stderr)
     h.setFormatter(EscapingFormatter(FORMAT))
+    h.addFilter(RepeatedLines(h))
     return h
+
+
+def flush_repeated_lines() -> None:
+    """Say now how many library lines were held back (at the end of a process)."""
+    for h in logging.getLogger().handlers:
+        for f in h.filters:
+            if isinstance(f, RepeatedLines):
+                f.flush()
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -108,4 +180,5 @@ def setup_logging(level: str = "INFO") -> None:
             logging.NOTSET if root_level <= logging.DEBUG else logging.WARNING)
 
 
-__all__ = ["EscapingFormatter", "FORMAT", "escape_controls", "handler", "setup_logging"]
+__all__ = ["EscapingFormatter", "FORMAT", "RepeatedLines", "escape_controls",
+           "flush_repeated_lines", "handler", "setup_logging"]

@@ -16,6 +16,7 @@ from .config import Settings
 from .delivery import Delivery
 from .http_api import create_app, server_config
 from .index import Index
+from .logs import flush_repeated_lines
 from .metrics import LiveFigures
 from .policy import AssociationPolicy
 from .receiver import Receiver, mark_interrupted_receiving
@@ -111,6 +112,7 @@ class Node:
         if late:
             log.warning("stopping: %s still busy; they end with the process", ", ".join(late))
         self.index.close()
+        flush_repeated_lines()
         log.info("stopped")
         return late
 

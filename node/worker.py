@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from . import jobs, outbox  # noqa: F401  (outbox: its table, for job results)
 from .config import Settings
 from .index import Index
-from .logs import setup_logging
+from .logs import flush_repeated_lines, setup_logging
 from .metrics import WORKER_RESTARTS, Counters
 from .results import RESULTS_OVERHEAD_BYTES, NoRoomForResults, check_room
 from .stopping import STOP_RESERVE_S, exit_by, exit_now, on_stop_signals
@@ -403,5 +403,6 @@ def run_workers(settings: Settings, count: int) -> None:
         pool.stop(deadline - time.monotonic() - STOP_RESERVE_S)
     finally:
         index.close()
+    flush_repeated_lines()
     log.info("stopped")
     exit_now(0)  # as `serve` does (node.service): nothing busy may run into the shutdown

@@ -122,3 +122,28 @@ def test_tracebacks_keep_their_lines_but_not_the_exception_text():
     assert any(line.startswith("  File ") for line in lines)  # frames on their own lines
     assert "ValueError: outer\\r\\n" + FORGED in lines
     assert "KeyError: 'inner\\n" + FORGED + "'" in lines
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_library_warnings_repeated_per_instance_are_summarised(node_factory, phantom_factory,
+                                                               lax_validation):
+    """pydicom warns ten times for each instance whose UIDs are not valid (here a component
+    with a leading zero, which the node still stores): the log shows the first of each kind
+    and one line with how many more, not two hundred lines for twenty instances."""
+    truth = phantom_factory("log-repeats", slices=20, rows=32, cols=32)
+    node = node_factory(FAST)
+    assoc = sender("STORESCU").associate("127.0.0.1", node.dicom_port, ae_title="TRAUMA_AI")
+    for k, path in enumerate(truth.paths):
+        ds = dcmread(path)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.03.{k}"
+        assert int(assoc.send_c_store(ds).Status) == 0x0000
+    assoc.release()
+    wait_for(lambda: "association released" in node.log(), timeout=10,
+             what="the association's end in the log")
+    node.stop()
+    lines = [line for line in node.log().splitlines() if "Invalid value for VR UI" in line]
+    summaries = [line for line in lines if "more line(s) like this" in line]
+    assert summaries, lines
+    assert len(lines) <= 8, "\n".join(lines)  # first of each kind, per process, and summaries
+    held_back = sum(int(line.split("more line(s)")[0].rsplit(" ", 2)[-2]) for line in summaries)
+    assert held_back >= 100  # of the lines the libraries wrote (10 per instance in all)
