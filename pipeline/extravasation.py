@@ -100,7 +100,7 @@ def blush_rule(anatomy: Anatomy, settings: PipelineSettings) -> BlushRule | None
 
 
 def find_blush(volume: Volume, anatomy: Anatomy, settings: PipelineSettings, blood_range: np.ndarray) -> Blush:
-    hu, regions = anatomy.hu, anatomy.regions
+    hu = anatomy.hu
     rule = blush_rule(anatomy, settings)
     empty = Blush(np.zeros(hu.shape, dtype=bool), np.zeros(hu.shape, dtype=np.int16), [])
     if rule is None:
