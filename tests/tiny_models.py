@@ -9,8 +9,10 @@ code, exactly as the real weights would be (see ../shared/TINY_MODELS.md).
 
 from __future__ import annotations
 
+import json
 import string
 from pathlib import Path
+from typing import Sequence
 
 SPECIAL = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>",
            "<start_of_image>", "<end_of_image>", "<image_soft_token>"]
@@ -44,13 +46,28 @@ GEMMA_IMAGE, GEMMA_PATCH, GEMMA_TOKENS = 32, 8, 4
 SIGLIP_IMAGE, SIGLIP_PATCH = 32, 8
 
 
-def tokenizer(**kwargs):
+def tokenizer(corpus: Sequence[str] = (), merges: int = 0, **kwargs):
+    """Characters and bytes; with a corpus, also up to ``merges`` BPE merges learned from it
+    (spaces as ▁, as Gemma's normaliser writes them), so that its texts take few tokens, as
+    they do in a real vocabulary."""
     from transformers import GemmaTokenizer
 
     vocab = {tok: i for i, tok in enumerate(SPECIAL + BYTE_TOKENS)}
     for ch in CHARS:
         vocab.setdefault(ch, len(vocab))
-    return GemmaTokenizer(vocab=vocab, merges=[], **kwargs)
+    learned: list = []
+    if corpus and merges:
+        from tokenizers import Tokenizer, models, normalizers, trainers
+
+        bpe = Tokenizer(models.BPE())
+        bpe.normalizer = normalizers.Replace(" ", "▁")
+        bpe.train_from_iterator(list(corpus), trainers.BpeTrainer(
+            vocab_size=len(CHARS) + merges, initial_alphabet=CHARS, show_progress=False))
+        model = json.loads(bpe.to_str())["model"]
+        learned = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+        for token, _ in sorted(model["vocab"].items(), key=lambda item: item[1]):
+            vocab.setdefault(token, len(vocab))
+    return GemmaTokenizer(vocab=vocab, merges=learned, **kwargs)
 
 
 def _printable_only(tok) -> list[int]:
@@ -62,14 +79,21 @@ def _printable_only(tok) -> list[int]:
     return ids
 
 
-def build_medgemma(out_dir: Path | str, seed: int = 0) -> Path:
-    """A tiny Gemma3ForConditionalGeneration + Gemma3Processor in out_dir."""
+def build_medgemma(out_dir: Path | str, seed: int = 0, corpus: Sequence[str] = (), merges: int = 0,
+                   embedding_scale: float = 1.0) -> Path:
+    """A tiny Gemma3ForConditionalGeneration + Gemma3Processor in out_dir.
+
+    corpus/merges: a vocabulary with BPE merges learned from the corpus (see tokenizer).
+    embedding_scale: the tied embeddings multiplied by it; at the default initialisation
+    (std 0.02) the logits span about +-1.3, too little for a frozen output layer to learn
+    through (the fine-tuning tests train LoRA adapters on this model)."""
     import torch
     from transformers import (Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessor,
                               Gemma3Processor, Gemma3TextConfig, SiglipVisionConfig)
 
     out = Path(out_dir)
-    tok = tokenizer(extra_special_tokens={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
+    tok = tokenizer(corpus, merges,
+                    extra_special_tokens={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
                                           "image_token": "<image_soft_token>"})
     tok.chat_template = CHAT_TEMPLATE
     processor = Gemma3Processor(
@@ -89,6 +113,9 @@ def build_medgemma(out_dir: Path | str, seed: int = 0) -> Path:
         eoi_token_index=ids("<end_of_image>"), image_token_index=ids("<image_soft_token>"))
     torch.manual_seed(seed)
     model = Gemma3ForConditionalGeneration(config).eval()
+    if embedding_scale != 1.0:
+        with torch.no_grad():
+            model.get_input_embeddings().weight.mul_(embedding_scale)
     gen = model.generation_config
     gen.eos_token_id = [ids("<eos>"), ids("<end_of_turn>")]
     gen.pad_token_id = ids("<pad>")

@@ -23,7 +23,7 @@ from pipeline.findings import TriageResult
 from pipeline.models.imaging import slice_rgb
 from pipeline.quantification import Quantification
 from pipeline.reading_json import READING_KEYS, SCHEMA_TEXT, parse_reading
-from pipeline.settings import PipelineSettings
+from pipeline.settings import ModelSettings, PipelineSettings
 from pipeline.stages import StageContext
 
 SYSTEM = ("You are an expert radiologist reading an abdominal trauma CT for a research study. "
@@ -76,6 +76,14 @@ def reading_messages(context: StageContext, indices: Sequence[int], context_slic
     return messages, images
 
 
+def series_prompt(context: StageContext, indices: Sequence[int],
+                  models: ModelSettings) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+    """The messages and images the reading sends for these slices, with the node's settings
+    (window, 2.5D context); the fine-tuning data (training.reading_data) is built by this too."""
+    return reading_messages(context, indices, models.medgemma.context_slices,
+                            (models.window_center, models.window_width))
+
+
 def reask_messages(messages: list[dict[str, Any]], reply: str, error: str) -> list[dict[str, Any]]:
     return messages + [
         {"role": "assistant", "content": [{"type": "text", "text": reply}]},
@@ -105,7 +113,6 @@ class MedGemmaReading:
         models = self.settings.models
         s = models.medgemma
         model = self.model()
-        window = (models.window_center, models.window_width)
         adapter = s.adapter_in_reading and model.adapter is not None
         cap = model.slice_cap
         indices, pick_note = pick_slices(triage, cap)
@@ -113,7 +120,7 @@ class MedGemmaReading:
         reductions: list[str] = []
         generation = None
         while generation is None:
-            messages, images = reading_messages(context, indices, s.context_slices, window)
+            messages, images = series_prompt(context, indices, models)
             try:
                 generation = model.generate(messages, images, s.max_new_tokens, adapter=adapter)
             except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled here

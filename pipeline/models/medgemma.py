@@ -40,6 +40,15 @@ def slice_cap_for_memory(free_bytes: int | None, settings: MedGemmaSettings) -> 
     return max(settings.slice_cap_min, min(settings.slice_cap_max, fits))
 
 
+def prompt_inputs(processor: Any, messages: Sequence[Message], images: Sequence[np.ndarray] = ()) -> Any:
+    """Chat template (with the generation prompt) + processor, on the CPU: what the model reads
+    before it replies. The fine-tuning data (training.reading_data) is encoded by this too."""
+    prompt = processor.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+    if images:
+        return processor(text=prompt, images=[list(images)], return_tensors="pt")
+    return processor(text=prompt, return_tensors="pt")
+
+
 @dataclass
 class Generation:
     text: str
@@ -116,13 +125,7 @@ class MedGemma:
         content a list of {"type": "text", "text": ...} and {"type": "image"}
         items; ``images`` are the RGB uint8 arrays of the image items, in order.
         """
-        prompt = self.processor.apply_chat_template(list(messages), add_generation_prompt=True,
-                                                    tokenize=False)
-        if images:
-            batch = self.processor(text=prompt, images=[list(images)], return_tensors="pt")
-        else:
-            batch = self.processor(text=prompt, return_tensors="pt")
-        batch = batch.to(self.model.device)
+        batch = prompt_inputs(self.processor, messages, images).to(self.model.device)
         if "pixel_values" in batch:
             batch["pixel_values"] = batch["pixel_values"].to(self.dtype)
         return batch
