@@ -7,8 +7,10 @@ or one made for other classes or inputs. ``allow_random_weights`` is honoured
 only inside the test suite.
 
 Checkpoint layout: a state dict, or a dict with ``state_dict`` (or
-``model_state_dict``) and optionally ``classes``, ``encoder`` and
-``in_channels``, which must then match the settings.
+``model_state_dict``) and optionally ``classes``, ``encoder``,
+``in_channels`` and ``window`` ([centre, width] of pipeline.models), which must
+then match the settings (``trauma-node train-segmentation`` writes them all, with
+the research-use statement and the training data).
 """
 
 from __future__ import annotations
@@ -83,8 +85,11 @@ class Unet:
             except Exception as exc:  # noqa: BLE001
                 raise ModelUnavailable(f"{key} = {s.checkpoint!r}: not a readable torch checkpoint "
                                        f"({type(exc).__name__}: {exc})") from exc
+            window = [float(settings.window_center), float(settings.window_width)]
+            if "window" in meta:  # written by trauma-node train-segmentation
+                meta["window"] = [float(v) for v in meta["window"]]
             for field, expected in (("classes", self.classes), ("encoder", s.encoder),
-                                    ("in_channels", self.in_channels)):
+                                    ("in_channels", self.in_channels), ("window", window)):
                 if field in meta and meta[field] != expected:
                     raise ModelUnavailable(f"{key}: the checkpoint was trained with {field} = "
                                            f"{meta[field]!r}, the settings give {expected!r}")
