@@ -43,7 +43,7 @@ $(TEST_STAMP): pyproject.toml | $(BIN)/python
 		free < 8 and print(f"warning: {free:.1f} GiB free here; make test needs about 8 GiB (torch " \
 		"with its CUDA libraries is 5.5 GB, then the test data)", file=sys.stderr)'
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,models,postgres,evaluation]'
+	$(BIN)/pip install --quiet -e '.[test,models,postgres,evaluation,training]'
 	touch $(TEST_STAMP)
 
 install: $(RUN_STAMP)

@@ -318,6 +318,10 @@ def parser() -> argparse.ArgumentParser:
                           help="resamples for the 95%% intervals (0: none)")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    from training.cli import add_commands as add_training_commands  # finetune-reading, train-segmentation
+
+    add_training_commands(sub)
     return p
 
 
