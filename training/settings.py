@@ -73,7 +73,6 @@ class TrainSegmentationSettings:
     seed: int = 42
     device: str = "auto"  # auto | cuda | cpu
     encoder: str = ""  # empty: pipeline.models.unet.encoder of the node config
-    workers: int = 0  # DataLoader worker processes
     max_steps: int = -1  # > 0: stop after so many steps (a trial run)
 
 
