@@ -10,7 +10,7 @@ Here the accept loop only accepts. The connection's own thread then does the TLS
 handshake and reads the whole A-ASSOCIATE-RQ PDU, both within
 network.association_request_timeout_s, before any association exists; a connection that
 fails either is closed, logged and counted, having held no slot. The request's bytes are
-handed to the association (node.fast_dul.FastSocket), which goes on as pynetdicom does.
+handed to the association (node.fast_acceptor.FastSocket), which goes on as pynetdicom does.
 Once associated, reads time out after network.network_timeout_s, so a peer that stalls in
 the middle of a PDU cannot hold its slot (and a thread) for ever either.
 """
@@ -24,7 +24,6 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from pynetdicom import _config
 from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import decode_bytes
 
@@ -61,6 +60,8 @@ def check_ae_titles(request: bytes) -> None:
     """Refuse a request whose AE titles pynetdicom cannot take (empty, control characters,
     a backslash): decoding it would fail in the association's DUL, which then holds its
     slot until the ACSE timeout, unlogged and uncounted. Raises Refused."""
+    from pynetdicom import _config  # private: used by the fast acceptor only (node.fast_dul)
+
     for offset, name, reason in _AE_FIELDS:
         raw = request[offset:offset + 16]
         value = decode_bytes(raw) if len(raw) == 16 else ""
