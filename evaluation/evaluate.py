@@ -23,6 +23,7 @@ import numpy as np
 from evaluation import metrics
 from evaluation.dataset import Dataset, SeriesEntry, Study, open_dataset
 from evaluation.masks import load_mask
+from evaluation.reading_metrics import format_adherence, organ_accuracy, severity_match
 from pipeline import run_series
 from pipeline.findings import RESEARCH_USE
 from pipeline.labels import ACTIVE_EXTRAVASATION
@@ -158,6 +159,7 @@ def _figures(dataset: Dataset, by_patient: dict[str, list[dict[str, Any]]],
         "threshold": options.threshold,
         "targets": per_target,
         "masks": _mask_summary(masks),
+        "reading": _reading_summary(series, {s.patient_id: s.labels for s in studies}),
         "predictions": {s.patient_id: t for s, t in zip(studies, predictions)},
     }
 
@@ -171,6 +173,25 @@ def _mask_summary(masks: list[dict[str, Any]]) -> dict[str, Any]:
                      "median_abs_volume_error_percent": round(float(np.median(errors)), 1)
                      if errors else None, "series": len(dices)}
     return out
+
+
+def _reading_summary(series: list[dict[str, Any]], labels: dict[str, Any]) -> dict[str, Any]:
+    """The seed card's three figures, over the series whose reading a model wrote (the rules
+    baseline reads from the segmentation: nothing to measure)."""
+    from training.reading_data import target_reading  # what the labels imply, as trained
+
+    written = [r for r in series if (r.get("reading") or {}).get("raw_texts")]
+    if not written:
+        return {"series": 0, "note": "no reading was written by a model"}
+    readings = [r["reading"] for r in written]
+    expected = [target_reading(labels[r["patient_id"]]) for r in written]
+    return {
+        "series": len(written),
+        "format_adherence": round(format_adherence(readings), 4),
+        "format_adherence_without_repair": round(format_adherence(readings, strict=True), 4),
+        "organ_accuracy": round(organ_accuracy(readings, [e["organs_involved"] for e in expected]), 4),
+        "severity_match": round(severity_match(readings, [e["severity_estimate"] for e in expected]), 4),
+    }
 
 
 def _interval(value: tuple[float | None, float | None, float | None]) -> dict[str, float | None]:
@@ -217,6 +238,13 @@ def summary_markdown(figures: dict[str, Any]) -> str:
     lines += ["", f"Sensitivity and specificity at probability {figures['threshold']:g}; "
               "intervals by bootstrap over patients. The embedded baseline's probabilities are "
               "uncalibrated (pipeline.probabilities)."]
+    reading = figures["reading"]
+    if reading["series"]:
+        lines += ["", f"Reading ({reading['series']} series read by a model): JSON format adherence "
+                  f"{reading['format_adherence']:.2f} ({reading['format_adherence_without_repair']:.2f} "
+                  f"without repair), organ identification {reading['organ_accuracy']:.2f}, severity "
+                  f"match {reading['severity_match']:.2f} (against what the labels imply: "
+                  "training/reading_data.py)."]
     masks = figures["masks"]
     if masks["series_with_masks"]:
         lines += ["", f"Masks: {masks['series_with_masks']} series.", "",

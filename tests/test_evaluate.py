@@ -95,3 +95,28 @@ def test_bad_dataset_is_a_clear_error(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "neither train.csv (RSNA 2023) nor labels.csv" in result.stderr
+
+
+def test_reading_figures_count_only_what_a_model_wrote():
+    """The seed card's three figures, against what the labels imply (training.reading_data):
+    a reply in the format naming the right organs and severity, one repaired, one that is no
+    JSON; the rules baseline's readings are left out."""
+    from evaluation.evaluate import _reading_summary
+
+    good = ('{"injury_pattern": "low-grade splenic injury", "organs_involved": ["spleen"], '
+            '"bleeding_description": "perisplenic blood", "severity_estimate": "mild", '
+            '"differential_diagnosis": ["solid-organ injury"]}')
+    series = [
+        {"patient_id": "A", "reading": {"raw_texts": [good]}},
+        {"patient_id": "B", "reading": {"raw_texts": ["```json\n" + good + "\n```"]}},
+        {"patient_id": "C", "reading": {"raw_texts": ["I cannot tell."]}},
+        {"patient_id": "D", "reading": {"injury_pattern": "rules"}},  # no model wrote it
+    ]
+    truth = {"A": labels(spleen_low=1), "B": labels(), "C": labels(), "D": labels()}
+    figures = _reading_summary(series, truth)
+    assert figures["series"] == 3
+    assert figures["format_adherence"] == round(2 / 3, 4)
+    assert figures["format_adherence_without_repair"] == round(1 / 3, 4)
+    assert figures["organ_accuracy"] == round(1 / 3, 4)  # B's labels say no organ is injured
+    assert figures["severity_match"] == round(1 / 3, 4)
+    assert _reading_summary(series[3:], truth)["series"] == 0
