@@ -3,7 +3,8 @@
 Tokens come from ``api.tokens`` in the config file or ``TRAUMA_NODE_API_TOKENS``
 (comma-separated). With none configured, the first start generates one and
 stores it in the data directory (``api_token``, mode 0600); later starts read it
-back. Only the file's path is ever logged or printed, never a token.
+back. Only the file's path is ever logged or printed, never a token; the audit trail
+names a token by where it comes from (Tokens.names), never by its value.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
@@ -39,6 +41,13 @@ class Tokens:
     tokens: list[str]
     source: str  # config | file | generated
     path: Path | None = None  # the token file, when the token lives in one
+
+    @property
+    def names(self) -> list[str]:
+        """What the audit trail calls each token: api.tokens[i], or the file's name."""
+        if self.source == "config":
+            return [f"api.tokens[{i}]" for i in range(len(self.tokens))]
+        return [TOKEN_FILE] * len(self.tokens)
 
 
 def token_path(settings: Settings) -> Path:
@@ -74,29 +83,47 @@ def resolve_tokens(settings: Settings) -> Tokens:
 class BearerAuth:
     """FastAPI dependency: 401 with WWW-Authenticate unless a valid Bearer token is sent."""
 
-    def __init__(self, tokens: list[str]):
+    def __init__(self, tokens: list[str], names: list[str] | None = None,
+                 on_refused: Callable[[str, str], None] | None = None):
+        """names: what the audit trail calls each token (default token-1, token-2...);
+        on_refused(client address, why): called for each request refused (node.audit)."""
         if not tokens:
             raise ValueError("at least one API token is needed")
         self._tokens = [t.encode() for t in tokens]
+        self._names = names or [f"token-{i + 1}" for i in range(len(tokens))]
+        self.on_refused = on_refused
 
-    def refusal(self, authorization: str | None) -> HTTPException | None:
+    def name_of(self, authorization: str | None) -> str | None:
+        """The name of the valid token an Authorization header holds, else None."""
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            return None
+        found = None
+        for token, name in zip(self._tokens, self._names):  # every token: no early exit
+            if hmac.compare_digest(given.strip().encode(), token):
+                found = name
+        return found
+
+    def refusal(self, authorization: str | None, client: str = "") -> HTTPException | None:
         """The 401 for an Authorization header's value; None when it holds a valid token."""
         scheme, _, given = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not given.strip():
-            return HTTPException(401, "missing bearer token: send 'Authorization: Bearer <token>'",
-                                 headers={"WWW-Authenticate": f'Bearer realm="{REALM}"'})
-        ok = False
-        for token in self._tokens:  # compare with every token: no early exit
-            ok |= hmac.compare_digest(given.strip().encode(), token)
-        if not ok:
-            return HTTPException(401, "invalid bearer token", headers={
+            refusal = HTTPException(401, "missing bearer token: send 'Authorization: Bearer "
+                                    "<token>'", headers={"WWW-Authenticate": f'Bearer realm="{REALM}"'})
+        elif self.name_of(authorization) is None:
+            refusal = HTTPException(401, "invalid bearer token", headers={
                 "WWW-Authenticate": f'Bearer realm="{REALM}", error="invalid_token"'})
-        return None
+        else:
+            return None
+        if self.on_refused is not None:
+            self.on_refused(client, str(refusal.detail))
+        return refusal
 
     async def __call__(self, request: Request,
                        _credentials: HTTPAuthorizationCredentials | None = Depends(bearer_scheme)
                        ) -> None:
-        refusal = self.refusal(request.headers.get("authorization"))
+        refusal = self.refusal(request.headers.get("authorization"),
+                               request.client.host if request.client else "")
         if refusal is not None:
             raise refusal
 
@@ -118,7 +145,8 @@ class TokenBeforeBody:
         chunked = bool(headers) and "chunked" in headers.get("transfer-encoding", "").lower()
         if headers is None or (not chunked and length in (None, "0")):
             return await self.app(scope, receive, send)  # no body
-        refusal = self.auth.refusal(headers.get("authorization"))
+        client = scope.get("client") or ("",)
+        refusal = self.auth.refusal(headers.get("authorization"), str(client[0]))
         if refusal is None and length is not None and (
                 not length.isdigit() or int(length) > self.max_bytes):
             refusal = self._too_large()

@@ -148,6 +148,29 @@ class TLSSection:
 
 
 @dataclass
+class AuditSection:
+    # The audit trail (DICOM PS3.15 A.5 messages, as IHE ATNA uses): one XML message a line
+    # in the file, always; and to a syslog collector when syslog is set.
+    enabled: bool = True
+    # Empty: DATA_DIR/audit/audit.log.
+    file: str = ""
+    # Beyond this size the file is renamed to audit.log.<UTC time> (never deleted).
+    max_file_mb: int = 64
+    # "tls://host:6514" (RFC 5425), "tcp://host:601", "udp://host:514" (RFC 5426); empty: none.
+    syslog: str = ""
+    # Messages held while the collector is down; beyond, the oldest are dropped (counted).
+    syslog_queue: int = 10000
+    # Patient ID and name in the messages (Patient participant object); off by default.
+    include_patient: bool = False
+    # AuditEnterpriseSiteID; empty: left out.
+    site_id: str = ""
+    # TLS to the collector; empty: the [tls] files.
+    ca_certificates: str = ""
+    certificate: str = ""
+    private_key: str = ""
+
+
+@dataclass
 class Peer:
     ae_title: str
     host: str
@@ -184,6 +207,7 @@ class Settings:
     delivery: DeliverySection = field(default_factory=DeliverySection)
     api: ApiSection = field(default_factory=ApiSection)
     tls: TLSSection = field(default_factory=TLSSection)
+    audit: AuditSection = field(default_factory=AuditSection)
     peers: list[Peer] = field(default_factory=list)
     destinations: list[Destination] = field(default_factory=list)
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
@@ -289,6 +313,7 @@ def validate(settings: Settings) -> list[str]:
                 problems.append(f"tls.{name}: required when tls.enabled is true")
             elif not Path(path).expanduser().is_file():
                 problems.append(f"tls.{name}: file not found: {path}")
+    problems += _check_audit(s)
     for i, peer in enumerate(s.peers):
         problems += _check_ae_title(peer.ae_title, f"peers[{i}].ae_title")
         if not peer.host.strip():
@@ -316,9 +341,31 @@ def validate(settings: Settings) -> list[str]:
     return problems
 
 
+def _check_audit(s: Settings) -> list[str]:
+    a = s.audit
+    problems = _check_positive(a.max_file_mb, "audit.max_file_mb")
+    problems += _check_positive(a.syslog_queue, "audit.syslog_queue")
+    if a.syslog:
+        from .audit_syslog import parse_collector
+        try:
+            scheme = parse_collector(a.syslog).scheme
+        except ValueError as exc:
+            return problems + [f"audit.syslog: {exc}"]
+        if scheme == "tls" and not (a.ca_certificates or s.tls.ca_certificates):
+            problems.append("audit.syslog: tls:// needs audit.ca_certificates (or "
+                            "tls.ca_certificates) to verify the collector")
+        for name in ("ca_certificates", "certificate", "private_key"):
+            path = getattr(a, name)
+            if path and not Path(path).expanduser().is_file():
+                problems.append(f"audit.{name}: file not found: {path}")
+        if bool(a.certificate) != bool(a.private_key):
+            problems.append("audit.certificate and audit.private_key: both or neither")
+    return problems
+
+
 def _env_overlay(table: dict[str, Any], env: Mapping[str, str]) -> None:
     for section in ("node", "network", "storage", "completion", "selection", "workers",
-                    "delivery", "api", "tls", "pipeline"):
+                    "delivery", "api", "tls", "audit", "pipeline"):
         cls = Settings.__dataclass_fields__[section].default_factory  # type: ignore[misc]
         path = [] if section == "node" else [section]
         sub = table.setdefault(section, {})

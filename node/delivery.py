@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from . import outbox
@@ -23,12 +25,17 @@ from .metrics import INTERRUPTED_DELIVERIES, Counters
 from .scu import AssociationFailed, QueryUnanswered, held_instances, instance_uids, send
 from .tls import client_context
 
+if TYPE_CHECKING:
+    from .audit import AuditTrail
+
 log = logging.getLogger("trauma_node.delivery")
 
 
 class Delivery:
-    def __init__(self, settings: Settings, index: Index, counters: Counters | None = None):
+    def __init__(self, settings: Settings, index: Index, counters: Counters | None = None,
+                 audit: AuditTrail | None = None):
         self.settings = settings
+        self.audit = audit
         self.index = index
         self.counters = counters or Counters()
         self.destinations = {d.name: d for d in settings.destinations}
@@ -57,6 +64,7 @@ class Delivery:
         by_path = {str(Path(item.path)): item for item in items}
         recorded: set[str] = set()
         started: set[str] = set()
+        audited = _PassAudit()
 
         def before(path: Path) -> None:
             item = by_path[str(path)]
@@ -68,6 +76,7 @@ class Delivery:
         def after(path: Path, error: str | None, cut_off: bool) -> None:
             item = by_path[str(path)]
             recorded.add(str(path))
+            audited.outcome(item, path, error)
             if error is None:
                 outbox.mark_sent(self.index, item.id)
                 log.info("delivered %s %s to %s", item.kind, item.sop_instance_uid, name)
@@ -80,6 +89,16 @@ class Delivery:
 
         if not by_path:
             return 0
+        try:
+            return self._send(dest, by_path, recorded, before, after)
+        finally:
+            if self.audit is not None:
+                audited.emit(self.audit, policy.calling_ae_title, dest,
+                             [item for path, item in by_path.items() if path not in recorded])
+
+    def _send(self, dest: Destination, by_path: dict[str, outbox.OutboxItem],
+              recorded: set[str], before, after) -> int:
+        policy, name = self.settings.delivery, dest.name
         try:
             report = send([Path(p) for p in by_path], dest.host, dest.port, dest.ae_title,
                           policy.calling_ae_title, self._tls(dest), policy.timeout_s,
@@ -161,3 +180,38 @@ class Delivery:
             self._thread.join(timeout=self.settings.delivery.timeout_s + 5
                               if timeout_s is None else max(0.0, timeout_s))
         return self._thread is None or not self._thread.is_alive()
+
+
+class _PassAudit:
+    """What one delivery pass to one destination did, per study: one audit message each
+    (DICOM Instances Transferred, node.audit)."""
+
+    def __init__(self) -> None:
+        self.sent: dict[str, Counter[str]] = defaultdict(Counter)
+        self.failed: Counter[str] = Counter()
+        self.error: dict[str, str] = {}
+
+    def outcome(self, item: outbox.OutboxItem, path: Path, error: str | None) -> None:
+        if error is None:
+            self.sent[item.study_uid][_sop_class(path)] += 1
+        else:
+            self.failed[item.study_uid] += 1
+            self.error.setdefault(item.study_uid, error)
+
+    def emit(self, audit: AuditTrail, calling_ae: str, dest: Destination,
+             unsent: list[outbox.OutboxItem]) -> None:
+        for item in unsent:  # the association failed: none of them went
+            self.failed[item.study_uid] += 1
+            self.error.setdefault(item.study_uid, "no association")
+        for study_uid in sorted(set(self.sent) | set(self.failed)):
+            audit.sent(study_uid, dict(self.sent.get(study_uid, {})), calling_ae,
+                       dest.ae_title, dest.host, self.failed[study_uid],
+                       self.error.get(study_uid, ""))
+
+
+def _sop_class(path: Path) -> str:
+    try:
+        return str(dcmread(path, stop_before_pixels=True,
+                           specific_tags=["SOPClassUID"]).SOPClassUID)
+    except (InvalidDicomError, AttributeError, OSError, ValueError):
+        return "unknown"

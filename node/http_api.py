@@ -13,7 +13,7 @@ import contextlib
 import logging
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import uvicorn
@@ -32,6 +32,9 @@ from .auth import BearerAuth, TokenBeforeBody, resolve_tokens
 from .config import Settings
 from .index import Index
 from .qa import AnswerOrder, AnswerStream, OpenAnswers
+
+if TYPE_CHECKING:
+    from .audit import AuditTrail
 
 log = logging.getLogger("trauma_node.http")
 
@@ -96,20 +99,42 @@ def _validation_message(errors: list[dict[str, Any]]) -> str:
 
 def create_app(settings: Settings, index: Index, answerer: Answerer | None = None,
                tokens: list[str] | None = None,
-               live: metrics.LiveFigures | None = None) -> FastAPI:
+               live: metrics.LiveFigures | None = None,
+               audit: AuditTrail | None = None) -> FastAPI:
     """The API. answerer: None builds the one chosen in the pipeline settings;
     tokens: None resolves them from the settings (generating one at first start);
-    live: what the serving process counts, for /metrics (None: database figures only)."""
+    live: what the serving process counts, for /metrics (None: database figures only);
+    audit: the audit trail, told of refused requests and of each study read."""
+    names = None
     if tokens is None:
         resolved = resolve_tokens(settings)
-        tokens = resolved.tokens
+        tokens, names = resolved.tokens, resolved.names
         if resolved.source == "generated":
             log.warning("no API token configured: generated one and stored it in %s (mode "
                         "0600); send it as 'Authorization: Bearer <token>'", resolved.path)
         elif resolved.source == "file":
             log.info("API token read from %s", resolved.path)
-    bearer = BearerAuth(tokens)
+    bearer = BearerAuth(tokens, names, audit.user_refused if audit is not None else None)
     auth = Depends(bearer)
+
+    async def audited(request: Request):
+        """A study's endpoint, once the token passed: one audit message (DICOM Instances
+        Accessed) naming the token's holder, after the answer is known (404: unknown)."""
+        found = True
+        try:
+            yield
+        except HTTPException as exc:
+            found = exc.status_code != 404
+            raise
+        finally:
+            uid = request.path_params.get("study_uid", "")
+            if audit is not None and _UID.match(uid) and len(uid) <= 64:
+                user = bearer.name_of(request.headers.get("authorization")) or "unknown"
+                host = request.client.host if request.client else ""
+                await anyio.to_thread.run_sync(lambda: audit.accessed(
+                    uid, user, host, f"{request.method} {request.url.path}", found))
+
+    study_access = [auth, Depends(audited)]
     answerer = answerer or create_answerer(settings.pipeline)
     retention_days = settings.api.conversation_retention_days
     open_answers = OpenAnswers()
@@ -219,7 +244,7 @@ def create_app(settings: Settings, index: Index, answerer: Answerer | None = Non
                 index, page, lambda pks: conversations.counts(index, pks))
         return status.studies(index, page)
 
-    @app.get("/studies/{study_uid}", tags=["studies"], dependencies=[auth])
+    @app.get("/studies/{study_uid}", tags=["studies"], dependencies=study_access)
     def study(study_uid: str) -> dict[str, Any]:
         """One study: its state, series, a summary of its Findings and its deliveries."""
         study_pk_or_404(study_uid)
@@ -232,21 +257,21 @@ def create_app(settings: Settings, index: Index, answerer: Answerer | None = Non
         detail["deliveries"] = outbox.items_for_study(index, study_uid)
         return detail
 
-    @app.get("/studies/{study_uid}/findings", tags=["studies"], dependencies=[auth])
+    @app.get("/studies/{study_uid}/findings", tags=["studies"], dependencies=study_access)
     def findings(study_uid: str) -> dict[str, Any]:
         """The Findings (findings.json, pipeline/README.md) of the latest analysis of the
         study's current series version. 409 while there are none yet."""
         found = findings_or_409(study_uid)
         return {**found.meta(), "findings": found.findings}
 
-    @app.get("/studies/{study_uid}/report", tags=["studies"], dependencies=[auth])
+    @app.get("/studies/{study_uid}/report", tags=["studies"], dependencies=study_access)
     def report(study_uid: str) -> dict[str, Any]:
         """The report text of the study's Findings."""
         found = findings_or_409(study_uid)
         return {**found.meta(), "research_use": found.findings.get("research_use"),
                 "report": found.findings.get("report", "")}
 
-    @app.get("/studies/{study_uid}/deliveries", tags=["studies"], dependencies=[auth])
+    @app.get("/studies/{study_uid}/deliveries", tags=["studies"], dependencies=study_access)
     def deliveries(study_uid: str) -> dict[str, Any]:
         """Where each result object (SEG, SR) stands with each destination."""
         study_pk_or_404(study_uid)
@@ -254,14 +279,14 @@ def create_app(settings: Settings, index: Index, answerer: Answerer | None = Non
 
     # --- questions and answers -----------------------------------------------------------
 
-    @app.get("/studies/{study_uid}/conversation", tags=["questions"], dependencies=[auth])
+    @app.get("/studies/{study_uid}/conversation", tags=["questions"], dependencies=study_access)
     def conversation(study_uid: str) -> dict[str, Any]:
         """Every stored question and answer of the study, oldest first."""
         pk = study_pk_or_404(study_uid)
         return {"study_uid": study_uid, "retention_days": retention_days,
                 "messages": conversations.messages(index, pk)}
 
-    @app.post("/studies/{study_uid}/questions", tags=["questions"], dependencies=[auth],
+    @app.post("/studies/{study_uid}/questions", tags=["questions"], dependencies=study_access,
               response_class=StreamingResponse, responses={
                   200: {"description": "The answer as Server-Sent Events: `start`, `token` "
                         "(each line of the text on its own `data:` line), then `done` with "

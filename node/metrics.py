@@ -79,8 +79,14 @@ INTERRUPTED_DELIVERIES = Family(
     "sent again), absent (C-FIND found it missing: sent again), unverified (sent again "
     "unasked: no C-FIND answer, or verify_interrupted = \"resend\"; it may be there twice).",
     "outcome", ("present", "absent", "unverified"))
+AUDIT_MESSAGES = Family(
+    "trauma_node_audit_messages_total", "counter",
+    "Audit messages since the node started, by outcome: written (to the local audit file), "
+    "failed (could not be written there), sent (to the syslog collector), dropped (the "
+    "collector was unreachable and audit.syslog_queue full: the oldest queued one dropped; "
+    "it is in the local file).", "outcome", ("written", "failed", "sent", "dropped"))
 COUNTED = (ASSOCIATIONS_ACCEPTED, ASSOCIATIONS_REJECTED, CSTORE_RESPONSES, RECEIVED_BYTES,
-           WORKER_RESTARTS, INTERRUPTED_DELIVERIES)
+           WORKER_RESTARTS, INTERRUPTED_DELIVERIES, AUDIT_MESSAGES)
 
 
 class Counters:
@@ -117,6 +123,7 @@ class LiveFigures:
     counters: Counters = field(default_factory=Counters)
     open_associations: Callable[[], int] = lambda: 0
     spool_free_bytes: Callable[[], int] | None = None
+    audit_queued: Callable[[], int] = lambda: 0
     started_at: float = field(default_factory=time.time)
 
 
@@ -155,6 +162,8 @@ def render(index: Index, settings: Settings, live: LiveFigures | None = None,
             out.family(family, live.counters.samples(family))
         out.gauge("trauma_node_associations_open", "DICOM associations open now.",
                   [((), live.open_associations())])
+        out.gauge("trauma_node_audit_syslog_queued", "Audit messages waiting for the syslog "
+                  "collector (at most audit.syslog_queue).", [((), live.audit_queued())])
         if live.spool_free_bytes is not None:
             out.gauge("trauma_node_spool_free_bytes", "Free space where the spool is, in bytes.",
                       [((), live.spool_free_bytes())])

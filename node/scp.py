@@ -13,8 +13,9 @@ import errno
 import logging
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
@@ -49,7 +50,14 @@ from .receiver import Receiver
 from .spool import InvalidUID, check_uid
 from .tls import server_context
 
+if TYPE_CHECKING:
+    from .audit import AuditTrail
+
 log = logging.getLogger("trauma_node.scp")
+
+# Refusals for who the peer is, audited as node authentication failures (node.audit);
+# the others (disk low, association limit, no request) are capacity, logged and counted.
+AUDITED_REFUSALS = frozenset({"called_ae", "calling_ae", "tls", "bad_request"})
 
 # pynetdicom accepts, per context, the first syntax of this list that the sender
 # proposed. Lossless compressed first, so a sender offering its files' own
@@ -116,6 +124,8 @@ class _AssociationStats:
     bytes: int = 0
     # failure kind -> its first line and count; summarised when the association ends
     repeated: dict[tuple[str, str], _Repeated] = field(default_factory=dict)
+    # study UID -> SOP Class UID -> instances (stored or already held), for the audit trail
+    studies: dict[str, Counter[str]] = field(default_factory=dict)
 
 
 def _log_failure(stats: _AssociationStats | None, level: int, msg: str, *args: Any,
@@ -147,8 +157,9 @@ def _summarise(stats: _AssociationStats, how: str) -> None:
 
 class StorageSCP:
     def __init__(self, settings: Settings, receiver: Receiver, policy: AssociationPolicy,
-                 counters: Counters | None = None):
+                 counters: Counters | None = None, audit: AuditTrail | None = None):
         self.settings = settings
+        self.audit = audit
         self.receiver = receiver
         self.policy = policy
         self.counters = counters if counters is not None else Counters()
@@ -184,6 +195,8 @@ class StorageSCP:
             log.warning("association rejected: calling %r host %s: %s", calling, rq.address,
                         rejection.reason)
             self.counters.add(ASSOCIATIONS_REJECTED, rejection.code)
+            if self.audit is not None and rejection.code in AUDITED_REFUSALS:
+                self.audit.node_refused(rq.address, calling, rejection.reason)
             assoc.acse.send_reject(rejection.result, rejection.source, rejection.diagnostic)
             assoc.kill()
 
@@ -201,6 +214,8 @@ class StorageSCP:
             return
         log.warning("connection refused: host %s: %s", host, reason)
         self.counters.add(ASSOCIATIONS_REJECTED, code)
+        if self.audit is not None and code in AUDITED_REFUSALS:
+            self.audit.node_refused(host, "", reason)
 
     def _on_established(self, event: evt.Event) -> None:
         rq = event.assoc.requestor
@@ -221,6 +236,10 @@ class StorageSCP:
             return
         how = "released" if assoc.is_released else "aborted" if assoc.is_aborted else "closed"
         _summarise(stats, how)
+        if self.audit is not None:  # one message per study the association brought
+            for study_uid, sop_classes in stats.studies.items():
+                self.audit.received(study_uid, sop_classes, stats.calling_ae, stats.host,
+                                    assoc.is_released, how)
         seconds = time.monotonic() - stats.started
         log.info("association %s: calling %r host %s: %d stored, %d duplicates, %d failed, "
                  "%.1f MB in %.2f s", how, stats.calling_ae, stats.host, stats.stored,
@@ -309,6 +328,8 @@ class StorageSCP:
             _log_failure(stats, logging.ERROR, "C-STORE failed: cannot write SOP %s", sop_uid,
                          exc_info=True)
             return _failure(OUT_OF_RESOURCES, "Out of resources: cannot write")
+        if stats is not None:
+            self._count_study(stats, header.study_uid, header.sop_class_uid)
         if result.stored:
             self.counters.add(CSTORE_RESPONSES, "stored")
             self.counters.add(RECEIVED_BYTES, amount=result.size)
@@ -320,6 +341,14 @@ class StorageSCP:
             if stats is not None:
                 stats.duplicates += 1
         return SUCCESS
+
+    def _count_study(self, stats: _AssociationStats, study_uid: str, sop_class: str) -> None:
+        counts = stats.studies.get(study_uid)
+        if counts is None:
+            counts = stats.studies[study_uid] = Counter()
+            if self.audit is not None:
+                self.audit.begin_receiving(study_uid, stats.calling_ae, stats.host)
+        counts[sop_class] += 1
 
     # -- lifecycle -----------------------------------------------------------------
     def handlers(self) -> list:

@@ -11,6 +11,7 @@ import uvicorn
 from pipeline.models import preflight
 
 from . import jobs
+from .audit import AuditTrail, study_patient_lookup
 from .completion import CompletionMonitor
 from .config import Settings
 from .delivery import Delivery
@@ -40,13 +41,17 @@ class Node:
             settings.node.ae_title, settings.peers, self.spool.free_bytes,
             settings.storage.min_free_disk_mb * 2**20)
         self.live = LiveFigures(spool_free_bytes=self.spool.free_bytes)
-        self.scp = StorageSCP(settings, self.receiver, self.policy, self.live.counters)
+        self.audit = AuditTrail(settings, self.live.counters,
+                                study_patient_lookup(self.index, settings.spool_dir))
+        self.live.audit_queued = self.audit.queued
+        self.scp = StorageSCP(settings, self.receiver, self.policy, self.live.counters,
+                              self.audit)
         self.live.open_associations = lambda: len(self.scp.ae.active_associations)
         self.completion = CompletionMonitor(self.index, self.receiver, settings.completion,
                                             settings.selection)
         self.workers = WorkerPool(settings, self.index, counters=self.live.counters)
         self.orphan_watch = OrphanWatch(settings, self.index)
-        self.delivery = Delivery(settings, self.index, self.live.counters)
+        self.delivery = Delivery(settings, self.index, self.live.counters, self.audit)
         self.retention = Retention(settings, self.index, self.receiver.forget_series,
                                    self.receiver.lock, self.spool.free_bytes)
         self.http: uvicorn.Server | None = None
@@ -55,6 +60,11 @@ class Node:
 
     def start(self) -> None:
         s = self.settings
+        self.audit.start()
+        changed = self.audit.check_configuration(s)
+        if changed:
+            log.warning("the configuration changed since the last start (%s): audited",
+                        ", ".join(changed))
         # A missing or gated model fails here, with what to do, not at the first study.
         models = preflight(s.pipeline, load=False)
         if models:
@@ -82,12 +92,13 @@ class Node:
         self.orphan_watch.start()
         self.delivery.start()
         self.retention.start()
-        app = create_app(s, self.index, live=self.live)
+        app = create_app(s, self.index, live=self.live, audit=self.audit)
         self.http = uvicorn.Server(server_config(app, s.node.http_bind, s.node.http_port, s.node.stop_timeout_s))
         self._http_thread = threading.Thread(target=self.http.run, name="http", daemon=True)
         self._http_thread.start()
         log.info("HTTP API on http://%s:%d (data directory %s)", s.node.http_bind,
                  s.node.http_port, s.data_dir)
+        self.audit.application(started=True)
 
     def stop(self) -> list[str]:
         """Everything stops at once, each part within node.stop_timeout_s; whatever has not
@@ -112,6 +123,8 @@ class Node:
         if late:
             log.warning("stopping: %s still busy; they end with the process", ", ".join(late))
         self.index.close()
+        self.audit.application(started=False)
+        self.audit.close(max(0.5, min(2.0, deadline - time.monotonic() - 0.5)))
         flush_repeated_lines()
         log.info("stopped")
         return late
