@@ -53,6 +53,11 @@ def _mentions(text: str, pattern: str) -> bool:
     return False
 
 
+def mentions_extravasation(text: str) -> bool:
+    """The text describes active contrast extravasation (mentioned and not negated)."""
+    return _mentions(text, _BLUSH)
+
+
 def reconcile(reading: dict[str, Any], volumes_ml: dict[str, float], organs: dict[str, OrganFinding],
               risk_tier: str) -> dict[str, Any]:
     if not reading.get("parsed"):

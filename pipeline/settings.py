@@ -210,6 +210,13 @@ class MedGemmaSettings:
     report_max_new_tokens: int = 768
     # An invalid JSON reply is repaired when it can be, else asked again once.
     reask: bool = True
+    # The reading's prompt profile (pipeline/prompt_profile.py): "multi-slice" (the node's
+    # own), "rsna-adapter-v1" (the published RSNA adapter's, one slice per request), a
+    # site's own, or "auto": the adapter's prompt_profile.toml when it carries one, else
+    # multi-slice. A profile's image, generation and reask values win over those above.
+    prompt_profile: str = "auto"
+    # A directory of the site's own profiles (NAME.toml each); "" for none.
+    prompt_profiles_dir: str = ""
 
 
 @dataclass
@@ -277,6 +284,9 @@ class ModelSettings:
         need(0 <= gem.context_slices <= 5, f"{key}.medgemma.context_slices must be in 0..5")
         need(gem.max_new_tokens >= 16 and gem.report_max_new_tokens >= 16,
              f"{key}.medgemma: max_new_tokens and report_max_new_tokens must be >= 16")
+        from pipeline.prompt_profile import problems as profile_problems  # the reading's prompt
+
+        problems += profile_problems(self)
         need(bool(unet.encoder.strip()), f"{key}.unet.encoder must be set (e.g. resnet34)")
         need(len(unet.classes) >= 2, f"{key}.unet.classes needs a name per output channel (>= 2)")
         need(bool({"hemorrhage", "active_extravasation"} & set(unet.classes)),

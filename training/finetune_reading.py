@@ -8,7 +8,9 @@ in ADAPTER_DIR/checkpoints (``--resume`` continues from the last one). ADAPTER_D
 holds the adapter as PEFT saves it (adapter_config.json, adapter_model.safetensors),
 which ``[pipeline.models.medgemma] adapter`` loads as it is, with README.md and
 training.json: the research-use statement, the base model, the data it came from, the
-settings and the losses.
+settings and the losses, and prompt_profile.toml: the prompt profile the conversations were
+built with (pipeline/prompt_profile.py), the node's window and 2.5D settings filled in, which
+the reading then uses for this adapter unless its configuration names another.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from training.common import TRAINED_FOR, hold_out, provenance
-from training.reading_data import DIFFERENTIAL, Collator, build_records, encode_record
+from training.reading_data import (DIFFERENTIAL, Collator, build_records, encode_record,
+                                   training_profile)
 from training.resources import (StepClock, check_memory, describe_device, pick_device,
                                 training_memory)
 from training.settings import FinetuneReadingSettings
@@ -98,6 +101,14 @@ def finetune_reading(dataset_path: str | Path, out_dir: str | Path, settings: Fi
     base = settings.model or pipeline.models.medgemma.model
     if settings.triage:
         pipeline.backends.triage = settings.triage
+    if settings.prompt_profile:
+        pipeline.models.medgemma.prompt_profile = settings.prompt_profile
+    from pipeline.prompt_profile import ADAPTER_FILE, ProfileError, effective, to_toml
+
+    try:
+        profile = training_profile(pipeline)
+    except ProfileError as exc:
+        raise TrainingError(str(exc)) from exc
     device = pick_device(settings.device)
     mode = precision(settings, device)
     say(f"device: {describe_device(device)}; precision {mode}")
@@ -107,9 +118,10 @@ def finetune_reading(dataset_path: str | Path, out_dir: str | Path, settings: Fi
     for problem in dataset.problems:
         say(f"dataset: {problem}")
     cap = slice_cap_for_memory(None, pipeline.models.medgemma)
+    values = effective(profile, pipeline.models)
     say(f"building conversations from {sum(len(s.series) for s in dataset.studies)} series of "
         f"{len(dataset.studies)} patients (triage {pipeline.backends.triage}, at most {cap} slices "
-        f"each, as the reading sends them)")
+        f"each, prompt profile {profile.label}, as the reading sends them)")
     records, skipped = build_records(dataset, pipeline, cap, out / "data", say)
     if not records:
         raise TrainingError("no series could be made into a conversation" +
@@ -178,12 +190,16 @@ def finetune_reading(dataset_path: str | Path, out_dir: str | Path, settings: Fi
     record = provenance(
         dataset, {"train": _series(train), "held_out": _series(held)}, settings, skipped,
         base_model=base, adapter_for="pipeline.models.medgemma.adapter",
-        reading_prompt={"slice_cap": cap, "context_slices": pipeline.models.medgemma.context_slices,
-                        "window": [pipeline.models.window_center, pipeline.models.window_width],
-                        "triage": pipeline.backends.triage},
+        reading_prompt={"slice_cap": cap, "context_slices": values.context_slices,
+                        "window": [values.window_center, values.window_width],
+                        "triage": pipeline.backends.triage, "prompt_profile": profile.name,
+                        "prompt_profile_version": profile.version, "prompt_profile_file": ADAPTER_FILE},
         device=device, precision=mode, steps=trainer.state.global_step,
         seconds_per_step=clock.per_step, train_loss=losses, eval_loss=eval_losses,
         train_runtime_s=result.metrics.get("train_runtime"))
+    (out / ADAPTER_FILE).write_text(to_toml(profile, pipeline.models, comment=(
+        f"The prompt this adapter was trained with (trauma-node finetune-reading, profile {profile.label}).\n"
+        "The reading uses it for this adapter when [pipeline.models.medgemma] prompt_profile = \"auto\".")))
     (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     (out / "README.md").write_text(_readme(record))
     say(f"adapter written to {out} (set [pipeline.models.medgemma] adapter = \"{out.resolve()}\")")
@@ -215,9 +231,11 @@ def _readme(record: dict[str, Any]) -> str:
   {', '.join(s['target_modules'])} ({'language model only' if s['language_model_only'] else 'all matching modules'});
   {s['epochs']:g} epochs, learning rate {s['learning_rate']:g}, NEFTune alpha {s['neftune_noise_alpha']:g},
   {record['precision']} on {record['device']}; loss on the reply tokens only.
-- Prompt: the node's reading prompt (trauma-node {record['trauma_node_version']}): at most
-  {record['reading_prompt']['slice_cap']} slices chosen by the `{record['reading_prompt']['triage']}` triage,
-  window {record['reading_prompt']['window']}, context_slices {record['reading_prompt']['context_slices']}.
+- Prompt: the node's reading prompt (trauma-node {record['trauma_node_version']}), prompt profile
+  `{record['reading_prompt']['prompt_profile']}` (in `prompt_profile.toml`, which the reading uses with
+  `prompt_profile = "auto"`): at most {record['reading_prompt']['slice_cap']} slices chosen by the
+  `{record['reading_prompt']['triage']}` triage, window {record['reading_prompt']['window']}, context_slices
+  {record['reading_prompt']['context_slices']}.
 - Targets: the reading's JSON derived from the dataset's labels (training/reading_data.py gives the
   mapping); differential_diagnosis is always {json.dumps(DIFFERENTIAL)}.
 - Data: `{data['path']}` ({data['layout']} layout): {len(data['train'])} series for training,

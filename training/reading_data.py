@@ -2,10 +2,12 @@
 
 For each series of a labelled dataset: the volume is loaded, the node's triage backend
 scores its slices, and the reading backend's own code picks the slices (its slice cap, the
-best-scoring, in anatomical order) and builds the messages and images
-(pipeline.backends.medgemma_reading.series_prompt: the same window, 2.5D channels, labels
-and interleaving). The model's reply to learn is the reading's JSON
-(pipeline.reading_json), derived from the study's labels by :func:`target_reading`.
+best-scoring within the prompt profile's share of the volume, in anatomical order) and
+builds the conversations (pipeline.backends.medgemma_reading.conversations, through the
+prompt profile, pipeline/prompt_profile.py: the same layout, texts, window, 2.5D channels
+and labels): one per series (an interleaved profile) or one per slice (a one-slice
+profile, as the RSNA adapter was trained). The model's reply to learn is the reading's
+JSON (pipeline.reading_json), derived from the study's labels by :func:`target_reading`.
 
 Encoding (:func:`encode`) is the processor call the node makes before generating
 (pipeline.models.medgemma.prompt_inputs), then the reply and the chat template's end of
@@ -79,58 +81,82 @@ class SeriesPrompt:
     context: Any  # pipeline.stages.StageContext
     triage: Any  # pipeline.findings.TriageResult
     indices: list[int]
-    messages: list[dict[str, Any]]
-    images: list[np.ndarray]
+    conversations: list[Any]  # (slices, messages, images) each
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return self.conversations[0][1]
+
+    @property
+    def images(self) -> list[np.ndarray]:
+        return self.conversations[0][2]
 
 
-def series_prompt(entry: SeriesEntry, settings: Any, cap: int) -> SeriesPrompt:
-    """Load the series, run anatomy and the configured triage, and build the reading's prompt
-    for it (the reading backend's functions). settings: PipelineSettings."""
+def series_prompt(entry: SeriesEntry, settings: Any, cap: int, profile: Any = None) -> SeriesPrompt:
+    """Load the series, run anatomy and the configured triage, and build the reading's
+    conversations for it (the reading backend's functions). settings: PipelineSettings;
+    profile: a PromptProfile (None: the one training_profile chooses)."""
     from pipeline import backends
     from pipeline.anatomy import build_anatomy
     from pipeline.backends import medgemma_reading
     from pipeline.stages import StageContext
     from pipeline.volume import load_volume
 
+    profile = profile or training_profile(settings)
     volume = load_volume(entry.files, settings.min_slices, settings.gap_tolerance)
     anatomy = build_anatomy(volume, settings)
     context = StageContext(volume, settings, anatomy, settings.hemodynamic_status, list(anatomy.notes))
     triage = backends.create("triage", settings).run(context)
     context.triage = triage
-    indices, _note = medgemma_reading.pick_slices(triage, cap)
-    messages, images = medgemma_reading.series_prompt(context, indices, settings.models)
-    return SeriesPrompt(context, triage, indices, messages, images)
+    indices, _note = medgemma_reading.reading_slices(context, triage, cap, profile)
+    return SeriesPrompt(context, triage, indices,
+                        medgemma_reading.conversations(context, indices, settings.models, profile))
+
+
+def training_profile(settings: Any) -> Any:
+    """The prompt profile of the node's settings, never an adapter's own (a new one is trained)."""
+    from pipeline.prompt_profile import choose
+
+    return choose(settings.models.medgemma, use_adapter=False).profile
 
 
 def build_records(dataset: Dataset, settings: Any, cap: int, cache: Path,
                   progress: Callable[[str], None] = print) -> tuple[list[dict[str, Any]], list[str]]:
-    """One record per series: the messages (JSON), the target reply, the images saved to
-    cache/<patient>_<series>.npz. Returns the records and the series skipped, with why."""
+    """One record per conversation (a series, or a slice of it under a one-slice profile): the
+    messages (JSON), the target reply, the images saved to cache/<patient>_<series>_<n>.npz.
+    Returns the records and the series skipped, with why."""
     from pipeline.volume import VolumeError
 
+    profile = training_profile(settings)
     cache.mkdir(parents=True, exist_ok=True)
     records, skipped = [], []
     entries = [(study, entry) for study in dataset.studies for entry in study.series]
     for number, (study, entry) in enumerate(entries, start=1):
-        images_path = cache / f"{_safe(entry.patient_id)}_{_safe(entry.series_id)}.npz"
-        meta_path = images_path.with_suffix(".json")
-        if images_path.is_file() and meta_path.is_file():  # built before (a resumed run)
-            records.append(json.loads(meta_path.read_text()))
-            continue
+        stem = f"{_safe(entry.patient_id)}_{_safe(entry.series_id)}"
+        meta_path = cache / f"{stem}.json"
+        if meta_path.is_file():  # built before (a resumed run), with the same profile
+            meta = json.loads(meta_path.read_text())
+            if meta.get("prompt_profile") == profile.digest and all(
+                    Path(r["images"]).is_file() for r in meta["records"]):
+                records += meta["records"]
+                continue
         try:
-            prompt = series_prompt(entry, settings, cap)
+            prompt = series_prompt(entry, settings, cap, profile)
         except (VolumeError, ValueError, OSError) as exc:
             skipped.append(f"patient {entry.patient_id} series {entry.series_id}: {exc}")
             progress(f"  skipped {entry.patient_id}/{entry.series_id}: {exc}")
             continue
-        np.savez_compressed(images_path, images=np.stack(prompt.images))
-        record = {"patient_id": entry.patient_id, "series_id": entry.series_id,
-                  "messages": json.dumps(prompt.messages), "target": target_text(study.labels),
-                  "images": str(images_path), "slices": prompt.indices}
-        meta_path.write_text(json.dumps(record))
-        records.append(record)
+        built = []
+        for n, (slices, messages, images) in enumerate(prompt.conversations):
+            images_path = cache / f"{stem}_{n}.npz"
+            np.savez_compressed(images_path, images=np.stack(images))
+            built.append({"patient_id": entry.patient_id, "series_id": entry.series_id,
+                          "messages": json.dumps(messages), "target": target_text(study.labels),
+                          "images": str(images_path), "slices": slices})
+        meta_path.write_text(json.dumps({"prompt_profile": profile.digest, "records": built}))
+        records += built
         progress(f"  {number}/{len(entries)}: patient {entry.patient_id} series {entry.series_id}, "
-                 f"{len(prompt.indices)} slices")
+                 f"{len(prompt.indices)} slices in {len(built)} conversation(s) ({profile.name})")
     return records, skipped
 
 

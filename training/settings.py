@@ -54,6 +54,9 @@ class FinetuneReadingSettings:
     max_steps: int = -1  # > 0: stop after so many steps (a trial run)
     device: str = "auto"  # auto | cuda | cpu
     triage: str = ""  # the triage backend choosing the slices; empty: the node config's
+    # The prompt profile the conversations are built with (pipeline/prompt_profile.py), written
+    # beside the adapter as prompt_profile.toml; empty: the node config's (auto: multi-slice).
+    prompt_profile: str = ""
 
 
 @dataclass

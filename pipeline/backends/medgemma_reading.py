@@ -1,52 +1,72 @@
-"""MedGemma reading: the triaged slices in one user turn, JSON out.
+"""MedGemma reading: the triaged slices as a prompt profile lays them out, JSON out.
 
-The slices chosen by triage (at most the model's slice cap, the best-scoring
-ones) go to MedGemma as interleaved text and image items in anatomical order
-(cranial first), each labelled with its slice index and z position in mm;
-with ``context_slices`` > 0 each image carries its neighbours in the red and
-blue channels (2.5D). The reply must be the JSON of pipeline.reading_json: it
-is validated, repaired when that is safe, else asked for once more; the raw
-text and whether it parsed are kept in the reading. If the model runs out of
-memory, the cache is emptied and the reading retried with half the slices,
-down to one, and the Findings say so; if it never parses, the reading falls
-back to the rules over the segmentation, labelled as such.
+The prompt profile (pipeline/prompt_profile.py, chosen in [pipeline.models.medgemma]
+prompt_profile, or carried by the adapter) says how. ``interleaved`` (the node's own
+``multi-slice``): the slices chosen by triage (at most the model's slice cap, the
+best-scoring ones) go to MedGemma in one user turn as interleaved text and image items in
+anatomical order (cranial first), each labelled with its slice index and z position.
+``one-slice`` (``rsna-adapter-v1``): one request per slice, each reply read on its own,
+then combined into one reading (organs as the union, severity as the highest, active
+extravasation when any slice says so, with those slices). The profile also sets the
+window, the 2.5D channels (neighbours in red and blue), the share of the volume the slices
+come from and the generation. A reply must be the JSON of pipeline.reading_json: it is
+validated, repaired when that is safe, else asked for once more (when the profile allows);
+the raw text and whether it parsed are kept in the reading, with the profile that made the
+prompt. If the model runs out of memory, the cache is emptied and the reading retried with
+half the slices, down to one (one-slice: that slice is skipped), and the Findings say so;
+if no reply parses, the reading falls back to the rules over the segmentation, labelled as
+such.
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
+from pipeline import prompt_profile
 from pipeline.backends.rules_reading import RulesReading
 from pipeline.findings import TriageResult
 from pipeline.models.imaging import slice_rgb
+from pipeline.prompt_profile import Effective, PromptProfile, effective, render, render_instruction
 from pipeline.quantification import Quantification
-from pipeline.reading_json import READING_KEYS, SCHEMA_TEXT, parse_reading
+from pipeline.reading_json import READING_KEYS, ParsedReading, parse_reading
 from pipeline.settings import ModelSettings, PipelineSettings
 from pipeline.stages import StageContext
 
-SYSTEM = ("You are an expert radiologist reading an abdominal trauma CT for a research study. "
-          "Describe only what the images show.")
-INSTRUCTIONS = ("Assess traumatic injury: hemoperitoneum, solid-organ injury of the liver, spleen and "
-                "kidneys, bowel injury and active contrast extravasation. Reply with only one JSON object, "
-                "no other text, of this form: " + SCHEMA_TEXT)
+log = logging.getLogger(__name__)
+MULTI_SLICE = prompt_profile.named(prompt_profile.DEFAULT)
+SYSTEM = MULTI_SLICE.system
+INSTRUCTIONS = render_instruction(MULTI_SLICE)
+Conversation = tuple[list[int], list[dict[str, Any]], list[np.ndarray]]  # slices, messages, images
 
 
-def pick_slices(triage: TriageResult, cap: int) -> tuple[list[int], str | None]:
+def pick_slices(triage: TriageResult, cap: int,
+                allowed: Sequence[int] | None = None) -> tuple[list[int], str | None]:
     """The slices to read, in anatomical order: the chosen ones, the best ``cap`` of them.
 
-    When triage chose none, the ``cap`` best-scoring slices are read anyway (a model
-    may see what the threshold missed), and the note says so.
+    allowed: the slices the profile reads from (its share of the volume); None for all.
+    When triage chose none of them, the ``cap`` best-scoring are read anyway (a model may
+    see what the threshold missed), and the note says so.
     """
     scores = np.asarray(triage.scores, dtype=float)
-    pool = list(triage.chosen)
+    within = set(range(len(scores)) if allowed is None else allowed)
+    pool = [k for k in triage.chosen if k in within]
     note = None
     if not pool:
-        pool = list(range(len(scores)))
-        note = "no slice reached the triage threshold; the highest-scoring slices were read"
+        pool = sorted(within)
+        note = ("no slice reached the triage threshold" + ("" if allowed is None else
+                " in the prompt profile's share of the volume") + "; the highest-scoring slices were read")
     best = sorted(pool, key=lambda k: (-scores[k], k))[:cap]
     return sorted(best), note
+
+
+def reading_slices(context: StageContext, triage: TriageResult, cap: int,
+                   profile: PromptProfile) -> tuple[list[int], str | None]:
+    """pick_slices within the profile's slice range of this volume."""
+    return pick_slices(triage, cap, profile.slice_indices(len(context.volume.hu)))
 
 
 def z_mm(context: StageContext, k: int) -> float:
@@ -54,34 +74,51 @@ def z_mm(context: StageContext, k: int) -> float:
     return float(context.volume.slices[k].position[2])
 
 
+def _with_system(profile: PromptProfile, user: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    system = [{"role": "system", "content": [{"type": "text", "text": profile.system}]}] if profile.system else []
+    return system + [{"role": "user", "content": user}]
+
+
 def reading_messages(context: StageContext, indices: Sequence[int], context_slices: int,
-                     window: tuple[float, float]) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
-    """The chat messages and their images, one text label before each image, cranial first."""
+                     window: tuple[float, float], profile: PromptProfile = MULTI_SLICE
+                     ) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+    """An interleaved profile's messages and images: one text label before each image, cranial first."""
     indices = sorted(indices)
     hu = context.volume.hu
-    intro = (f"{len(indices)} axial slices of one abdominal CT series, soft-tissue window "
-             f"(level {window[0]:g} HU, width {window[1]:g} HU), in anatomical order from cranial to "
-             f"caudal; each is labelled with its slice index and z position."
-             + (f" Each image holds the slice {context_slices} above in red and {context_slices} below "
-                f"in blue (2.5D)." if context_slices else ""))
-    content: list[dict[str, Any]] = [{"type": "text", "text": intro}]
+    note = render(profile.context_note, context_slices=context_slices) if context_slices else ""
+    content: list[dict[str, Any]] = [{"type": "text", "text": render(
+        profile.intro, count=len(indices), window_center=window[0], window_width=window[1],
+        context_slices=context_slices, context_note=note)}]
     images = []
     for k in indices:
-        content.append({"type": "text", "text": f"Slice {k} (z = {z_mm(context, k):.1f} mm):"})
+        content.append({"type": "text", "text": render(profile.slice_label, index=k, z_mm=z_mm(context, k))})
         content.append({"type": "image"})
         images.append(slice_rgb(hu, k, window[0], window[1], context_slices))
-    content.append({"type": "text", "text": INSTRUCTIONS})
-    messages = [{"role": "system", "content": [{"type": "text", "text": SYSTEM}]},
-                {"role": "user", "content": content}]
-    return messages, images
+    content.append({"type": "text", "text": render_instruction(profile)})
+    return _with_system(profile, content), images
 
 
-def series_prompt(context: StageContext, indices: Sequence[int],
-                  models: ModelSettings) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
-    """The messages and images the reading sends for these slices, with the node's settings
-    (window, 2.5D context); the fine-tuning data (training.reading_data) is built by this too."""
-    return reading_messages(context, indices, models.medgemma.context_slices,
-                            (models.window_center, models.window_width))
+def slice_messages(context: StageContext, k: int, profile: PromptProfile,
+                   values: Effective) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+    """A one-slice profile's messages and image for slice k."""
+    image = [{"type": "image"}]
+    text = [{"type": "text", "text": render_instruction(profile)}]
+    content = image + text if profile.image_position == "before" else text + image
+    return _with_system(profile, content), [slice_rgb(context.volume.hu, k, values.window_center,
+                                                      values.window_width, values.context_slices)]
+
+
+def conversations(context: StageContext, indices: Sequence[int], models: ModelSettings,
+                  profile: PromptProfile) -> list[Conversation]:
+    """What the reading sends for these slices under this profile, the node's settings filling
+    what the profile leaves out: one conversation (interleaved) or one per slice (one-slice).
+    The fine-tuning data (training.reading_data) is built by this too."""
+    values = effective(profile, models)
+    if profile.layout == "one-slice":
+        return [([k], *slice_messages(context, k, profile, values)) for k in sorted(indices)]
+    messages, images = reading_messages(context, indices, values.context_slices,
+                                        (values.window_center, values.window_width), profile)
+    return [(sorted(indices), messages, images)]
 
 
 def reask_messages(messages: list[dict[str, Any]], reply: str, error: str) -> list[dict[str, Any]]:
@@ -93,10 +130,56 @@ def reask_messages(messages: list[dict[str, Any]], reply: str, error: str) -> li
     ]
 
 
+@dataclass
+class Asked:
+    """One request's outcome: the parsed reply and what it took (a re-ask included)."""
+
+    result: ParsedReading
+    raw_texts: list[str]
+    attempts: int
+    new_tokens: int
+    seconds: float
+    prompt_tokens: int
+
+
+def ask(model: Any, messages: list[dict[str, Any]], images: Sequence[np.ndarray], values: Effective,
+        adapter: bool) -> Asked:
+    """Generate, parse, and ask once more when the reply is not usable (values.reask)."""
+    first = model.generate(messages, images, values.max_new_tokens, adapter=adapter)
+    asked = Asked(parse_reading(first.text), [first.text], 1, first.new_tokens, first.seconds,
+                  first.prompt_tokens)
+    if not asked.result.parsed and values.reask:
+        again = model.generate(reask_messages(messages, first.text, asked.result.error or "invalid"), images,
+                               values.max_new_tokens, adapter=adapter)
+        asked.attempts += 1
+        asked.new_tokens += again.new_tokens
+        asked.seconds += again.seconds
+        asked.prompt_tokens += again.prompt_tokens
+        asked.raw_texts.append(again.text)
+        retry = parse_reading(again.text)
+        if retry.parsed:
+            asked.result = retry
+        else:
+            asked.result.error = f"{asked.result.error}; after asking again: {retry.error}"
+    return asked
+
+
+_announced: set[tuple[str, str]] = set()
+
+
+def announce(chosen: prompt_profile.Chosen) -> None:
+    """Log the profile a reading uses, once per process and profile."""
+    key = (chosen.profile.label, chosen.reason())
+    if key not in _announced:
+        _announced.add(key)
+        level = logging.WARNING if "overriding" in key[1] else logging.INFO
+        log.log(level, "reading prompt profile %s: %s", chosen.profile.label, chosen.reason())
+
+
 class MedGemmaReading:
     name = "medgemma"
-    version = "1.0"
-    description = "MedGemma 1.5 multi-slice reading (images in anatomical order, JSON validated)"
+    version = "1.1"
+    description = "MedGemma 1.5 reading (prompt profile: slices interleaved or one per request, JSON validated)"
 
     def __init__(self, settings: PipelineSettings) -> None:
         self.settings = settings
@@ -108,97 +191,153 @@ class MedGemmaReading:
 
     def run(self, context: StageContext, triage: TriageResult,
             quantification: Quantification) -> dict[str, Any]:
+        models = self.settings.models
+        model = self.model()
+        adapter = models.medgemma.adapter_in_reading and model.adapter is not None
+        chosen = prompt_profile.choose(models.medgemma)
+        announce(chosen)
+        if "overriding" in chosen.reason():
+            context.notes.append(f"reading: prompt profile {chosen.profile.label} {chosen.reason()}")
+        profile = chosen.profile
+        values = effective(profile, models)
+        cap = model.slice_cap
+        indices, pick_note = reading_slices(context, triage, cap, profile)
+        if pick_note:
+            context.notes.append(f"reading: {pick_note}")
+        if profile.layout == "one-slice":
+            reading = self._per_slice(context, triage, quantification, model, adapter, profile, values,
+                                      indices)
+        else:
+            reading = self._interleaved(context, triage, quantification, model, adapter, profile, values,
+                                        indices)
+        reading["prompt_profile"] = chosen.record()
+        reading["slice_cap"] = cap
+        return reading
+
+    def _interleaved(self, context: StageContext, triage: TriageResult, quantification: Quantification,
+                     model: Any, adapter: bool, profile: PromptProfile, values: Effective,
+                     indices: list[int]) -> dict[str, Any]:
         from pipeline.models.loading import is_out_of_memory, release_memory
 
-        models = self.settings.models
-        s = models.medgemma
-        model = self.model()
-        adapter = s.adapter_in_reading and model.adapter is not None
-        cap = model.slice_cap
-        indices, pick_note = pick_slices(triage, cap)
         requested = len(indices)
         reductions: list[str] = []
-        generation = None
-        while generation is None:
-            messages, images = series_prompt(context, indices, models)
+        asked = None
+        while asked is None:
+            (_, messages, images), = conversations(context, indices, self.settings.models, profile)
             try:
-                generation = model.generate(messages, images, s.max_new_tokens, adapter=adapter)
+                asked = ask(model, messages, images, values, adapter)
             except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled here
                 if not is_out_of_memory(exc):
                     raise
                 release_memory()
                 reductions.append(f"out of memory with {len(indices)} slice(s)")
                 if len(indices) <= 1:
-                    return self._fallback(context, triage, quantification, model, reductions, requested)
+                    return self._fallback(context, triage, quantification, model, reductions, requested,
+                                          "MedGemma ran out of memory", "could not read any slice")
                 keep = max(1, len(indices) // 2)
                 indices = sorted(sorted(indices, key=lambda k: (-triage.scores[k], k))[:keep])
                 model.slice_cap = min(model.slice_cap, keep)  # later studies start lower
-        raw = generation.text
-        result = parse_reading(raw)
-        attempts, total_tokens, total_seconds = 1, generation.new_tokens, generation.seconds
-        prompt_tokens = generation.prompt_tokens
-        raw_texts = [raw]
-        if not result.parsed and s.reask:
-            again = model.generate(reask_messages(messages, raw, result.error or "invalid"), images,
-                                   s.max_new_tokens, adapter=adapter)
-            attempts += 1
-            total_tokens += again.new_tokens
-            total_seconds += again.seconds
-            prompt_tokens += again.prompt_tokens
-            raw_texts.append(again.text)
-            retry = parse_reading(again.text)
-            if retry.parsed:
-                result = retry
-            else:
-                result.error = f"{result.error}; after asking again: {retry.error}"
-
+        result = asked.result
         if result.parsed:
             reading: dict[str, Any] = dict(result.value or {})
             reading["source"] = "medgemma"
         else:
-            reading = RulesReading(self.settings).run(context, triage, quantification)
-            reading["source"] = "rules-baseline (the MedGemma reply did not parse)"
+            reading = self._rules(context, triage, quantification, "the MedGemma reply did not parse")
             context.notes.append("reading: the MedGemma reply was not valid JSON after "
-                                 f"{attempts} attempt(s); the rules reading is given instead")
-        reduction = None
-        if reductions:
-            reduction = (f"{'; '.join(reductions)}: read {len(indices)} of {requested} slices")
-            context.notes.append(f"reading: {reduction}")
-        if pick_note:
-            context.notes.append(f"reading: {pick_note}")
-        reading.update({
-            "slices_considered": list(indices),
-            "model": model.describe(),
-            "adapter": adapter,
-            "raw_text": raw_texts[-1],
-            "raw_texts": raw_texts,
-            "parsed": result.parsed,
-            "repaired": result.repaired,
-            "attempts": attempts,
-            "parse_error": result.error,
-            "slices_sent": [{"index": k, "z_mm": round(z_mm(context, k), 2),
-                             "score": triage.scores[k]} for k in indices],
-            "slices_requested": requested,
-            "slice_cap": cap,
-            "slice_reduction": reduction,
-            "generation": {"prompt_tokens": prompt_tokens, "new_tokens": total_tokens,
-                           "seconds": round(total_seconds, 3),
-                           "tokens_per_second": round(total_tokens / total_seconds, 2)
-                           if total_seconds > 0 else 0.0},
-        })
+                                 f"{asked.attempts} attempt(s); the rules reading is given instead")
+        reading.update(_record(context, triage, model, adapter, indices, requested, reductions, [asked]))
+        reading.update({"parsed": result.parsed, "repaired": result.repaired, "parse_error": result.error})
+        return reading
+
+    def _per_slice(self, context: StageContext, triage: TriageResult, quantification: Quantification,
+                   model: Any, adapter: bool, profile: PromptProfile, values: Effective,
+                   indices: list[int]) -> dict[str, Any]:
+        """One request per slice; the valid replies combined as the profile says."""
+        from pipeline.models.loading import is_out_of_memory, release_memory
+
+        reductions: list[str] = []
+        done: list[Asked] = []
+        per_slice: list[dict[str, Any]] = []
+        replies: list[tuple[int, dict[str, Any] | None]] = []
+        read: list[int] = []
+        for (k,), messages, images in conversations(context, indices, self.settings.models, profile):
+            try:
+                asked = ask(model, messages, images, values, adapter)
+            except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled here
+                if not is_out_of_memory(exc):
+                    raise
+                release_memory()
+                reductions.append(f"out of memory on slice {k}")
+                continue
+            done.append(asked)
+            read.append(k)
+            result = asked.result
+            replies.append((k, result.value if result.parsed else None))
+            per_slice.append({"index": k, "z_mm": round(z_mm(context, k), 2), "parsed": result.parsed,
+                              "repaired": result.repaired, "attempts": asked.attempts,
+                              "parse_error": result.error, "raw_texts": asked.raw_texts,
+                              "reading": result.value if result.parsed else None})
+        if not done:
+            return self._fallback(context, triage, quantification, model, reductions, len(indices),
+                                  "MedGemma ran out of memory", "could not read any slice")
+        valid = [k for k, reply in replies if reply is not None]
+        if valid:
+            reading = prompt_profile.combine(replies)
+            reading["source"] = "medgemma"
+            context.notes += [f"reading: {d}" for d in reading["slice_disagreements"]]
+        else:
+            reading = self._rules(context, triage, quantification, "no per-slice MedGemma reply parsed")
+            context.notes.append(f"reading: no MedGemma reply of {len(read)} slice(s) was valid JSON; "
+                                 "the rules reading is given instead")
+        invalid = [p for p in per_slice if not p["parsed"]]
+        if valid and invalid:
+            context.notes.append(f"reading: the replies of slice(s) {', '.join(str(p['index']) for p in invalid)} "
+                                 "were not valid JSON and were left out")
+        reading.update(_record(context, triage, model, adapter, read, len(indices), reductions, done))
+        reading.update({"parsed": bool(valid), "repaired": any(p["repaired"] for p in per_slice),
+                        "parse_error": "; ".join(f"slice {p['index']}: {p['parse_error']}" for p in invalid) or None,
+                        "slices_read_valid": valid, "per_slice": per_slice})
+        return reading
+
+    def _rules(self, context: StageContext, triage: TriageResult, quantification: Quantification,
+               why: str) -> dict[str, Any]:
+        reading = RulesReading(self.settings).run(context, triage, quantification)
+        reading["source"] = f"rules-baseline ({why})"
         return reading
 
     def _fallback(self, context: StageContext, triage: TriageResult, quantification: Quantification,
-                  model: Any, reductions: list[str], requested: int) -> dict[str, Any]:
+                  model: Any, reductions: list[str], requested: int, why: str, what: str) -> dict[str, Any]:
         """Out of memory even with one slice: the rules reading, and the Findings say why."""
-        reading = RulesReading(self.settings).run(context, triage, quantification)
-        reduction = f"{'; '.join(reductions)}: MedGemma could not read any slice"
+        reading = self._rules(context, triage, quantification, why)
+        reduction = f"{'; '.join(reductions)}: MedGemma {what}"
         context.notes.append(f"reading: {reduction}; the rules reading is given instead")
-        reading.update({"source": "rules-baseline (MedGemma ran out of memory)", "model": model.describe(),
-                        "adapter": False, "raw_text": "", "raw_texts": [], "parsed": False,
-                        "repaired": False, "attempts": 0, "parse_error": None, "slices_sent": [],
-                        "slices_requested": requested, "slice_cap": model.slice_cap,
-                        "slice_reduction": reduction,
-                        "generation": {"prompt_tokens": 0, "new_tokens": 0, "seconds": 0.0,
-                                       "tokens_per_second": 0.0}})
+        considered = reading.get("slices_considered", [])
+        reading.update(_record(context, triage, model, False, [], requested, [], []))
+        reading.update({"slices_considered": considered, "parsed": False, "repaired": False, "parse_error": None, "slice_reduction": reduction})
         return reading
+
+
+def _record(context: StageContext, triage: TriageResult, model: Any, adapter: bool, indices: list[int],
+            requested: int, reductions: list[str], done: list[Asked]) -> dict[str, Any]:
+    """What every MedGemma reading records: the slices, the model, the replies, the generation."""
+    raw_texts = [text for asked in done for text in asked.raw_texts]
+    tokens = sum(a.new_tokens for a in done)
+    seconds = sum(a.seconds for a in done)
+    reduction = f"{'; '.join(reductions)}: read {len(indices)} of {requested} slices" if reductions else None
+    if reduction:
+        context.notes.append(f"reading: {reduction}")
+    return {
+        "slices_considered": list(indices),
+        "model": model.describe(),
+        "adapter": adapter,
+        "raw_text": raw_texts[-1] if raw_texts else "",
+        "raw_texts": raw_texts,
+        "attempts": sum(a.attempts for a in done),
+        "slices_sent": [{"index": k, "z_mm": round(z_mm(context, k), 2), "score": triage.scores[k]}
+                        for k in indices],
+        "slices_requested": requested,
+        "slice_reduction": reduction,
+        "generation": {"prompt_tokens": sum(a.prompt_tokens for a in done), "new_tokens": tokens,
+                       "seconds": round(seconds, 3),
+                       "tokens_per_second": round(tokens / seconds, 2) if seconds > 0 else 0.0},
+    }
