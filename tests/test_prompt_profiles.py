@@ -20,28 +20,17 @@ from pipeline.backends.medgemma_reading import INSTRUCTIONS, SYSTEM
 from pipeline.models.imaging import slice_rgb
 from pipeline.models.medgemma import Generation, medgemma
 from pipeline.prompt_profile import ADAPTER_FILE, ProfileError, choose, combine, named, to_toml
+from test_models_pipeline import offline, series  # noqa: F401 - fixtures: offline, the 20-slice phantom
 
 CARD = ("You are a trauma radiologist. Analyze this abdominal CT angiogram slice for hemorrhage and solid "
         "organ injury. Respond in JSON with keys: injury_pattern, organs_involved, bleeding_description, "
         "severity_estimate, differential_diagnosis.")
-SPEC = dict(slices=20, rows=96, cols=96, pixel_spacing=(4.2, 4.2), slice_spacing=6.0, blood="large",
-            blush=True)
 
 
 def reply(severity="none", organs=(), pattern="no traumatic injury", bleeding="no bleeding"):
     return json.dumps({"injury_pattern": pattern, "organs_involved": list(organs),
                        "bleeding_description": bleeding, "severity_estimate": severity,
                        "differential_diagnosis": ["solid-organ injury"]})
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-@pytest.fixture(scope="module")
-def series(phantom_factory):
-    return phantom_factory("prompt-profiles", **SPEC)
 
 
 def settings_with(profile="auto", adapter=False):

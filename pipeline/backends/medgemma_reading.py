@@ -164,6 +164,20 @@ def ask(model: Any, messages: list[dict[str, Any]], images: Sequence[np.ndarray]
     return asked
 
 
+def ask_within_memory(model: Any, messages: list[dict[str, Any]], images: Sequence[np.ndarray],
+                      values: Effective, adapter: bool) -> Asked | None:
+    """ask; None when the model ran out of memory (the cache emptied), other errors raised."""
+    from pipeline.models.loading import is_out_of_memory, release_memory
+
+    try:
+        return ask(model, messages, images, values, adapter)
+    except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled here
+        if not is_out_of_memory(exc):
+            raise
+        release_memory()
+        return None
+
+
 _announced: set[tuple[str, str]] = set()
 
 
@@ -217,19 +231,13 @@ class MedGemmaReading:
     def _interleaved(self, context: StageContext, triage: TriageResult, quantification: Quantification,
                      model: Any, adapter: bool, profile: PromptProfile, values: Effective,
                      indices: list[int]) -> dict[str, Any]:
-        from pipeline.models.loading import is_out_of_memory, release_memory
-
         requested = len(indices)
         reductions: list[str] = []
         asked = None
         while asked is None:
             (_, messages, images), = conversations(context, indices, self.settings.models, profile)
-            try:
-                asked = ask(model, messages, images, values, adapter)
-            except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled here
-                if not is_out_of_memory(exc):
-                    raise
-                release_memory()
+            asked = ask_within_memory(model, messages, images, values, adapter)
+            if asked is None:
                 reductions.append(f"out of memory with {len(indices)} slice(s)")
                 if len(indices) <= 1:
                     return self._fallback(context, triage, quantification, model, reductions, requested,
@@ -253,20 +261,14 @@ class MedGemmaReading:
                    model: Any, adapter: bool, profile: PromptProfile, values: Effective,
                    indices: list[int]) -> dict[str, Any]:
         """One request per slice; the valid replies combined as the profile says."""
-        from pipeline.models.loading import is_out_of_memory, release_memory
-
         reductions: list[str] = []
         done: list[Asked] = []
         per_slice: list[dict[str, Any]] = []
         replies: list[tuple[int, dict[str, Any] | None]] = []
         read: list[int] = []
         for (k,), messages, images in conversations(context, indices, self.settings.models, profile):
-            try:
-                asked = ask(model, messages, images, values, adapter)
-            except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled here
-                if not is_out_of_memory(exc):
-                    raise
-                release_memory()
+            asked = ask_within_memory(model, messages, images, values, adapter)
+            if asked is None:
                 reductions.append(f"out of memory on slice {k}")
                 continue
             done.append(asked)
