@@ -30,6 +30,7 @@ receive suite through it (tests/test_stock_acceptor.py), not a setting for sites
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from typing import Any
@@ -61,7 +62,7 @@ def fast_acceptor() -> Any | None:
                     pynetdicom.__version__, PINNED_VERSION)
         return None
     try:
-        from . import fast_acceptor as module
+        module = importlib.import_module(f"{__package__}.fast_acceptor")
     except Exception as exc:  # noqa: BLE001 - anything an odd install raises: stock
         log.warning("the fast acceptor cannot be loaded (%s: %s): receiving through "
                     "pynetdicom's stock acceptor", type(exc).__name__, exc)
