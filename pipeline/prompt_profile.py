@@ -265,7 +265,7 @@ def _load(path: str, mtime_ns: int, size: int) -> PromptProfile:
     return parse(data, path)
 
 
-def _directory(folder: Path, origin: str) -> dict[str, PromptProfile]:
+def _directory(folder: Path) -> dict[str, PromptProfile]:
     found: dict[str, PromptProfile] = {}
     for path in sorted(folder.glob("*.toml")):
         profile = load_file(path)
@@ -277,7 +277,7 @@ def _directory(folder: Path, origin: str) -> dict[str, PromptProfile]:
 
 
 def shipped() -> dict[str, PromptProfile]:
-    return _directory(SHIPPED_DIR, "shipped")
+    return _directory(SHIPPED_DIR)
 
 
 def available(site_dir: str = "") -> dict[str, PromptProfile]:
@@ -287,7 +287,7 @@ def available(site_dir: str = "") -> dict[str, PromptProfile]:
         folder = Path(site_dir).expanduser()
         if not folder.is_dir():
             raise ProfileError(f"{DIR_SETTING} = {site_dir!r}: no such directory")
-        for name, profile in _directory(folder, "site").items():
+        for name, profile in _directory(folder).items():
             if name in profiles:
                 raise ProfileError(f"prompt profile {profile.file}: name = {name!r} is a shipped profile's "
                                    f"name; give the site's profile a name of its own")
