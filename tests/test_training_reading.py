@@ -13,6 +13,7 @@ import pytest
 import tiny_models
 from datasets_support import write_site
 from evaluation.dataset import open_dataset
+from evaluation.evaluate import Options, run
 from evaluation.reading_metrics import format_adherence, organ_accuracy, severity_match
 from pipeline import PipelineSettings
 from pipeline.backends.medgemma_reading import INSTRUCTIONS, SYSTEM, MedGemmaReading
@@ -145,3 +146,15 @@ def test_adapter_overfits_and_the_reading_keeps_to_its_format(site, base, tmp_pa
           f"{severity_match(before, severities):.2f} -> {severity_match(after, severities):.2f}")
     assert format_adherence(after) > format_adherence(before)
     assert format_adherence(after) >= 2 / 3
+
+    # And as a site sees it: `trauma-node evaluate` (its run) with and without the adapter.
+    dataset, measured = open_dataset(site), []
+    for i, adapter in enumerate(("", out)):
+        settings = pipeline_settings(base, adapter)
+        settings.backends.reading = "medgemma"
+        measured.append(run(dataset, settings, Options(tmp_path / f"eval-{i}", bootstrap=0,
+                                                       progress=False))["reading"])
+    print(f"evaluate: format adherence {measured[0]['format_adherence']:.2f} -> "
+          f"{measured[1]['format_adherence']:.2f}")
+    assert measured[0]["series"] == measured[1]["series"] == 3
+    assert measured[1]["format_adherence"] > measured[0]["format_adherence"]
