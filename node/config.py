@@ -12,14 +12,13 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
 from pipeline.settings import PipelineSettings
 
-from .settings_loader import ConfigError, apply_env, build, coerce, env_name
+from .settings_loader import ConfigError, apply_env, build, coerce, env_name, read_toml
 
 ENV_PREFIX = "TRAUMA_NODE"
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "node.toml"
@@ -393,13 +392,7 @@ def load_settings(path: Path | str | None = None, env: Mapping[str, str] | None 
         path = DEFAULT_CONFIG
     table: dict[str, Any] = {}
     if path is not None:
-        try:
-            with open(path, "rb") as fh:
-                table = tomllib.load(fh)
-        except FileNotFoundError:
-            raise ConfigError([f"config file not found: {path}"])
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError([f"{path}: not valid TOML ({exc})"])
+        table = read_toml(path)
     _env_overlay(table, env)
     for dotted, value in (overrides or {}).items():
         if value is None:

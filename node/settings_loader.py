@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tomllib
 import types
 import typing
+from pathlib import Path
 from typing import Any, Literal, Mapping
 
 
@@ -24,6 +26,17 @@ class ConfigError(ValueError):
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+
+
+def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """A TOML file's table; ConfigError naming the file when it is missing or not TOML."""
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError([f"{what} not found: {path}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML ({exc})"]) from None
 
 
 def _describe(tp: Any) -> str:

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from node.settings_loader import ConfigError, build, coerce
+from node.settings_loader import ConfigError, build, coerce, read_toml
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -94,13 +93,7 @@ def load_settings(cls: type, section: str, path: str | Path | None,
     """The section of the file (if given) with the flags set in args on top."""
     table: dict[str, Any] = {}
     if path:
-        try:
-            with open(path, "rb") as handle:
-                document = tomllib.load(handle)
-        except FileNotFoundError:
-            raise ConfigError([f"training config not found: {path}"])
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError([f"{path}: not valid TOML ({exc})"])
+        document = read_toml(path, "training config")
         unknown = [k for k in document if k not in SECTIONS]
         if unknown:
             raise ConfigError([f"{path}: unknown section {k!r} (known: {', '.join(SECTIONS)})"
