@@ -25,11 +25,15 @@ from pipeline.volume import Volume
 
 REFINE_MARGIN = 2  # working pixels around a candidate redrawn at full resolution
 MAX_NOISE_HOLE_PX = 20  # holes this small inside blood are noise, not tissue
+# A thin layer against the wall (Anatomy.wall_lining) is kept this far in-plane
+# from a collection it continues, and a working slice beyond its ends.
+LINING_REACH_MM = 10.0
 
 
 class HuSegmentation:
     name = "hu-baseline"
-    version = "1.2"  # 1.2: a pixel that is itself fat is never blood
+    # 1.2: a pixel that is itself fat is never blood; 1.3: the wall's lining only next to a collection
+    version = "1.3"
     description = ("embedded CPU baseline, no model weights: HU thresholds, morphology and "
                    "connected components")
 
@@ -46,7 +50,7 @@ class HuSegmentation:
     # --- working resolution -------------------------------------------------
 
     def _candidates(self, volume: Volume, anatomy: Anatomy) -> tuple[np.ndarray, np.ndarray, Blush]:
-        hu_s, seg = self.settings.hu, self.settings.segmentation
+        hu_s = self.settings.hu
         hu = anatomy.hu
         voxel_ml = anatomy.voxel_volume_mm3 / 1000.0
         cavity = anatomy.cavity()
@@ -58,18 +62,32 @@ class HuSegmentation:
         # Thin rims of partial volume round organs and vessels go with the opening.
         blood = morphology.open_(blood_range, morphology.in_plane(1)) | blush.mask
         lining = None if anatomy.wall_lining is None else blood_range & anatomy.wall_lining & ~blood
-        if lining is not None and lining.any():
-            # A layer against the wall thinner than the opening stays when it
-            # continues a collection (the wall made it look thick).
-            blood = morphology.reconstruct(blood, blood | lining)
         del blood_range
         labels, count = ndimage.label(blood)
-        sizes = np.bincount(labels.ravel(), minlength=count + 1)
-        with_blush = np.unique(labels[blush.mask])
-        keep = sizes * voxel_ml >= seg.min_component_ml
-        keep[with_blush] = True
-        keep[0] = False
+        keep = self._kept(labels, count, blush.mask, voxel_ml)
+        if lining is not None and lining.any() and keep[1:].any():
+            # A layer against the wall thinner than the opening stays where it
+            # continues a collection (the wall made it look thick): next to it,
+            # not all along the wall. The wall's innermost pixels lie beyond the
+            # cut here and there and make one sheet the height of the wall;
+            # flooded from any collection (or from the partial volume of an
+            # organ pressed into the wall) it was read as 10-25 mL of blood.
+            blood = blood | _near(keep[labels], lining, self._lining_steps(anatomy))
+            labels, count = ndimage.label(blood)
+            keep = self._kept(labels, count, blush.mask, voxel_ml)
         return keep[labels], low, blush
+
+    def _kept(self, labels: np.ndarray, count: int, blush: np.ndarray, voxel_ml: float) -> np.ndarray:
+        """Per label: large enough to be a collection, or holding a blush."""
+        sizes = np.bincount(labels.ravel(), minlength=count + 1)
+        keep = sizes * voxel_ml >= self.settings.segmentation.min_component_ml
+        keep[np.unique(labels[blush])] = True
+        keep[0] = False
+        return keep
+
+    @staticmethod
+    def _lining_steps(anatomy: Anatomy) -> int:
+        return max(1, math.ceil(LINING_REACH_MM / min(anatomy.spacing[1:])))
 
     def _low_attenuation(self, anatomy: Anatomy, cavity: np.ndarray, blood_range: np.ndarray) -> np.ndarray:
         """Voxels of blood_low_min-blood_min HU in a collection that has a thick core of them.
@@ -136,6 +154,15 @@ class HuSegmentation:
         out[_small_holes(is_blood | is_blush) & (raw > hu_s.fat_max)] = HEMORRHAGE
         out[is_blush] = ACTIVE_EXTRAVASATION
         out_slice[crop] = out
+
+
+def _near(collections: np.ndarray, lining: np.ndarray, steps: int) -> np.ndarray:
+    """The lining reached from the collections within steps pixels in-plane
+    (through the lining itself) and a slice beyond them along z."""
+    grown = morphology.dilate(collections, (3, 1, 1)) & lining
+    for _ in range(steps):
+        grown = morphology.dilate(collections | grown, morphology.in_plane(1)) & lining
+    return grown
 
 
 def _small_holes(mask: np.ndarray) -> np.ndarray:
