@@ -516,11 +516,11 @@ with py-spy and per-thread cProfile on the single-association case):
   (~4.6 ms), pynetdicom's `encoded_dataset()` re-encoding the File Meta with
   pydicom (~1.7 ms), decoding the whole data set (~1.4 ms), and ~1 ms of
   1 ms-poll sleeps in pynetdicom's two reactor loops.
-- Changed (node/receiver.py, node/index.py, node/spool.py, node/received.py,
-  node/fast_dul.py, node/scp.py): the per-instance index work is one look-up and
+- Changed (node/store/receiving.py, node/store/database.py, node/store/spool.py, node/dicom/dataset_bytes.py,
+  node/dicom/acceptor_choice.py, node/dicom/scp.py): the per-instance index work is one look-up and
   one transaction of an INSERT and a guarded UPDATE on the sqlite3 driver (series
   id/version cached in memory, re-checked by the UPDATE's WHERE); the header is
-  parsed only up to Pixel Data and only for the tags `node/headers.py` uses; the
+  parsed only up to Pixel Data and only for the tags `node/store/headers.py` uses; the
   File Meta is encoded by hand (byte-identical) and the data set is written from
   the receive buffer with one writev; series folders are cached. pynetdicom's
   acceptor (pinned 3.0.4) waits on select()/an Event instead of 1 ms sleeps,

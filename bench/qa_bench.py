@@ -7,7 +7,7 @@
    large hemoperitoneum + blush) and keeps its Findings.
 2. In process: the grounded answerer alone (pipeline.answering), per question
    kind: from the call to the first piece, and to the last.
-3. Over HTTP: the node's API (node.http_api.create_app under uvicorn, as in
+3. Over HTTP: the node's API (node.http.app.create_app under uvicorn, as in
    `trauma-node serve`) in its own process on loopback, with the Findings stored
    as a done job in a fresh SQLite index; an httpx client POSTs each question
    and reads the Server-Sent Events: time to the first `token` event and to the
@@ -114,9 +114,9 @@ def tiny_model(findings: dict, reps: int) -> dict[str, dict]:
 def serve(data_dir: str, port: int, studies: int, findings_path: str) -> None:
     import uvicorn
 
-    import node.conversations  # noqa: F401
-    from node.http_api import create_app
-    from node.index import Index
+    import node.store.conversations  # noqa: F401
+    from node.http.app import create_app
+    from node.store.database import Index
     from qa_support import api_settings, insert_study
 
     settings = api_settings(Path(data_dir))

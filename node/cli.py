@@ -9,10 +9,12 @@ import re
 import sys
 from pathlib import Path
 
-from . import __version__, db_command
-from .config import ConfigError, Settings, load_settings
-from .logs import setup_logging
-from .schema import SchemaError
+from node import __version__
+
+from node.commands import db_upgrade as db_command
+from node.config import ConfigError, Settings, load_settings
+from node.logs import setup_logging
+from node.store.schema import SchemaError
 
 _DESTINATION = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d{1,5})$")
 
@@ -32,7 +34,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     setup_logging(settings.node.log_level)
     from pipeline.models import ModelUnavailable
 
-    from .service import Node
+    from node.service import Node
 
     try:
         Node(settings).serve_forever()
@@ -47,7 +49,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     setup_logging(settings.node.log_level)
     from pipeline.models import ModelUnavailable
 
-    from .worker import run_workers
+    from node.work.worker import run_workers
 
     count = args.count if args.count is not None else settings.workers.count
     if count < 1:
@@ -65,8 +67,8 @@ def cmd_retention(args: argparse.Namespace) -> int:
     """What the next retention pass of `serve` would remove (it removes nothing itself:
     the running node drops its in-memory state with the rows it removes)."""
     settings = _settings(args)
-    from .index import Index
-    from .retention import Retention
+    from node.store.database import Index
+    from node.store.retention import Retention
 
     index = Index(settings.database_url)
     try:
@@ -100,8 +102,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from . import status
-    from .index import Index
+    from node.store import status
+    from node.store.database import Index
 
     settings = _settings(args)
     index = Index(settings.database_url)
@@ -116,8 +118,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from . import outbox
-    from .index import Index
+    from node.store import outbox
+    from node.store.database import Index
 
     settings = _settings(args)
     index = Index(settings.database_url)
@@ -130,7 +132,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_api_token(args: argparse.Namespace) -> int:
-    from .auth import resolve_tokens
+    from node.http.auth import resolve_tokens
 
     settings = _settings(args)
     resolved = resolve_tokens(settings)  # with none configured: the stored one, or a new one
@@ -146,7 +148,7 @@ def cmd_api_token(args: argparse.Namespace) -> int:
 
 
 def cmd_echo(args: argparse.Namespace) -> int:
-    from .scu import AssociationFailed, echo
+    from node.dicom.scu import AssociationFailed, echo
 
     try:
         code = echo(args.host, args.port, args.called_ae, args.calling_ae)
@@ -158,7 +160,7 @@ def cmd_echo(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from .scu import AssociationFailed, send
+    from node.dicom.scu import AssociationFailed, send
 
     match = _DESTINATION.match(args.to)
     if not match:
@@ -184,7 +186,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from .analyze import analyze
+    from node.commands.analyze import analyze
 
     from pipeline import VolumeError
 
@@ -198,7 +200,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate_triage(args: argparse.Namespace) -> int:
-    from .calibrate import LabelsError, run
+    from node.commands.calibrate import LabelsError, run
 
     from pipeline import VolumeError
     from pipeline.models import ModelUnavailable

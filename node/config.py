@@ -18,7 +18,7 @@ from typing import Any, Literal, Mapping
 
 from pipeline.settings import PipelineSettings
 
-from .settings_loader import ConfigError, apply_env, build, coerce, env_name, read_toml
+from node.settings_loader import ConfigError, apply_env, build, coerce, env_name, read_toml
 
 ENV_PREFIX = "TRAUMA_NODE"
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "node.toml"
@@ -63,7 +63,7 @@ class StorageSection:
     # Empty: SQLite in the data directory.
     database_url: str = ""
     # Studies are removed this many days after their last image, once nothing of
-    # them is in flight (node.retention); 0 keeps everything.
+    # them is in flight (node.store.retention); 0 keeps everything.
     retention_days: float = 7.0
     retention_check_interval_s: float = 3600.0
     # Below this much free disk (MB) the oldest studies go early (0: never).
@@ -345,7 +345,7 @@ def _check_audit(s: Settings) -> list[str]:
     problems = _check_positive(a.max_file_mb, "audit.max_file_mb")
     problems += _check_positive(a.syslog_queue, "audit.syslog_queue")
     if a.syslog:
-        from .audit_syslog import parse_collector
+        from node.audit.syslog import parse_collector
         try:
             scheme = parse_collector(a.syslog).scheme
         except ValueError as exc:

@@ -10,7 +10,7 @@ frames are the node's code; only the exception's own text is escaped.
 pydicom and pynetdicom warn once per instance, often several times (ten lines for each
 instance whose UIDs have a leading zero): RepeatedLines lets the first line of each kind
 through and counts the rest, one summary line per kind when its minute is up. The
-node's own lines are summarised where they are made (per association, node.scp).
+node's own lines are summarised where they are made (per association, node.dicom.scp).
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def flush_repeated_lines() -> None:
 
 def setup_logging(level: str = "INFO") -> None:
     """The root logger's only handler: stderr, escaped (journald, docker logs). Every
-    logger of the node, pynetdicom and uvicorn (node.http_api gives it no handlers of
+    logger of the node, pynetdicom and uvicorn (node.http.app gives it no handlers of
     its own) propagates to it."""
     root_level = getattr(logging, level, logging.INFO)
     logging.basicConfig(level=root_level, handlers=[handler()], force=True)

@@ -24,11 +24,13 @@ from typing import Callable, Iterable
 
 from sqlalchemy import case, func, select
 
-from . import __version__, conversations
-from .config import Settings
-from .index import (Index, Instance, Job, JobState, Series, SeriesState, Study, WorkerBeat,
+from node import __version__
+
+from node.store import conversations
+from node.config import Settings
+from node.store.database import (Index, Instance, Job, JobState, Series, SeriesState, Study, WorkerBeat,
                     utcnow)
-from .outbox import OutboxItem, OutboxState
+from node.store.outbox import OutboxItem, OutboxState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 RECENT = dt.timedelta(hours=24)  # the window of the job-duration figures
@@ -46,7 +48,7 @@ class Family:
     values: tuple[str, ...] = ()
 
 
-# What the serving process counts (node.scp and node.policy say what each reason is).
+# What the serving process counts (node.dicom.scp and node.dicom.policy say what each reason is).
 ASSOCIATIONS_ACCEPTED = Family("trauma_node_associations_accepted_total", "counter",
                                "DICOM associations accepted since the node started.")
 REJECTION_REASONS = ("called_ae", "calling_ae", "disk_low", "association_limit", "tls",
@@ -268,7 +270,7 @@ def _recent_turnarounds(session, now: dt.datetime) -> list[float]:
         last_image[(uid, version)] = received
     out = []
     for uid, version, delivered in versions:
-        # Version N is made of the images of versions 1..N (node.index.Instance).
+        # Version N is made of the images of versions 1..N (node.store.database.Instance).
         received = [t for (u, v), t in last_image.items() if u == uid and v <= version]
         if received:
             out.append(max(0.0, (delivered - max(received)).total_seconds()))

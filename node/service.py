@@ -10,22 +10,22 @@ import uvicorn
 
 from pipeline.models import preflight
 
-from . import jobs
-from .audit import AuditTrail, study_patient_lookup
-from .completion import CompletionMonitor
-from .config import Settings
-from .delivery import Delivery
-from .http_api import create_app, server_config
-from .index import Index
-from .logs import flush_repeated_lines
-from .metrics import LiveFigures
-from .policy import AssociationPolicy
-from .receiver import Receiver, mark_interrupted_receiving
-from .retention import Retention
-from .scp import StorageSCP
-from .spool import Spool
-from .stopping import STOP_RESERVE_S, exit_by, exit_now, on_stop_signals, run_parallel
-from .worker import OrphanWatch, WorkerPool
+from node.store import jobs
+from node.audit.trail import AuditTrail, study_patient_lookup
+from node.store.completion import CompletionMonitor
+from node.config import Settings
+from node.work.delivery import Delivery
+from node.http.app import create_app, server_config
+from node.store.database import Index
+from node.logs import flush_repeated_lines
+from node.metrics import LiveFigures
+from node.dicom.policy import AssociationPolicy
+from node.store.receiving import Receiver, mark_interrupted_receiving
+from node.store.retention import Retention
+from node.dicom.scp import StorageSCP
+from node.store.spool import Spool
+from node.stopping import STOP_RESERVE_S, exit_by, exit_now, on_stop_signals, run_parallel
+from node.work.worker import OrphanWatch, WorkerPool
 
 log = logging.getLogger("trauma_node.serve")
 
@@ -130,7 +130,7 @@ class Node:
         return late
 
     def _stop_http(self) -> bool:
-        """Open answer streams get a few seconds (node.http_api), then are stored as cut off."""
+        """Open answer streams get a few seconds (node.http.app), then are stored as cut off."""
         if self._http_thread is not None:
             self._http_thread.join(self.settings.node.stop_timeout_s)
         return self._http_thread is None or not self._http_thread.is_alive()

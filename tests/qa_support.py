@@ -20,10 +20,10 @@ from pydicom.uid import generate_uid
 from conftest import API_TOKEN, free_port
 from phantom import PhantomSpec, write_series
 
-import node.conversations  # noqa: F401 - registers the Q&A table before Index() is made
+import node.store.conversations  # noqa: F401 - registers the Q&A table before Index() is made
 from node.config import Settings
-from node.http_api import create_app, server_config
-from node.index import Index, Job, Series, Study, utcnow
+from node.http.app import create_app, server_config
+from node.store.database import Index, Job, Series, Study, utcnow
 from pipeline import PipelineSettings, run_series
 
 # A coarse phantom that still shows the whole abdomen: a splenic hematoma, blood beside

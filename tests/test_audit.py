@@ -1,4 +1,4 @@
-"""The audit trail (node.audit): DICOM PS3.15 A.5 messages in the local file and to a
+"""The audit trail (node.audit.trail): DICOM PS3.15 A.5 messages in the local file and to a
 syslog collector over TLS, TCP and UDP, parsed back; each event once for a scenario."""
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 
 from conftest import AUTH, DCMTK_ENV, ECHOSCU, FAST, free_port, storescu, wait_for
 from metrics_support import one, scrape
-from node import audit_messages as am
-from node.audit import AuditTrail, _AuditFile
-from node.audit_syslog import BOM, Collector, SyslogSender, parse_collector
+from node.audit import messages as am
+from node.audit.trail import AuditTrail, _AuditFile
+from node.audit.syslog import BOM, Collector, SyslogSender, parse_collector
 from node.config import load_settings
 from test_tls import pki  # noqa: F401 - the fixture
 

@@ -9,13 +9,13 @@ import time
 import pytest
 from sqlalchemy import insert, select, update
 
-from node import jobs
-from node.completion import CompletionMonitor
+from node.store import jobs
+from node.store.completion import CompletionMonitor
 from node.config import CompletionSection, SelectionSection
-from node.headers import InstanceHeader
-from node.index import Index, Job, JobState, Series, Study, WorkerBeat, utcnow
-from node.receiver import Receiver
-from node.spool import Spool
+from node.store.headers import InstanceHeader
+from node.store.database import Index, Job, JobState, Series, Study, WorkerBeat, utcnow
+from node.store.receiving import Receiver
+from node.store.spool import Spool
 
 STUDY, SERIES = "1.2.3.4", "1.2.3.4.5"
 

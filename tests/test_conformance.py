@@ -14,8 +14,8 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Ver
 from conftest import ROOT
 from dicom_out import KINDS, build_outputs
 from node.config import NetworkSection, TLSSection, load_settings
-from node.scp import TRANSFER_SYNTAXES, StorageSCP
-from node.tls import client_context
+from node.dicom.scp import TRANSFER_SYNTAXES, StorageSCP
+from node.dicom.tls import client_context
 from pipeline import PipelineSettings, run_series
 
 DOC = (ROOT / "docs" / "conformance.md").read_text()
@@ -101,7 +101,7 @@ def test_the_query_and_echo_scu_contexts():
             for _, uid, syntaxes in table("Query SOP classes and transfer syntaxes (SCU)")}
     defaults = [str(t) for t in DEFAULT_TRANSFER_SYNTAXES]
     assert rows == {StudyRootQueryRetrieveInformationModelFind: defaults, Verification: defaults}
-    source = (ROOT / "node" / "scu.py").read_text()
+    source = (ROOT / "node" / "dicom" / "scu.py").read_text()
     assert "ae.add_requested_context(model)" in source  # default syntaxes, as documented
     assert "ae.add_requested_context(Verification)" in source
 
@@ -119,8 +119,8 @@ def test_the_tls_settings():
     context = client_context(TLSSection())
     assert context.minimum_version == ssl.TLSVersion.TLSv1_2
     assert rows["minimum protocol version"] == context.minimum_version.name.replace("_", ".")
-    # the server's context too (node.tls.server_context needs certificate files)
-    assert (ROOT / "node" / "tls.py").read_text().count(
+    # the server's context too (node.dicom.tls.server_context needs certificate files)
+    assert (ROOT / "node" / "dicom" / "tls.py").read_text().count(
         "minimum_version = ssl.TLSVersion.TLSv1_2") == 2
-    assert re.search(r"ssl\.create_default_context", (ROOT / "node" / "tls.py").read_text())
-    assert "set_ciphers" not in (ROOT / "node" / "tls.py").read_text()  # the defaults
+    assert re.search(r"ssl\.create_default_context", (ROOT / "node" / "dicom" / "tls.py").read_text())
+    assert "set_ciphers" not in (ROOT / "node" / "dicom" / "tls.py").read_text()  # the defaults

@@ -10,10 +10,10 @@ import pydicom
 import pytest
 
 from conftest import ROOT, free_port, wait_for
-from node import outbox
+from node.store import outbox
 from node.config import load_settings
-from node.delivery import Delivery
-from node.index import Index
+from node.work.delivery import Delivery
+from node.store.database import Index
 from orthanc import Orthanc
 
 

@@ -20,16 +20,17 @@ import pytest
 
 from conftest import AUTH, FAST, ROOT, TESTS, free_port, storescu, wait_for
 from metrics_support import figures_of, one
-from node import metrics, outbox
+from node import metrics
+from node.store import outbox
 from node.config import load_settings
-from node.delivery import Delivery
-from node.index import Index
+from node.work.delivery import Delivery
+from node.store.database import Index
 from orthanc import Orthanc
 
 CALLING_AE = "TRAUMA_AI"  # delivery.calling_ae_title
 # What delivers in a test: the node's own Delivery, as `serve` runs it.
-DELIVER = ("from node.config import load_settings; from node.delivery import Delivery; "
-           "from node.index import Index; s = load_settings('/dev/null'); "
+DELIVER = ("from node.config import load_settings; from node.work.delivery import Delivery; "
+           "from node.store.database import Index; s = load_settings('/dev/null'); "
            "Delivery(s, Index(s.database_url)).deliver_due()")
 
 

@@ -454,7 +454,7 @@ def test_sr_refuses_a_seg_of_other_findings(bleed, clean):
 def test_a_later_version_names_the_report_it_supersedes(bleed, tmp_path):
     """As the node writes them: data/results/<study>/<series>/v<N>/. The v3 report names
     v1's as its predecessor when v2 never got a report (it failed before writing one)."""
-    from node.results import write_outputs
+    from node.work.results import write_outputs
 
     series_dir = tmp_path / "series"
     paths = [Path(ds.filename) for ds in bleed.sources]

@@ -30,7 +30,7 @@ from dicom_out.summary_sc import (EXTRAVASATION_RGB, HEMORRHAGE_RGB, OUTLINE_PX,
                                   _font, _text_image, render_page)
 from dicom_out.summary_text import tier_text
 from node.config import OBJECT_KINDS
-from node.results import write_outputs
+from node.work.results import write_outputs
 from orthanc import Orthanc
 from phantom import PhantomSpec, write_enhanced_series
 from pipeline import PipelineSettings, run_series
@@ -51,7 +51,7 @@ PDF_STORAGE = "1.2.840.10008.5.1.4.1.1.104.1"
 class Written:
     findings: Findings
     paths: list[Path]  # the source files
-    objects: dict[str, list[Path]]  # as node.results.write_outputs wrote them
+    objects: dict[str, list[Path]]  # as node.work.results.write_outputs wrote them
 
     def read(self, kind: str) -> list[Dataset]:
         return [pydicom.dcmread(p) for p in self.objects.get(kind, [])]
@@ -386,7 +386,7 @@ def test_a_destination_asking_for_sc_and_kos_gets_only_those(node_factory, phant
 
 
 def test_analyze_writes_them_too(phantom_factory, tmp_path):
-    from node.analyze import analyze
+    from node.commands.analyze import analyze
 
     truth = phantom_factory("summary_bleed", **SMALL, blood="large", blush=True)
     lines: list[str] = []

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import API_TOKEN, AUTH
 from qa_support import ApiServer, SlowAnswerer, ask, findings_dict, insert_study, sse_events
-from node import outbox
+from node.store import outbox
 from node.config import Settings, load_settings
 from pipeline.answering import GroundedAnswerer, Question
 from pipeline.findings import Findings

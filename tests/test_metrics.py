@@ -10,8 +10,8 @@ import httpx
 from conftest import AUTH, FAST, free_port, storescu, wait_for
 from metrics_support import figures_of, one, scrape
 from node import metrics
-from node.index import Index, Instance, Job, JobState, Series, Study
-from node.outbox import OutboxItem, OutboxState
+from node.store.database import Index, Instance, Job, JobState, Series, Study
+from node.store.outbox import OutboxItem, OutboxState
 from qa_support import BLEED, api_settings
 
 PATIENT_NAME, PATIENT_ID = "PHANTOM^ABDOMEN", "PHANTOM-0001"  # tests/phantom.py

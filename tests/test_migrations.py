@@ -27,10 +27,10 @@ from sqlalchemy import MetaData, create_engine, inspect, select, text
 from conftest import ROOT, free_port
 from postgres import PostgresServer
 
-from node import conversations, outbox, schema, status
+from node.store import conversations, outbox, schema, status
 from node.cli import main
-from node.index import Index, Job, Series
-from node.tables import Base, OutboxItem
+from node.store.database import Index, Job, Series
+from node.store.tables import Base, OutboxItem
 
 RELEASE = "2ca9700"
 NEW_COLUMNS = {"outbox": "attempt_started_at", "series": "incomplete_reason",
@@ -344,10 +344,10 @@ def test_the_migrations_ship_inside_the_package():
     import tomllib
 
     package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
-        "package-data"]["node"]
-    shipped = {p.relative_to(ROOT / "node").as_posix()
-               for pattern in package_data for p in (ROOT / "node").glob(pattern)}
-    needed = {p.relative_to(ROOT / "node").as_posix()
+        "package-data"]["node.store"]
+    shipped = {p.relative_to(ROOT / "node" / "store").as_posix()
+               for pattern in package_data for p in (ROOT / "node" / "store").glob(pattern)}
+    needed = {p.relative_to(ROOT / "node" / "store").as_posix()
               for p in schema.MIGRATIONS.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
     assert needed and needed <= shipped, needed - shipped
 

@@ -15,7 +15,7 @@ import pytest
 import tiny_models
 from phantom import PhantomSpec, make_volume
 from pipeline.backends.medsiglip_triage import platt
-from node.calibrate import read_labels
+from node.commands.calibrate import read_labels
 from pipeline.calibration import LabelledSlice, Performance, calibrate_triage, fit_platt
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -164,15 +164,15 @@ def test_with_model_backends_the_workers_share_the_models_with_the_qa(tmp_path):
     import time
 
     from node.config import Settings
-    from node.worker import WorkerPool
+    from node.work.worker import WorkerPool
     from pipeline.models.medgemma import medgemma
 
     pipeline = tiny_models.model_settings(reading="medgemma", answering="medgemma")
     settings = dataclasses.replace(Settings(), pipeline=pipeline)
     settings.node.data_dir = str(tmp_path / "data")
     settings.data_dir.mkdir(parents=True)
-    from node import outbox  # noqa: F401  (its table)
-    from node.index import Index
+    from node.store import outbox  # noqa: F401  (its table)
+    from node.store.database import Index
 
     index = Index(settings.database_url)
     from pipeline.models import shared
@@ -198,6 +198,6 @@ def test_with_model_backends_the_workers_share_the_models_with_the_qa(tmp_path):
 
 def test_embedded_default_workers_are_processes():
     from node.config import Settings
-    from node.worker import WorkerPool
+    from node.work.worker import WorkerPool
 
     assert not WorkerPool(Settings(), index=None).in_process

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from phantom import make_volume
-from node.analyze import analyze
+from node.commands.analyze import analyze
 from pipeline import PipelineSettings, run_series
 from pipeline.findings import Findings
 from pipeline.volume import VolumeError, load_volume

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import AUTH
 from qa_support import ApiServer, findings_dict, insert_study, sse_events
-from node.qa import normalise, sse_comment, sse_event
+from node.http.answer_stream import normalise, sse_comment, sse_event
 
 TRICKY = ["Hé", "llo\n", "\n", "wörld 🩸 ", "a\r\nb", "c\rd", " two  spaces ", ":colon",
           "data: not a field", "\n\nend\n", "漢字", "tab\tand\u2028separator", "", "∑ 90.3 mL"]

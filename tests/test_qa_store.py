@@ -9,10 +9,10 @@ from sqlalchemy import update
 
 from conftest import AUTH
 from qa_support import ApiServer, findings_dict, insert_study
-from node import conversations
-from node.conversations import QaMessage
-from node.index import Index, utcnow
-from node.study_findings import latest_findings
+from node.store import conversations
+from node.store.conversations import QaMessage
+from node.store.database import Index, utcnow
+from node.store.study_findings import latest_findings
 
 
 def _index(tmp_path) -> Index:
@@ -105,7 +105,7 @@ def test_findings_of_the_current_version_only(tmp_path):
     nested = latest_findings(index, insert_study(index, {"findings": findings, "outputs": []}))
     assert nested is not None and nested.findings == findings
     # Late images made version 2, not analysed yet: no Findings for the study until it is.
-    from node.index import Series
+    from node.store.database import Series
     with index.engine.begin() as conn:
         conn.execute(update(Series).values(version=2))
     assert latest_findings(index, uid) is None
@@ -113,8 +113,8 @@ def test_findings_of_the_current_version_only(tmp_path):
 
 
 def test_the_chosen_slices_are_found_in_the_spool(tmp_path):
-    from node.index import Instance, Series
-    from node.study_findings import chosen_images
+    from node.store.database import Instance, Series
+    from node.store.study_findings import chosen_images
 
     index = _index(tmp_path)
     findings = findings_dict("bleed")

@@ -110,11 +110,11 @@ def test_a_file_that_arrives_during_removal_is_kept(tmp_path):
     """The rows go first, then only the files they named: an instance the PACS sends
     again at that moment keeps its file and gets its study anew."""
     from node.config import load_settings
-    from node.headers import InstanceHeader
-    from node.index import Index
-    from node.receiver import Receiver
-    from node.retention import Retention
-    from node.spool import Spool
+    from node.store.headers import InstanceHeader
+    from node.store.database import Index
+    from node.store.receiving import Receiver
+    from node.store.retention import Retention
+    from node.store.spool import Spool
 
     settings = load_settings(None, overrides={"node.data_dir": str(tmp_path / "data")}, env={})
     settings.data_dir.mkdir(parents=True)
@@ -154,13 +154,13 @@ def test_a_file_that_arrives_during_removal_is_kept(tmp_path):
 
 
 def test_low_disk_removes_the_oldest_studies_early_and_nothing_in_flight(tmp_path):
-    from node import jobs
+    from node.store import jobs
     from node.config import load_settings
-    from node.headers import InstanceHeader
-    from node.index import Index, Job, JobState, Series, Study
-    from node.receiver import Receiver
-    from node.retention import Retention
-    from node.spool import Spool
+    from node.store.headers import InstanceHeader
+    from node.store.database import Index, Job, JobState, Series, Study
+    from node.store.receiving import Receiver
+    from node.store.retention import Retention
+    from node.store.spool import Spool
 
     settings = load_settings(None, overrides={"node.data_dir": str(tmp_path / "data")}, env={})
     settings.data_dir.mkdir(parents=True)

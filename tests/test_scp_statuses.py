@@ -19,12 +19,12 @@ from pynetdicom import AE, _config
 
 from conftest import free_port, wait_for
 from node.config import load_settings
-from node.index import Index
+from node.store.database import Index
 from node.metrics import CSTORE_RESPONSES
-from node.policy import AssociationPolicy
-from node.receiver import Receiver
-from node.scp import StorageSCP
-from node.spool import InvalidUID, Spool, check_uid
+from node.dicom.policy import AssociationPolicy
+from node.store.receiving import Receiver
+from node.dicom.scp import StorageSCP
+from node.store.spool import InvalidUID, Spool, check_uid
 
 CANNOT_UNDERSTAND = 0xC000
 DOES_NOT_MATCH = 0xA900
@@ -192,7 +192,7 @@ def answered(assoc, dataset) -> tuple[int, str, float]:
 
 def test_empty_sop_instance_uid_is_answered_cannot_understand(scp, assoc, phantom_factory):
     """pynetdicom drops a C-STORE-RQ without an Affected SOP Instance UID unanswered (the
-    sender waited out its DIMSE timeout); node.fast_dul hands it to the handler."""
+    sender waited out its DIMSE timeout); node.dicom.acceptor_choice hands it to the handler."""
     first, second, *_ = ct_slice(phantom_factory)
     first.SOPInstanceUID = ""
     status, comment, elapsed = answered(assoc, first)

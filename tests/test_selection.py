@@ -7,7 +7,7 @@ import math
 import pytest
 
 from node.config import CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE, SelectionSection
-from node.selection import decide
+from node.store.selection import decide
 
 AXIAL = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
 RULES = SelectionSection(min_slices=20)

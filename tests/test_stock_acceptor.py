@@ -1,7 +1,7 @@
-"""Receiving through pynetdicom's stock acceptor, the fallback of node.fast_dul.
+"""Receiving through pynetdicom's stock acceptor, the fallback of node.dicom.acceptor_choice.
 
-node.fast_acceptor rewrites pynetdicom 3.0.4's internals; with any other pynetdicom the
-node must still receive, only slower. The fallback is forced here (node.fast_dul.STOCK_ENV)
+node.dicom.fast_acceptor rewrites pynetdicom 3.0.4's internals; with any other pynetdicom the
+node must still receive, only slower. The fallback is forced here (node.dicom.acceptor_choice.STOCK_ENV)
 and the receive suite's key tests run through it in a pytest of their own.
 """
 
@@ -16,10 +16,10 @@ from pathlib import Path
 from pynetdicom.transport import ThreadedAssociationServer
 
 from conftest import ROOT
-from node import fast_dul
+from node.dicom import acceptor_choice as fast_dul
 
 # The receive suite's key tests; not those of what the fallback loses (README): the
-# answer to a request with an empty or overlong SOP Instance UID, node.connections.
+# answer to a request with an empty or overlong SOP Instance UID, node.dicom.connections.
 KEY_TESTS = [
     "tests/test_receive.py::test_series_from_storescu_is_stored_indexed_and_processed[False]",
     "tests/test_receive.py::test_duplicates_are_stored_once_and_late_instances_make_a_new_"
@@ -31,7 +31,7 @@ KEY_TESTS = [
 
 
 def test_fast_dul_touches_no_private_module_of_pynetdicom_before_its_version_check():
-    tree = ast.parse((ROOT / "node" / "fast_dul.py").read_text())
+    tree = ast.parse((ROOT / "node" / "dicom" / "acceptor_choice.py").read_text())
     top_level = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
     names = [alias.name for node in top_level for alias in node.names] + [
         node.module or "" for node in top_level if isinstance(node, ast.ImportFrom)]
@@ -48,26 +48,26 @@ def test_another_pynetdicom_version_gets_the_stock_acceptor(monkeypatch, caplog)
 
 def test_an_unloadable_fast_acceptor_gets_the_stock_one(monkeypatch, caplog):
     monkeypatch.delenv(fast_dul.STOCK_ENV, raising=False)
-    monkeypatch.setitem(sys.modules, "node.fast_acceptor", None)  # import raises
+    monkeypatch.setitem(sys.modules, "node.dicom.fast_acceptor", None)  # import raises
     assert fast_dul.fast_acceptor() is None
     assert "the fast acceptor cannot be loaded" in caplog.text
 
 
 def test_a_node_on_another_pynetdicom_never_imports_the_fast_acceptor(tmp_path):
     """A fresh interpreter, pynetdicom's version changed before the node is imported:
-    the SCP starts, answers C-ECHO, and node.fast_acceptor was never imported."""
+    the SCP starts, answers C-ECHO, and node.dicom.fast_acceptor was never imported."""
     script = f"""
 import sys
 import pynetdicom
 pynetdicom.__version__ = "9.9.9"
 from conftest import free_port
 from node.config import load_settings
-from node.index import Index
-from node.policy import AssociationPolicy
-from node.receiver import Receiver
-from node.scp import StorageSCP
-from node.scu import echo
-from node.spool import Spool
+from node.store.database import Index
+from node.dicom.policy import AssociationPolicy
+from node.store.receiving import Receiver
+from node.dicom.scp import StorageSCP
+from node.dicom.scu import echo
+from node.store.spool import Spool
 port = free_port()
 s = load_settings("/dev/null", env={{}}, overrides={{"node.data_dir": {str(tmp_path)!r},
                   "node.dicom_port": port, "node.dicom_bind": "127.0.0.1"}})
@@ -77,7 +77,7 @@ scp = StorageSCP(s, Receiver(index, Spool(s.spool_dir)),
 scp.start()
 assert echo("127.0.0.1", port, "TRAUMA_AI") == 0
 scp.stop(grace_s=1)
-assert "node.fast_acceptor" not in sys.modules, "fast acceptor imported"
+assert "node.dicom.fast_acceptor" not in sys.modules, "fast acceptor imported"
 print("stock ok")
 """
     env = {k: v for k, v in os.environ.items() if k != fast_dul.STOCK_ENV}

@@ -92,13 +92,13 @@ def _killed_delivery(module) -> None:
 
 PATCHES = {}
 if DELAY_S or KILL_SERIES:
-    PATCHES["node.job_step"] = _faulty_jobs
+    PATCHES["node.work.job"] = _faulty_jobs
 if ANSWER_DELAY_S:
     PATCHES["pipeline.answering"] = _slow_answers
 if RESULTS_FREE_FILE:
-    PATCHES["node.results"] = _results_disk
+    PATCHES["node.work.results"] = _results_disk
 if KILL_DELIVERY:
-    PATCHES["node.outbox"] = _killed_delivery
+    PATCHES["node.store.outbox"] = _killed_delivery
 
 
 class _PatchOnImport(importlib.abc.MetaPathFinder):

@@ -1,0 +1,2 @@
+"""The offline commands of `trauma-node` (node.cli): analyze a folder, calibrate the
+triage, upgrade the database."""
