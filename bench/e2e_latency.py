@@ -35,9 +35,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import NodeProcess, free_port, storescu, wait_for  # noqa: E402
-from orthanc import Orthanc  # noqa: E402
-from phantom import PhantomSpec, write_series  # noqa: E402
+from support.nodes import NodeProcess, free_port, storescu, wait_for  # noqa: E402
+from support.orthanc import Orthanc  # noqa: E402
+from support.phantom import PhantomSpec, write_series  # noqa: E402
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
 SEG_AND_SR = {"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34"}

@@ -3,7 +3,7 @@ baseline and the tiny random-weight models, so that a site can set its own run b
 
     .venv/bin/python bench/evaluation_dataset.py [--out DIR] [--skip-tiny]
 
-The dataset (written once under OUT/dataset) is made of phantoms (tests/phantom.py,
+The dataset (written once under OUT/dataset) is made of phantoms (tests/support/phantom.py,
 256 x 256 at 1.5625 mm, 2.5 mm slices over 300 mm) with labels set by design: the
 organ a lesion is in or beside is injured (low; high when contrast leaks from it, AAST
 IV-V); blood between bowel loops is a bowel injury; traps (positive oral contrast,
@@ -26,9 +26,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from datasets_support import write_site  # noqa: E402
+from support.datasets_support import write_site  # noqa: E402
 from evaluation.evaluate import Options, evaluate  # noqa: E402
-from phantom import PhantomSpec, write_series  # noqa: E402
+from support.phantom import PhantomSpec, write_series  # noqa: E402
 from pipeline.settings import PipelineSettings  # noqa: E402
 
 GEOMETRY = dict(slices=120, rows=256, cols=256, pixel_spacing=(1.5625, 1.5625), slice_spacing=2.5)
@@ -68,7 +68,7 @@ def make_dataset(root: Path) -> Path:
 
 
 def tiny_model_settings() -> PipelineSettings:
-    from tiny_models import model_settings
+    from support.tiny_models import model_settings
 
     return model_settings(triage="medsiglip", reading="medgemma", segmentation="unet")
 

@@ -8,7 +8,7 @@ only touching a kidney or bowel (no parenchymal injury anywhere), body habitus
 (thin: little subcutaneous and intra-abdominal fat; obese), slice thickness
 0.625-5 mm (partial volume across the slice; noise rising as slices thin),
 noise, low-attenuation (25 HU) blood, and no blood at all. The phantom
-(tests/phantom.py) is built in memory and run through pipeline.run_volume, so
+(tests/support/phantom.py) is built in memory and run through pipeline.run_volume, so
 that DICOM writing and decoding do not dominate the time.
 
 Per case: volume error (%), Dice of the hemorrhage mask against the truth,
@@ -41,7 +41,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from phantom import ORIGINAL, PHASES, PhantomSpec, make_volume  # noqa: E402
+from support.phantom import ORIGINAL, PHASES, PhantomSpec, make_volume  # noqa: E402
 from pipeline.findings import OrganFinding  # noqa: E402
 from pipeline.run import run_volume  # noqa: E402
 from pipeline.volume import SliceRef, Volume  # noqa: E402

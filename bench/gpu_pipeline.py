@@ -10,7 +10,7 @@ text towers at 448 px) from their configurations with random weights, a random
 ResNet34 U-Net checkpoint, saves them like the real ones and loads them through the
 pipeline's own loading code (4-bit NF4 by default), then runs a 300-slice 512x512
 phantom series through run_series. No weights are downloaded: the tokenizer is the
-byte-fallback one of tests/tiny_models.py with the prompts' words as single tokens (so
+byte-fallback one of tests/support/tiny_models.py with the prompts' words as single tokens (so
 prompts are about as long as with the real tokenizer), padded to the real vocabulary size.
 
 Prints the load time, per-stage latency and peak GPU memory of each stage (the
@@ -51,7 +51,7 @@ def padded_tokenizer(size: int, words: Sequence[str] = (), **kwargs):
     ``words``, and filler tokens up to the real vocabulary size."""
     from transformers import GemmaTokenizer
 
-    import tiny_models
+    from support import tiny_models
 
     vocab = {tok: i for i, tok in enumerate(tiny_models.SPECIAL + tiny_models.BYTE_TOKENS)}
     for ch in tiny_models.CHARS:
@@ -94,7 +94,7 @@ def gemma_tokenizer(words: Sequence[str] = ()):
     anything else one token a character."""
     from tokenizers import Regex, pre_tokenizers
 
-    import tiny_models
+    from support import tiny_models
 
     tok = padded_tokenizer(GEMMA_VOCAB, words, extra_special_tokens={
         "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"})
@@ -143,7 +143,7 @@ def build_medgemma_4b(out: Path, device: str, words: Sequence[str]) -> None:
     import torch
     from transformers import Gemma3ForConditionalGeneration, Gemma3ImageProcessor, Gemma3Processor
 
-    import tiny_models
+    from support import tiny_models
 
     tok = gemma_tokenizer(words)
     processor = Gemma3Processor(image_processor=Gemma3ImageProcessor(size={"height": 896, "width": 896}),
@@ -183,7 +183,7 @@ def build_medsiglip_448(out: Path, device: str) -> None:
 
 def build_models(work: Path, size: str, device: str, paths: Sequence[Path]) -> None:
     """The three models in work/ (kept there: a second run with the same --workdir reuses them)."""
-    import tiny_models
+    from support import tiny_models
 
     if not (work / "medgemma" / "config.json").exists():
         if size == "full":
@@ -250,8 +250,8 @@ def main() -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="gpu-bench-"))
     work.mkdir(parents=True, exist_ok=True)
 
-    from phantom import PhantomSpec, write_series
-    from tiny_models import lift_plausibility_limits
+    from support.phantom import PhantomSpec, write_series
+    from support.tiny_models import lift_plausibility_limits
     from pipeline import PipelineSettings, run_series
     from pipeline.models import preflight
     from pipeline.models.medgemma import MedGemma

@@ -6,7 +6,7 @@
 What it does, loopback only, everything bounded by timeouts:
 
 1. Makes (once, cached in bench/.cache, gitignored) five 300-slice 512x512
-   phantom series with tests/phantom.py, each with its own study/series/SOP UIDs
+   phantom series with tests/support/phantom.py, each with its own study/series/SOP UIDs
    (Explicit VR Little Endian, ~152 MB per series).
 2. For each repetition starts fresh receivers side by side, each with its
    own data directory in one temporary folder (same disk):
@@ -302,7 +302,7 @@ class OrthancReceiver(ReceiverProcess):
 def _write_one(args: tuple[int, int, str]) -> dict:
     index, slices, out = args
     sys.path.insert(0, str(ROOT / "tests"))
-    from phantom import PhantomSpec, write_series  # noqa: PLC0415
+    from support.phantom import PhantomSpec, write_series  # noqa: PLC0415
 
     truth = write_series(PhantomSpec(slices=slices, seed=index), out)
     return {"series_uid": truth.spec.series_uid, "study_uid": truth.spec.study_uid,

@@ -99,7 +99,7 @@ def measure(series_dir: Path, sample_memory: bool) -> dict:
 
 
 def write_phantom(slices: int, out_dir: Path) -> dict:
-    from phantom import PhantomSpec, write_series
+    from support.phantom import PhantomSpec, write_series
 
     # The same 300 mm of anatomy whatever the slice count: thinner slices for more.
     spec = PhantomSpec(slices=slices, slice_spacing=300.0 / slices, blood="large", blush=True)

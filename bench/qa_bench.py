@@ -18,7 +18,7 @@
    section of bench/RESULTS.md.
 
 5. The MedGemma answerer on a tiny random-weight model of the same classes
-   (tests/tiny_models.py), in process on the CPU: the streaming machinery's
+   (tests/support/tiny_models.py), in process on the CPU: the streaming machinery's
    own time to first piece and full answer (no weights can be had here).
 """
 
@@ -56,7 +56,7 @@ PHANTOM = dict(slices=120, rows=256, cols=256, pixel_spacing=(1.5625, 1.5625), s
 
 
 def make_findings(work: Path) -> dict:
-    from phantom import PhantomSpec, write_series
+    from support.phantom import PhantomSpec, write_series
     from pipeline import PipelineSettings, run_series
 
     truth = write_series(PhantomSpec(**PHANTOM), work / "phantom")
@@ -97,9 +97,9 @@ def in_process(findings: dict, reps: int, answerer=None,
 
 
 def tiny_model(findings: dict, reps: int) -> dict[str, dict]:
-    """The MedGemma answerer on a tiny random-weight Gemma3 (tests/tiny_models.py),
+    """The MedGemma answerer on a tiny random-weight Gemma3 (tests/support/tiny_models.py),
     through the same loading and streaming code as the real model, on the CPU."""
-    import tiny_models
+    from support import tiny_models
     from pipeline.answering import create_answerer
 
     settings = tiny_models.model_settings(answering="medgemma")
@@ -117,7 +117,7 @@ def serve(data_dir: str, port: int, studies: int, findings_path: str) -> None:
     import node.store.conversations  # noqa: F401
     from node.http.app import create_app
     from node.store.database import Index
-    from qa_support import api_settings, insert_study
+    from support.qa_support import api_settings, insert_study
 
     settings = api_settings(Path(data_dir))
     index = Index(settings.database_url)
@@ -129,7 +129,7 @@ def serve(data_dir: str, port: int, studies: int, findings_path: str) -> None:
 
 
 def ask(client, url: str, uid: str, question: str) -> tuple[float, float, int]:
-    from qa_support import sse_events
+    from support.qa_support import sse_events
 
     start = time.perf_counter()
     first = None
@@ -148,7 +148,7 @@ def ask(client, url: str, uid: str, question: str) -> tuple[float, float, int]:
 def over_http(findings: dict, work: Path, reps: int, clients: int) -> tuple[dict, dict]:
     import httpx
 
-    from conftest import free_port
+    from support.nodes import free_port
 
     data = work / "data"
     data.mkdir()
@@ -237,7 +237,7 @@ def section(local: dict, http: dict, concurrent: dict, reps: int, local_reps: in
         f"{ms(statistics.median(c['first']))} / {ms(pct(c['first'], .95))} ms, full answer "
         f"{ms(statistics.median(c['full']))} / {ms(pct(c['full'], .95))} ms.", "",
         "Tiny-model answerer (`pipeline.backends.medgemma_answering`: a Gemma3 of the "
-        "MedGemma classes with random weights from tests/tiny_models.py, loaded through the "
+        "MedGemma classes with random weights from tests/support/tiny_models.py, loaded through the "
         "real loading code, generation streamed through `TextIteratorStreamer`, at most "
         f"24 new tokens, CPU; {tiny_reps} runs per question; what it measures is the "
         "machinery around the model, not MedGemma's speed):", "",

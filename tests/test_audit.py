@@ -18,8 +18,8 @@ import pytest
 from pynetdicom import AE, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 
-from conftest import AUTH, DCMTK_ENV, ECHOSCU, FAST, free_port, storescu, wait_for
-from metrics_support import one, scrape
+from support.nodes import AUTH, DCMTK_ENV, ECHOSCU, FAST, free_port, storescu, wait_for
+from support.metrics_support import one, scrape
 from node.audit import messages as am
 from node.audit.trail import AuditTrail, _AuditFile
 from node.audit.syslog import BOM, Collector, SyslogSender, parse_collector

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, free_port
+from support.nodes import ROOT, free_port
 from node.config import DEFAULT_CONFIG, Settings, load_settings
 from node.settings_loader import ConfigError
 

@@ -11,7 +11,7 @@ import pytest
 from pynetdicom import DEFAULT_TRANSFER_SYNTAXES
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification
 
-from conftest import ROOT
+from support.nodes import ROOT
 from dicom_out import KINDS, build_outputs
 from node.config import NetworkSection, TLSSection, load_settings
 from node.dicom.scp import TRANSFER_SYNTAXES, StorageSCP

@@ -12,7 +12,7 @@ import pydicom
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
 
-from conftest import FAST, storescu, wait_for
+from support.nodes import FAST, storescu, wait_for
 
 
 def acknowledged_until_killed(node, paths, kill_after: int) -> list[str]:

@@ -9,12 +9,12 @@ import time
 import pydicom
 import pytest
 
-from conftest import ROOT, free_port, wait_for
+from support.nodes import ROOT, free_port, wait_for
 from node.store import outbox
 from node.config import load_settings
 from node.work.delivery import Delivery
 from node.store.database import Index
-from orthanc import Orthanc
+from support.orthanc import Orthanc
 
 
 @pytest.fixture

@@ -18,14 +18,14 @@ from collections import Counter
 import httpx
 import pytest
 
-from conftest import AUTH, FAST, ROOT, TESTS, free_port, storescu, wait_for
-from metrics_support import figures_of, one
+from support.nodes import AUTH, FAST, ROOT, TESTS, free_port, storescu, wait_for
+from support.metrics_support import figures_of, one
 from node import metrics
 from node.store import outbox
 from node.config import load_settings
 from node.work.delivery import Delivery
 from node.store.database import Index
-from orthanc import Orthanc
+from support.orthanc import Orthanc
 
 CALLING_AE = "TRAUMA_AI"  # delivery.calling_ae_title
 # What delivers in a test: the node's own Delivery, as `serve` runs it.

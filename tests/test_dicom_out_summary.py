@@ -22,7 +22,7 @@ import pytest
 from pydicom.dataset import Dataset
 from scipy.ndimage import distance_transform_edt
 
-from conftest import free_port, storescu, wait_for
+from support.nodes import free_port, storescu, wait_for
 from dicom_out import KINDS, build_outputs
 from dicom_out.device import Algorithm, output_series_number
 from dicom_out.key_slices import choose
@@ -31,8 +31,8 @@ from dicom_out.summary_sc import (EXTRAVASATION_RGB, HEMORRHAGE_RGB, OUTLINE_PX,
 from dicom_out.summary_text import tier_text
 from node.config import OBJECT_KINDS
 from node.work.results import write_outputs
-from orthanc import Orthanc
-from phantom import PhantomSpec, write_enhanced_series
+from support.orthanc import Orthanc
+from support.phantom import PhantomSpec, write_enhanced_series
 from pipeline import PipelineSettings, run_series
 from pipeline.findings import Findings
 from pipeline.labels import ACTIVE_EXTRAVASATION
@@ -404,7 +404,7 @@ def test_the_summary_says_which_organ_is_injured_and_what_each_blush_may_be():
 
     from dicom_out.device import Algorithm
     from dicom_out.summary_text import summary_lines
-    from qa_support import findings_dict
+    from support.qa_support import findings_dict
 
     findings = Findings.from_json_dict(findings_dict("bleed"))  # a splenic hematoma and a blush
     lines = summary_lines(findings, Algorithm.of(findings, "trauma-node test", "1"))

@@ -12,9 +12,9 @@ import numpy as np
 import pydicom
 from pydicom.filebase import DicomBytesIO
 
-from conftest import FAST, free_port, storescu, wait_for
-from metrics_support import one, scrape
-from orthanc import Orthanc
+from support.nodes import FAST, free_port, storescu, wait_for
+from support.metrics_support import one, scrape
+from support.orthanc import Orthanc
 
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"

@@ -10,8 +10,8 @@ import sys
 
 import numpy as np
 
-from conftest import ROOT
-from datasets_support import write_site
+from support.nodes import ROOT
+from support.datasets_support import write_site
 from evaluation.dataset import Labels
 from evaluation.metrics import auc, rsna_score
 
@@ -20,7 +20,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def labels(**injuries: int) -> Labels:
-    from datasets_support import healthy_row
+    from support.datasets_support import healthy_row
 
     row = healthy_row("x", **injuries)
     return Labels({k: int(v) for k, v in row.items() if k != "patient_id"})

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from datasets_support import healthy_row, truth_labels, write_rsna, write_site
+from support.datasets_support import healthy_row, truth_labels, write_rsna, write_site
 from evaluation.dataset import RSNA, SITE, DatasetError, open_dataset
 from evaluation.masks import load_mask
 from pipeline.volume import load_volume

@@ -11,7 +11,7 @@ import pytest
 from pydicom.uid import (JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, RLELossless,
                          generate_uid)
 
-from phantom import PhantomSpec, make_volume, write_enhanced_series, write_series
+from support.phantom import PhantomSpec, make_volume, write_enhanced_series, write_series
 from pipeline.volume import VolumeError, load_volume
 
 # Small and quick: 24 slices of 96x96 at 4.17 mm cover the 400 mm field of view.

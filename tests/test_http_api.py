@@ -13,8 +13,8 @@ import time
 import httpx
 import pytest
 
-from conftest import API_TOKEN, AUTH
-from qa_support import ApiServer, SlowAnswerer, ask, findings_dict, insert_study, sse_events
+from support.nodes import API_TOKEN, AUTH
+from support.qa_support import ApiServer, SlowAnswerer, ask, findings_dict, insert_study, sse_events
 from node.store import outbox
 from node.config import Settings, load_settings
 from pipeline.answering import GroundedAnswerer, Question

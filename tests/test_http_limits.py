@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from conftest import API_TOKEN, AUTH, FAST
+from support.nodes import API_TOKEN, AUTH, FAST
 
 BIG = 256 * 2**20  # what a careless or hostile client sends
 QUESTION = "/studies/1.2.3/questions"

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import httpx
 
-import tiny_models
-from conftest import AUTH
-from qa_support import ApiServer, ask, findings_dict, insert_study
+from support import tiny_models
+from support.nodes import AUTH
+from support.qa_support import ApiServer, ask, findings_dict, insert_study
 from pipeline.answering import create_answerer
 
 

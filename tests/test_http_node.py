@@ -10,10 +10,10 @@ import stat
 import httpx
 import pytest
 
-from conftest import FAST, storescu, wait_for
-from qa_support import BLEED, ask
+from support.nodes import FAST, storescu, wait_for
+from support.qa_support import BLEED, ask
 
-PATIENT_NAME, PATIENT_ID = "PHANTOM^ABDOMEN", "PHANTOM-0001"  # tests/phantom.py
+PATIENT_NAME, PATIENT_ID = "PHANTOM^ABDOMEN", "PHANTOM-0001"  # tests/support/phantom.py
 
 
 def _non_loopback_address() -> str | None:

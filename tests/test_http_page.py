@@ -13,8 +13,8 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from conftest import API_TOKEN
-from qa_support import ApiServer, SlowAnswerer, findings_dict, insert_study
+from support.nodes import API_TOKEN
+from support.qa_support import ApiServer, SlowAnswerer, findings_dict, insert_study
 
 # Debian's chromium and chromium-driver, which `make test` installs (system-deps):
 # without them this test fails; it is never skipped.

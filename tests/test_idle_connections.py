@@ -16,8 +16,8 @@ import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
 
-from conftest import FAST, storescu, wait_for
-from metrics_support import one, scrape
+from support.nodes import FAST, storescu, wait_for
+from support.metrics_support import one, scrape
 from test_tls import make_ca, make_leaf, tls_config
 
 REQUEST_TIMEOUT_S = 3.0

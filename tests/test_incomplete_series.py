@@ -18,8 +18,8 @@ from pydicom.filebase import DicomBytesIO
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
-from conftest import FAST, free_port, storescu, wait_for
-from orthanc import Orthanc
+from support.nodes import FAST, free_port, storescu, wait_for
+from support.orthanc import Orthanc
 from test_e2e_pacs import COMPREHENSIVE_3D_SR, destination_config
 
 ABORTED = "the association sending it was aborted before it was released"

@@ -16,7 +16,7 @@ from pydicom import dcmread
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE, _config
 
-from conftest import FAST, wait_for
+from support.nodes import FAST, wait_for
 from test_idle_connections import refused
 from node.logs import EscapingFormatter, FORMAT, escape_controls
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 
-from conftest import ROOT
+from support.nodes import ROOT
 
 
 def test_every_apt_get_waits_for_the_dpkg_lock():

@@ -7,14 +7,14 @@ import datetime as dt
 
 import httpx
 
-from conftest import AUTH, FAST, free_port, storescu, wait_for
-from metrics_support import figures_of, one, scrape
+from support.nodes import AUTH, FAST, free_port, storescu, wait_for
+from support.metrics_support import figures_of, one, scrape
 from node import metrics
 from node.store.database import Index, Instance, Job, JobState, Series, Study
 from node.store.outbox import OutboxItem, OutboxState
-from qa_support import BLEED, api_settings
+from support.qa_support import BLEED, api_settings
 
-PATIENT_NAME, PATIENT_ID = "PHANTOM^ABDOMEN", "PHANTOM-0001"  # tests/phantom.py
+PATIENT_NAME, PATIENT_ID = "PHANTOM^ABDOMEN", "PHANTOM-0001"  # tests/support/phantom.py
 
 
 def test_a_node_that_received_a_study_reports_it(node_factory, phantom_factory):

@@ -24,8 +24,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import MetaData, create_engine, inspect, select, text
 
-from conftest import ROOT, free_port
-from postgres import PostgresServer
+from support.nodes import ROOT, free_port
+from support.postgres import PostgresServer
 
 from node.store import conversations, outbox, schema, status
 from node.cli import main

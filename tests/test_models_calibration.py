@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import tiny_models
-from phantom import PhantomSpec, make_volume
+from support import tiny_models
+from support.phantom import PhantomSpec, make_volume
 from pipeline.backends.medsiglip_triage import platt
 from node.commands.calibrate import read_labels
 from pipeline.calibration import LabelledSlice, Performance, calibrate_triage, fit_platt

@@ -1,6 +1,6 @@
 """Model loading: sources, start-up checks with what-to-do messages, precision, one load per
 process, the lock, streaming, the slice cap. Tiny random-weight models of the real classes
-(tests/tiny_models.py) go through the same loading code as the real weights."""
+(tests/support/tiny_models.py) go through the same loading code as the real weights."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-import tiny_models
+from support import tiny_models
 from pipeline import PipelineSettings
 from pipeline.models import ModelUnavailable, needed, preflight
 from pipeline.models import loading

@@ -11,9 +11,9 @@ from pathlib import Path
 import highdicom as hd
 import httpx
 
-import tiny_models
-from conftest import FAST, storescu
-from qa_support import ask
+from support import tiny_models
+from support.nodes import FAST, storescu
+from support.qa_support import ask
 
 SPEC = dict(slices=20, rows=96, cols=96, pixel_spacing=(4.2, 4.2), slice_spacing=5.0,
             blood="large", blush=True)

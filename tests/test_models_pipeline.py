@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-import tiny_models
+from support import tiny_models
 from pipeline import run_series
 from pipeline.findings import Findings
 from pipeline.models.medgemma import Generation, medgemma

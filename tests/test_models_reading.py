@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import tiny_models
-from phantom import PhantomSpec, make_volume
+from support import tiny_models
+from support.phantom import PhantomSpec, make_volume
 from pipeline.anatomy import build_anatomy
 from pipeline.backends.medgemma_reading import MedGemmaReading, pick_slices, reading_messages
 from pipeline.findings import OrganFinding, TriageResult

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import tiny_models
+from support import tiny_models
 from pipeline.backends.medsiglip_triage import calibrated_scores, log_mean_exp
 from pipeline.backends.unet_segmentation import UnetSegmentation
 from pipeline.findings import TriageResult

@@ -8,7 +8,7 @@ import json
 import pydicom
 from pydicom.uid import generate_uid
 
-from conftest import FAST, storescu
+from support.nodes import FAST, storescu
 
 PHASES = dict(slices=60, rows=256, cols=256, pixel_spacing=(1.5625, 1.5625), slice_spacing=5.0,
               blood="large", blush=True)

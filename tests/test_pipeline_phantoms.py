@@ -9,7 +9,7 @@ import highdicom as hd
 import numpy as np
 import pytest
 
-from phantom import make_volume
+from support.phantom import make_volume
 from node.commands.analyze import analyze
 from pipeline import PipelineSettings, run_series
 from pipeline.findings import Findings

@@ -15,7 +15,7 @@ import pydicom
 import pytest
 
 from dicom_out import build_outputs
-from phantom import PhantomSpec, _dataset, _grid, _z_positions
+from support.phantom import PhantomSpec, _dataset, _grid, _z_positions
 from pipeline import PipelineSettings, run_series
 
 GEOMETRY = dict(slices=40, rows=128, cols=128, pixel_spacing=(3.125, 3.125), slice_spacing=5.0)

@@ -6,7 +6,7 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from conftest import FAST, storescu, wait_for
+from support.nodes import FAST, storescu, wait_for
 
 # (result, source, diagnostic) of PS3.8 Table 9-21
 CALLED_AE_NOT_RECOGNIZED = (1, 1, 7)

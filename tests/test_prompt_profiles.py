@@ -12,7 +12,7 @@ import shutil
 import numpy as np
 import pytest
 
-import tiny_models
+from support import tiny_models
 from dicom_out.device import Algorithm
 from node.cli import main as cli_main
 from pipeline import run_series

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from qa_support import findings_dict
+from support.qa_support import findings_dict
 from pipeline.answering import (
     ANSWERERS,
     GroundedAnswerer,

@@ -8,8 +8,8 @@ import random
 import httpx
 import pytest
 
-from conftest import AUTH
-from qa_support import ApiServer, findings_dict, insert_study, sse_events
+from support.nodes import AUTH
+from support.qa_support import ApiServer, findings_dict, insert_study, sse_events
 from node.http.answer_stream import normalise, sse_comment, sse_event
 
 TRICKY = ["Hé", "llo\n", "\n", "wörld 🩸 ", "a\r\nb", "c\rd", " two  spaces ", ":colon",

@@ -7,8 +7,8 @@ import datetime as dt
 import httpx
 from sqlalchemy import update
 
-from conftest import AUTH
-from qa_support import ApiServer, findings_dict, insert_study
+from support.nodes import AUTH
+from support.qa_support import ApiServer, findings_dict, insert_study
 from node.store import conversations
 from node.store.conversations import QaMessage
 from node.store.database import Index, utcnow

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from phantom import PhantomSpec, make_volume
+from support.phantom import PhantomSpec, make_volume
 from pipeline.anatomy import build_anatomy
 from pipeline.labels import ACTIVE_EXTRAVASATION, HEMORRHAGE
 from pipeline.quantification import VoxelQuantification, count_labels, volumes_ml

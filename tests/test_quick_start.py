@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from conftest import ROOT, free_port, wait_for
+from support.nodes import ROOT, free_port, wait_for
 
 
 def quick_start() -> tuple[list[str], list[str]]:

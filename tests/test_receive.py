@@ -20,8 +20,8 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from conftest import DCMTK_ENV, ECHOSCU, FAST, ROOT, storescu, wait_for
-from postgres import PostgresServer
+from support.nodes import DCMTK_ENV, ECHOSCU, FAST, ROOT, storescu, wait_for
+from support.postgres import PostgresServer
 
 
 def spool_file(node, study_uid: str, series_uid: str, sop_uid: str) -> Path:
@@ -105,7 +105,7 @@ def test_transfer_syntaxes_are_stored_as_received(node_factory, phantom_factory,
 
 
 def test_enhanced_ct_multiframe_is_received_and_analysed(node_factory, tmp_path):
-    from phantom import PhantomSpec, write_enhanced_series
+    from support.phantom import PhantomSpec, write_enhanced_series
 
     truth = write_enhanced_series(PhantomSpec(slices=24, rows=128, cols=128),
                                   tmp_path / "enhanced" / "ct.dcm")

@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 from sqlalchemy import select
 
-from conftest import AUTH, FAST, ROOT, free_port, storescu, wait_for
-from qa_support import ask
+from support.nodes import AUTH, FAST, ROOT, free_port, storescu, wait_for
+from support.qa_support import ask
 
 # 8 s: long enough for the study to be analysed and asked about first, even on a busy machine.
 SHORT = 8.0 / 86400

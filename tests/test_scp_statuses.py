@@ -17,7 +17,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.uid import ExplicitVRLittleEndian, CTImageStorage
 from pynetdicom import AE, _config
 
-from conftest import free_port, wait_for
+from support.nodes import free_port, wait_for
 from node.config import load_settings
 from node.store.database import Index
 from node.metrics import CSTORE_RESPONSES

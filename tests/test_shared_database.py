@@ -14,10 +14,10 @@ import sys
 import highdicom as hd
 import httpx
 
-from conftest import AUTH, FAST, ROOT, storescu
-from metrics_support import one, scrape
-from postgres import PostgresServer
-from qa_support import BLEED, ask
+from support.nodes import AUTH, FAST, ROOT, storescu
+from support.metrics_support import one, scrape
+from support.postgres import PostgresServer
+from support.qa_support import BLEED, ask
 
 
 def test_a_worker_sharing_a_postgresql_database_analyses_what_the_node_receives(

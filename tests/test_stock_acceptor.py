@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pynetdicom.transport import ThreadedAssociationServer
 
-from conftest import ROOT
+from support.nodes import ROOT
 from node.dicom import acceptor_choice as fast_dul
 
 # The receive suite's key tests; not those of what the fallback loses (README): the
@@ -60,7 +60,7 @@ def test_a_node_on_another_pynetdicom_never_imports_the_fast_acceptor(tmp_path):
 import sys
 import pynetdicom
 pynetdicom.__version__ = "9.9.9"
-from conftest import free_port
+from support.nodes import free_port
 from node.config import load_settings
 from node.store.database import Index
 from node.dicom.policy import AssociationPolicy

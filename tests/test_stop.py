@@ -17,8 +17,8 @@ import pydicom
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
 
-from conftest import NodeProcess, storescu, wait_for
-from stop_support import CONFIG, SLOW_JOBS, WAYS, assert_job_done, jobs_of, stop_all
+from support.nodes import NodeProcess, storescu, wait_for
+from support.stop_support import CONFIG, SLOW_JOBS, WAYS, assert_job_done, jobs_of, stop_all
 
 
 def start_nodes(node_factory, env: dict[str, str] | None = None) -> list[NodeProcess]:

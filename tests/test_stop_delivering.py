@@ -11,8 +11,8 @@ import threading
 import httpx
 from pynetdicom import AE, StoragePresentationContexts, evt
 
-from conftest import AUTH, TESTS, free_port, storescu, wait_for
-from stop_support import CONFIG, WAYS, stop_all
+from support.nodes import AUTH, TESTS, free_port, storescu, wait_for
+from support.stop_support import CONFIG, WAYS, stop_all
 
 SLOW = {"PYTHONPATH": str(TESTS / "fault_hooks"), "TRAUMA_TEST_ANSWER_DELAY_S": "1"}
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import storescu, wait_for
-from stop_support import (CONFIG, SLOW_JOBS, WAYS, WorkerProcess, assert_job_done, jobs_of,
+from support.nodes import storescu, wait_for
+from support.stop_support import (CONFIG, SLOW_JOBS, WAYS, WorkerProcess, assert_job_done, jobs_of,
                           stop_all)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from support.nodes import ROOT
 from node.cli import parser
 from node.config import NodeSection
 

@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from conftest import FAST, storescu, wait_for
-from metrics_support import one, scrape
+from support.nodes import FAST, storescu, wait_for
+from support.metrics_support import one, scrape
 
 
 def _name(cn: str) -> x509.Name:

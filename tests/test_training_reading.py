@@ -10,8 +10,8 @@ import json
 import numpy as np
 import pytest
 
-import tiny_models
-from datasets_support import write_site
+from support import tiny_models
+from support.datasets_support import write_site
 from evaluation.dataset import open_dataset
 from evaluation.evaluate import Options, run
 from evaluation.reading_metrics import format_adherence, organ_accuracy, severity_match

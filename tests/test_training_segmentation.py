@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import tiny_models
-from datasets_support import write_site
+from support import tiny_models
+from support.datasets_support import write_site
 from pipeline import PipelineSettings, run_series
 from pipeline.labels import ACTIVE_EXTRAVASATION, CONTAINED_VASCULAR_INJURY, HEMORRHAGE
 from pipeline.models import ModelUnavailable

@@ -3,7 +3,7 @@
 A phantom with a large bleed and a contrast blush is analysed (`trauma-node analyze`);
 the CT, seg.dcm and sr.dcm go into an Orthanc with its DICOMweb plugin; the prebuilt
 OHIF Viewer (@ohif/app 3.13.2, which `make ohif` installs) is served offline on one
-loopback origin (tests/ohif_viewer.py) and opened in Debian's headless Chromium.
+loopback origin (tests/support/ohif_viewer.py) and opened in Debian's headless Chromium.
 
 What a reader checks: the CT shows; the SEG hydrates with its segment names and colours,
 and the volumes OHIF computes for the segments (its segmentation panel's statistics)
@@ -34,9 +34,9 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from conftest import ROOT, free_port
-from ohif_viewer import OhifViewer
-from orthanc import Orthanc
+from support.nodes import ROOT, free_port
+from support.ohif_viewer import OhifViewer
+from support.orthanc import Orthanc
 
 import dicom_out.segments
 

@@ -9,8 +9,8 @@ import time
 
 import httpx
 
-from conftest import FAST, TESTS, storescu, wait_for
-from metrics_support import one, scrape
+from support.nodes import FAST, TESTS, storescu, wait_for
+from support.metrics_support import one, scrape
 
 
 def test_a_dead_worker_is_restarted_and_a_series_that_keeps_killing_it_fails(

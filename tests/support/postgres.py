@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from conftest import free_port
+from support.nodes import free_port
 
 USER = "trauma"
 

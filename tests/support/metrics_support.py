@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import AUTH
+from support.nodes import AUTH
 
 
 def figures_of(text: str) -> dict[str, dict[tuple, float]]:

@@ -15,7 +15,7 @@ import numpy as np
 import pydicom
 
 from evaluation.dataset import TARGET_COLUMNS
-from phantom import PhantomTruth, make_volume
+from support.phantom import PhantomTruth, make_volume
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import FAST, ROOT, TESTS, wait_for
+from support.nodes import FAST, ROOT, TESTS, wait_for
 
 STOP_S = 5.0  # node.stop_timeout_s here
 MARGIN_S = 0.5  # how late the test may see the exit

@@ -17,8 +17,8 @@ from typing import Iterable, Iterator
 import uvicorn
 from pydicom.uid import generate_uid
 
-from conftest import API_TOKEN, free_port
-from phantom import PhantomSpec, write_series
+from support.nodes import API_TOKEN, free_port
+from support.phantom import PhantomSpec, write_series
 
 import node.store.conversations  # noqa: F401 - registers the Q&A table before Index() is made
 from node.config import Settings
@@ -139,7 +139,7 @@ def sse_events(chunks: Iterable[bytes]) -> Iterator[Event]:
 def ask(client, base: str, study_uid: str, question: str, status: str | None = None,
         headers: dict | None = None) -> tuple[str, dict, list[Event]]:
     """POST a question, read the whole stream: (answer text, done payload, events)."""
-    from conftest import AUTH
+    from support.nodes import AUTH
 
     body = {"question": question}
     if status:

@@ -18,7 +18,7 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 OHIF_VERSION = "3.13.2"  # the Makefile's OHIF_VERSION
 OHIF_DIST = ROOT / ".ohif" / "app" / "dist"
 OHIF_STAMP = ROOT / ".ohif" / f".installed-{OHIF_VERSION}"
