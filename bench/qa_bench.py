@@ -100,7 +100,7 @@ def tiny_model(findings: dict, reps: int) -> dict[str, dict]:
     """The MedGemma answerer on a tiny random-weight Gemma3 (tests/support/tiny_models.py),
     through the same loading and streaming code as the real model, on the CPU."""
     from support import tiny_models
-    from pipeline.answering import create_answerer
+    from pipeline.registry import create_answerer
 
     settings = tiny_models.model_settings(answering="medgemma")
     answerer = create_answerer(settings)

@@ -21,7 +21,7 @@ settings have it, else ``grounded``):
 - ``medgemma`` (issue 5, not built yet): MedGemma through ``TextIteratorStreamer``
   with the chosen slices (``Question.images``, filled by the node when the
   answerer sets ``uses_images = True``) and the Findings in the prompt, waiting its
-  turn for the shared model inside its generator. Add it with :func:`register`;
+  turn for the shared model inside its generator. It is listed in pipeline.registry.ANSWERERS;
   the node picks it when ``settings.backends.answering`` names it.
 
 Pure: no database, no network.
@@ -36,7 +36,6 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 from pipeline.findings import BloodComponent, Findings, OrganFinding
 
 HEMODYNAMIC_STATUSES = ("stable", "unstable", "unknown")
-DEFAULT_ANSWERER = "grounded"
 
 
 @dataclass(frozen=True)
@@ -68,32 +67,6 @@ class Answerer(Protocol):
     def answer(self, question: Question) -> Iterator[str]:
         """Text pieces of the answer, in order; closing the iterator cancels it."""
         ...
-
-
-ANSWERERS: dict[str, Callable[[Any], Answerer]] = {}
-
-
-def register(name: str, factory: Callable[[Any], Answerer]) -> None:
-    """Make an answerer available by name; factory(pipeline_settings) builds it."""
-    ANSWERERS[name] = factory
-
-
-def answerer_name(settings: Any = None) -> str:
-    backends = getattr(settings, "backends", None)
-    return getattr(backends, "answering", None) or DEFAULT_ANSWERER
-
-
-def create_answerer(settings: Any = None, name: str | None = None) -> Answerer:
-    """The answerer chosen in the pipeline settings (or by name)."""
-    name = name or answerer_name(settings)
-    if name not in ANSWERERS:
-        import pipeline.backends  # noqa: F401 - registers the model answerers
-
-    try:
-        factory = ANSWERERS[name]
-    except KeyError:
-        raise ValueError(f"unknown answering backend {name!r}; known: {sorted(ANSWERERS)}") from None
-    return factory(settings)
 
 
 def pieces(text: str) -> Iterator[str]:
@@ -558,5 +531,3 @@ class GroundedAnswerer:
             text += " " + " ".join(self._component(f, c) for c in touching)
         return text
 
-
-register(GroundedAnswerer.name, GroundedAnswerer)

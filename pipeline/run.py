@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import pydicom
 
-from pipeline import backends, multiphase, rules
+from pipeline import multiphase, registry, rules
 from pipeline.anatomy import Anatomy, build_anatomy
 from pipeline.contrast_foci import FocusMap
 from pipeline.findings import (RESEARCH_USE, Assessment, Findings, OrganFinding, Provenance,
@@ -114,7 +114,7 @@ def run_volume(volume: Volume, settings: PipelineSettings | None = None,
     status = hemodynamic_status or settings.hemodynamic_status
     if status not in ("stable", "unstable", "unknown"):
         raise ValueError(f"hemodynamic status must be stable, unstable or unknown, not {status!r}")
-    chosen = {stage: backends.create(stage, settings) for stage in backends.BACKENDS}
+    chosen = {stage: registry.create(stage, settings) for stage in registry.BACKENDS}
     with stages.stage("anatomy", ANATOMY):
         anatomy = build_anatomy(volume, settings)
     context = StageContext(volume, settings, anatomy, status, list(anatomy.notes))

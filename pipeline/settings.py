@@ -11,13 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pipeline.registry import ANSWERERS, BACKENDS
+
 HemodynamicStatus = Literal["stable", "unstable", "unknown"]
 QUANTIZATIONS = ("auto", "4bit", "8bit", "bf16", "fp32")
 
 
 @dataclass
 class BackendSettings:
-    """Which backend runs each stage (see pipeline.backends.BACKENDS)."""
+    """Which backend runs each stage (see pipeline.registry.BACKENDS)."""
 
     triage: str = "hu-baseline"
     segmentation: str = "hu-baseline"
@@ -25,7 +27,7 @@ class BackendSettings:
     reading: str = "rules-baseline"
     grading: str = "rule-table"
     report: str = "template"
-    # Q&A answerer (pipeline.answering.ANSWERERS): grounded (embedded) or medgemma.
+    # Q&A answerer (pipeline.registry.ANSWERERS): grounded (embedded) or medgemma.
     answering: str = "grounded"
 
 
@@ -352,8 +354,6 @@ class PipelineSettings:
 
     def validate(self) -> list[str]:
         """Human-readable problems with cross-field constraints (empty if fine)."""
-        from pipeline.backends import BACKENDS  # late: the backends import this module
-
         problems: list[str] = []
 
         def need(ok: bool, message: str) -> None:
@@ -361,7 +361,6 @@ class PipelineSettings:
                 problems.append(message)
 
         hu, seg, tiers = self.hu, self.segmentation, self.risk_tiers
-        from pipeline.answering import ANSWERERS
 
         for stage, name in vars(self.backends).items():
             known = sorted(ANSWERERS if stage == "answering" else BACKENDS.get(stage, {}))

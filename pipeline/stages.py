@@ -2,7 +2,7 @@
 
 A backend is a class with ``name``, ``version``, ``description`` and a
 ``run`` method; it is built from the settings. The registry of backends lives
-in pipeline.backends (BACKENDS), keyed by stage and then by backend name, which
+in pipeline.registry (BACKENDS), keyed by stage and then by backend name, which
 is what ``[pipeline.backends]`` in the node's config chooses.
 """
 

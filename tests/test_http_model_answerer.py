@@ -8,7 +8,7 @@ import httpx
 from support import tiny_models
 from support.nodes import AUTH
 from support.qa_support import ApiServer, ask, findings_dict, insert_study
-from pipeline.answering import create_answerer
+from pipeline.registry import create_answerer
 
 
 def test_model_answer_streams_over_http_and_is_stored(tmp_path):

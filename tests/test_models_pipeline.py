@@ -134,7 +134,8 @@ threshold = 0.6
 
 
 def test_medgemma_answerer_streams_with_history_and_shares_the_model(series):
-    from pipeline.answering import Question, Turn, create_answerer
+    from pipeline.answering import Question, Turn
+    from pipeline.registry import create_answerer
     from pipeline.backends.medgemma_answering import FOOTER
 
     settings = tiny_models.model_settings(reading="medgemma", answering="medgemma")

@@ -8,16 +8,8 @@ import re
 import pytest
 
 from support.qa_support import findings_dict
-from pipeline.answering import (
-    ANSWERERS,
-    GroundedAnswerer,
-    Question,
-    Turn,
-    answerer_name,
-    create_answerer,
-    pieces,
-    register,
-)
+from pipeline.answering import GroundedAnswerer, Question, Turn, pieces
+from pipeline.registry import ANSWERERS, answerer_name, create_answerer, register
 from pipeline.findings import Findings
 
 QUESTIONS = [

@@ -96,7 +96,7 @@ def series_prompt(entry: SeriesEntry, settings: Any, cap: int, profile: Any = No
     """Load the series, run anatomy and the configured triage, and build the reading's
     conversations for it (the reading backend's functions). settings: PipelineSettings;
     profile: a PromptProfile (None: the one training_profile chooses)."""
-    from pipeline import backends
+    from pipeline import registry
     from pipeline.anatomy import build_anatomy
     from pipeline.backends import medgemma_reading
     from pipeline.stages import StageContext
@@ -106,7 +106,7 @@ def series_prompt(entry: SeriesEntry, settings: Any, cap: int, profile: Any = No
     volume = load_volume(entry.files, settings.min_slices, settings.gap_tolerance)
     anatomy = build_anatomy(volume, settings)
     context = StageContext(volume, settings, anatomy, settings.hemodynamic_status, list(anatomy.notes))
-    triage = backends.create("triage", settings).run(context)
+    triage = registry.create("triage", settings).run(context)
     context.triage = triage
     indices, _note = medgemma_reading.reading_slices(context, triage, cap, profile)
     return SeriesPrompt(context, triage, indices,

@@ -24,7 +24,8 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Str
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pipeline.answering import Answerer, Question, create_answerer
+from pipeline.answering import Answerer, Question
+from pipeline.registry import create_answerer
 from pipeline.findings import Findings
 
 from node import __version__, metrics

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any, Iterator
 
-from pipeline.answering import Question, register
+from pipeline.answering import Question
 from pipeline.backends.medgemma_report import report_facts
 
 SYSTEM = ("You answer a clinician's questions about one abdominal trauma CT study, for research use "
@@ -64,5 +64,3 @@ class MedGemmaAnswerer:
                                 adapter=adapter)
         yield FOOTER
 
-
-register(MedGemmaAnswerer.name, MedGemmaAnswerer)

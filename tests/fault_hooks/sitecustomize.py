@@ -94,7 +94,7 @@ PATCHES = {}
 if DELAY_S or KILL_SERIES:
     PATCHES["node.work.job"] = _faulty_jobs
 if ANSWER_DELAY_S:
-    PATCHES["pipeline.answering"] = _slow_answers
+    PATCHES["pipeline.registry"] = _slow_answers
 if RESULTS_FREE_FILE:
     PATCHES["node.work.results"] = _results_disk
 if KILL_DELIVERY:
