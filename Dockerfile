@@ -19,6 +19,8 @@ COPY pyproject.toml README.md ./
 COPY node ./node
 COPY pipeline ./pipeline
 COPY dicom_out ./dicom_out
+COPY evaluation ./evaluation
+COPY training ./training
 COPY config ./config
 RUN python3 -m venv /opt/venv && \
     /opt/venv/bin/pip install --no-cache-dir ".${EXTRAS:+[$EXTRAS]}"
