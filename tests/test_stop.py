@@ -9,7 +9,6 @@ its own as systemd starts it.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 
@@ -68,13 +67,7 @@ def test_serve_stops_while_receiving_and_keeps_what_it_acknowledged(node_factory
         sender.join(timeout=15)
     for node, sops in zip(nodes, acked):
         assert 5 <= len(sops) < len(truth.paths)  # cut off mid-series
-        with sqlite3.connect(node.data_dir / "index.sqlite") as db:
-            indexed = {r[0] for r in db.execute("SELECT sop_instance_uid FROM instances")}
-        assert set(sops) <= indexed
-        for sop in sops:
-            path = (node.data_dir / "spool" / truth.spec.study_uid / truth.spec.series_uid /
-                    f"{sop}.dcm")
-            assert pydicom.dcmread(path).SOPInstanceUID == sop
+        node.assert_kept(truth, sops)
 
 
 def test_serve_stops_mid_job_and_the_job_is_done_later(node_factory, phantom_factory):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 import httpx
+import pydicom
 
 TESTS = Path(__file__).resolve().parent.parent
 
@@ -99,6 +101,18 @@ class NodeProcess:
         except httpx.HTTPError:
             return False
         return healthy and "DICOM SCP" in self.log()
+
+    def assert_kept(self, truth, sops) -> set[str]:
+        """Every acknowledged SOP Instance is in the index and whole in the spool; returns
+        the SOP Instance UIDs indexed."""
+        with sqlite3.connect(self.data_dir / "index.sqlite") as db:
+            indexed = {row[0] for row in db.execute("SELECT sop_instance_uid FROM instances")}
+        assert set(sops) <= indexed
+        for sop in sops:
+            path = (self.data_dir / "spool" / truth.spec.study_uid / truth.spec.series_uid /
+                    f"{sop}.dcm")
+            assert pydicom.dcmread(path).SOPInstanceUID == sop  # complete and readable
+        return indexed
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
