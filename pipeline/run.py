@@ -37,6 +37,7 @@ EMBEDDED = "embedded CPU baseline, no model weights"
 
 Progress = Callable[[str], None]
 Observer = Callable[[str, str], None]  # (stage, "start" | "end")
+VolumeLoader = Callable[[Sequence[Path | str], int, float], Volume]  # (paths, min_slices, gap_tolerance)
 
 
 @dataclass(frozen=True)
@@ -86,18 +87,20 @@ def _checked(settings: PipelineSettings | None) -> PipelineSettings:
 def run_series(paths: Sequence[Path | str], settings: PipelineSettings | None = None,
                hemodynamic_status: str | None = None, progress: Progress = lambda _: None,
                observer: Observer | None = None, other_phases: Sequence[Findings] = (),
-               incomplete: str | None = None) -> Findings:
+               incomplete: str | None = None, load: VolumeLoader = load_volume) -> Findings:
     """Load the files of one CT series and run every stage (raises VolumeError on bad input).
 
     other_phases: the Findings of the study's other series already analysed; their
     contrast foci are compared with this series' (pipeline.multiphase).
     incomplete: why the series may lack instances, when the caller knows it may; the
     report and every output say so.
+    load: how the volume is read (the node's worker: from what it decoded while the
+    series arrived); the same volume as load_volume's.
     """
     settings = _checked(settings)
     stages = _Stages(progress, observer)
     with stages.stage("volume", LOADER):
-        volume = load_volume(paths, settings.min_slices, settings.gap_tolerance)
+        volume = load(paths, settings.min_slices, settings.gap_tolerance)
     progress(f"volume: {volume.hu.shape[0]} slices of {volume.hu.shape[1]}x{volume.hu.shape[2]}, "
              f"spacing {volume.spacing[0]:.2f} x {volume.spacing[1]:.3f} x {volume.spacing[2]:.3f} mm")
     return run_volume(volume, settings, hemodynamic_status, progress, observer, stages, other_phases,

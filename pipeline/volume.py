@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import pydicom
@@ -97,35 +97,44 @@ class _FrameHeader:
 
 
 def load_volume(paths: Sequence[Path | str], min_slices: int = 2,
-                gap_tolerance: float = 0.5) -> Volume:
-    """Read the files of one series into a Volume, or raise VolumeError."""
+                gap_tolerance: float = 0.5, *, headers: Mapping[Path, Dataset] | None = None,
+                decoded: Mapping[Path, np.ndarray] | None = None) -> Volume:
+    """Read the files of one series into a Volume, or raise VolumeError.
+
+    headers: headers already read (read_header), by path; decoded: HU already decoded
+    (decode_hu, e.g. while the series was arriving), by path. The others are read here;
+    either way the volume is the same.
+    """
     if not paths:
         raise VolumeError("no files given")
-    headers: list[_FrameHeader] = []
+    headers, decoded = headers or {}, decoded or {}
+    frame_headers: list[_FrameHeader] = []
     first: Dataset | None = None
     for path in map(Path, paths):
-        ds = _read_header(path)
+        ds = headers.get(path)
+        if ds is None:
+            ds = read_header(path)
         if first is None:
             first = ds
-        headers.extend(_frame_headers(path, ds))
+        frame_headers.extend(_frame_headers(path, ds))
     assert first is not None
-    _check_consistent(headers)
-    if len(headers) < min_slices:
-        raise VolumeError(f"only {len(headers)} slice(s); at least {min_slices} needed for a volume")
+    _check_consistent(frame_headers)
+    if len(frame_headers) < min_slices:
+        raise VolumeError(f"only {len(frame_headers)} slice(s); at least {min_slices} needed for a volume")
 
-    row_dir, col_dir = headers[0].orientation[:3], headers[0].orientation[3:]
+    row_dir, col_dir = frame_headers[0].orientation[:3], frame_headers[0].orientation[3:]
     normal = _unit(np.cross(row_dir, col_dir))
     if normal[2] < 0:  # point towards the head, so index 0 is cranial for axial series
         normal = -normal
-    heights = np.array([float(h.position @ normal) for h in headers])
+    heights = np.array([float(h.position @ normal) for h in frame_headers])
     order = np.argsort(-heights, kind="stable")
-    headers = [headers[n] for n in order]
+    frame_headers = [frame_headers[n] for n in order]
     slice_spacing = _slice_spacing(heights[order], gap_tolerance)
 
-    rows, cols = headers[0].size
-    hu = np.empty((len(headers), rows, cols), dtype=np.int16)
-    _fill_pixels(hu, headers)
-    dy, dx = headers[0].pixel_spacing
+    rows, cols = frame_headers[0].size
+    hu = np.empty((len(frame_headers), rows, cols), dtype=np.int16)
+    _fill_pixels(hu, frame_headers, decoded)
+    dy, dx = frame_headers[0].pixel_spacing
     return Volume(
         hu=hu,
         spacing=(float(slice_spacing), float(dy), float(dx)),
@@ -133,7 +142,7 @@ def load_volume(paths: Sequence[Path | str], min_slices: int = 2,
         column_direction=tuple(map(float, col_dir)),
         normal=tuple(map(float, normal)),
         slices=[SliceRef(h.sop_instance_uid, h.frame, tuple(map(float, h.position)))
-                for h in headers],
+                for h in frame_headers],
         study_instance_uid=str(first.get("StudyInstanceUID", "")),
         series_instance_uid=str(first.get("SeriesInstanceUID", "")),
         frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "")),
@@ -145,14 +154,22 @@ def read_hu(path: Path | str) -> np.ndarray:
     """Every frame of one file in HU, (frames, rows, cols) int16, in file order: for
     slices taken one at a time rather than as a series (labelled slices, say)."""
     path = Path(path)
-    headers = list(_frame_headers(path, _read_header(path)))
-    rows, cols = headers[0].size
-    hu = np.empty((len(headers), rows, cols), dtype=np.int16)
-    _fill_pixels(hu, headers)
+    return decode_hu(path, read_header(path))
+
+
+def decode_hu(path: Path, header: Dataset) -> np.ndarray:
+    """Every frame of one file in HU, (frames, rows, cols) int16, in file order, exactly as
+    load_volume puts them in the volume (header: the file's, from read_header)."""
+    frames = list(_frame_headers(path, header))
+    rows, cols = frames[0].size
+    hu = np.empty((len(frames), rows, cols), dtype=np.int16)
+    for n, (_, values) in enumerate(_decoded_frames(path, frames)):
+        hu[n] = values
     return hu
 
 
-def _read_header(path: Path) -> Dataset:
+def read_header(path: Path) -> Dataset:
+    """The file's header, pixel data left unread."""
     try:
         return pydicom.dcmread(path, stop_before_pixels=True)
     except Exception as exc:  # pydicom raises several types for unreadable files
@@ -244,37 +261,51 @@ def _slice_spacing(sorted_heights: np.ndarray, gap_tolerance: float) -> float:
     return spacing
 
 
-def _fill_pixels(hu: np.ndarray, headers: list[_FrameHeader]) -> None:
-    """Decode each file once, frame by frame, straight into its slot."""
+def _fill_pixels(hu: np.ndarray, headers: list[_FrameHeader],
+                 decoded: Mapping[Path, np.ndarray]) -> None:
+    """Each file's frames into their slots: from decoded where it has the file, else
+    decoded here once, frame by frame, straight into its slot."""
     slot_of = {(h.path, h.frame): n for n, h in enumerate(headers)}
     by_path: dict[Path, list[_FrameHeader]] = {}
     for h in headers:
         by_path.setdefault(h.path, []).append(h)
     for path, frames in by_path.items():
-        if frames[0].frame is None:
-            ds = pydicom.dcmread(path)
-            if "PixelData" not in ds:
-                raise VolumeError(f"missing pixel data in {path.name}")
-            _store(hu, slot_of[(path, None)], ds.pixel_array, frames[0])
+        done = decoded.get(path)
+        if done is not None and done.shape == (len(frames), *hu.shape[1:]):
+            for n, frame in enumerate(frames):  # file order, as decode_hu wrote them
+                hu[slot_of[(path, frame.frame)]] = done[n if frame.frame is None else frame.frame - 1]
             continue
-        header_of = {h.frame: h for h in frames}
-        try:
-            for number, pixels in enumerate(iter_pixels(path), start=1):
-                _store(hu, slot_of[(path, number)], pixels, header_of[number])
-        except (AttributeError, KeyError, ValueError) as exc:
-            raise VolumeError(f"missing or unreadable pixel data in {path.name} ({exc})") from exc
+        for frame, values in _decoded_frames(path, frames):
+            hu[slot_of[(path, frame.frame)]] = values
 
 
-def _store(hu: np.ndarray, slot: int, pixels: np.ndarray, header: _FrameHeader) -> None:
-    if pixels.shape != hu.shape[1:]:
-        raise VolumeError(f"{header.path.name}: pixel data is {pixels.shape}, expected {hu.shape[1:]}")
+def _decoded_frames(path: Path, frames: list[_FrameHeader]
+                    ) -> Iterator[tuple[_FrameHeader, np.ndarray]]:
+    """The one decoder: each frame of one file (frames: its headers) in HU, int16."""
+    if frames[0].frame is None:
+        ds = pydicom.dcmread(path)
+        if "PixelData" not in ds:
+            raise VolumeError(f"missing pixel data in {path.name}")
+        yield frames[0], _to_hu(ds.pixel_array, frames[0])
+        return
+    header_of = {h.frame: h for h in frames}
+    try:
+        for number, pixels in enumerate(iter_pixels(path), start=1):
+            yield header_of[number], _to_hu(pixels, header_of[number])
+    except (AttributeError, KeyError, ValueError) as exc:
+        raise VolumeError(f"missing or unreadable pixel data in {path.name} ({exc})") from exc
+
+
+def _to_hu(pixels: np.ndarray, header: _FrameHeader) -> np.ndarray:
+    if pixels.shape != header.size:
+        raise VolumeError(f"{header.path.name}: pixel data is {pixels.shape}, expected {header.size}")
     if header.slope == 1 and float(header.intercept).is_integer():
         # The usual case, in integers: several times faster than floats.
         values = np.add(pixels, int(header.intercept), dtype=np.int32)
     else:
         values = np.rint(pixels.astype(np.float32) * header.slope + header.intercept)
     np.clip(values, HU_MIN, HU_MAX, out=values)
-    hu[slot] = values
+    return values.astype(np.int16)
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
