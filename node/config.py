@@ -74,7 +74,7 @@ class StorageSection:
 class CompletionSection:
     quiet_period_s: float = 5.0
     trust_image_count: bool = True
-    check_interval_s: float = 0.25
+    check_interval_s: float = 0.1
     # A complete series waits while another series of its study is still arriving (the
     # study's other phases), at most this long after its last image; 0: never waits.
     study_wait_s: float = 30.0
@@ -107,7 +107,12 @@ class SelectionSection:
 @dataclass
 class WorkersSection:
     count: int = 1
-    poll_interval_s: float = 0.5
+    # How often an idle worker looks for a job, and for instances to decode ahead.
+    poll_interval_s: float = 0.1
+    # Decode a series' instances while it arrives (node.work.prefetch), in at most
+    # prefetch_memory_mb per worker process.
+    prefetch: bool = True
+    prefetch_memory_mb: int = 1024
     max_attempts: int = 3
     # A running job whose worker has not beaten for this long is taken back.
     stale_after_s: float = 120.0
@@ -120,7 +125,7 @@ class DeliverySection:
     max_delay_s: float = 300.0
     # After this many failed attempts an object is a dead letter (trauma-node retry).
     max_attempts: int = 12
-    check_interval_s: float = 0.5
+    check_interval_s: float = 0.1
     timeout_s: float = 30.0
     # Our AE title when we call the destinations.
     calling_ae_title: str = "TRAUMA_AI"
@@ -304,6 +309,9 @@ def validate(settings: Settings) -> list[str]:
         if len(token) < 16:
             problems.append(f"api.tokens[{i}]: too short (at least 16 characters)")
     problems += _check_positive(s.workers.max_attempts, "workers.max_attempts")
+    problems += _check_positive(s.workers.poll_interval_s, "workers.poll_interval_s")
+    if s.workers.prefetch_memory_mb < 0:
+        problems.append("workers.prefetch_memory_mb: must not be negative")
     if s.tls.enabled:
         for name in ("certificate", "private_key") + (
                 ("ca_certificates",) if s.tls.require_peer_certificate else ()):

@@ -24,19 +24,25 @@ from node.store import outbox
 from node.config import Settings
 from node.store.database import Index
 from node.store.jobs import ClaimedJob, earlier_incomplete_versions, latest_version, other_phases
+from node.work.prefetch import Taken
+from node.work.source_series import SourceSeries
 from node.work.results import check_room, queue_delivery, results_bytes, results_dir, write_outputs
 
 log = logging.getLogger("trauma_node.worker")
 
 
-def run_job(settings: Settings, index: Index, job: ClaimedJob, paths: list[Path]) -> dict:
+def run_job(settings: Settings, index: Index, job: ClaimedJob, paths: list[Path],
+            ahead: Taken | None = None) -> dict:
+    """ahead: what the worker decoded of the series while it arrived (node.work.prefetch)."""
     others = [Findings.from_json_dict(result) for result in other_phases(index, job)]
+    source = SourceSeries(ahead)
     findings = run_series(paths, settings.pipeline, other_phases=others,
-                          incomplete=job.incomplete_reason)
+                          incomplete=job.incomplete_reason, load=source.load)
     check_room(settings, results_bytes(findings.series["shape"]))
     out_dir = results_dir(settings, job.study_uid, job.series_uid, job.series_version)
     withdrawn = _withdraw_earlier(index, job)
-    objects = write_outputs(findings, paths, out_dir, job.series_version, withdrawn)
+    objects = write_outputs(findings, paths, out_dir, job.series_version, withdrawn,
+                            sources=source.headers(paths), read_slice=source.key_slice)
     queued = _queue(settings, index, job, objects)
     log.info("job %d: %s risk, %.1f mL blood; %s written, %d deliveries queued", job.id,
              findings.risk_tier, findings.volumes_ml.get("hemorrhage", 0.0),

@@ -18,13 +18,15 @@ import shutil
 import time
 from math import prod
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Collection
+from typing import Any, BinaryIO, Callable, Collection, Sequence
 
 import numpy as np
 import pydicom
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from dicom_out import build_outputs
+from dicom_out.key_slices import SliceReader, read_from_file
 from pipeline.findings import Findings
 
 from node import __version__
@@ -82,13 +84,16 @@ def _write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
 
 
 def write_outputs(findings: Findings, source_paths: list[Path], out_dir: Path,
-                  series_version: int, unreported: Collection[int] = ()) -> dict[str, list[Path]]:
+                  series_version: int, unreported: Collection[int] = (), *,
+                  sources: Sequence[Dataset] | None = None,
+                  read_slice: SliceReader = read_from_file) -> dict[str, list[Path]]:
     """findings.json, labels.npy, report.txt and the DICOM objects in out_dir.
 
     Returns the DICOM objects written by kind, {"seg": [path], "sr": [path],
     "sc": [path, ...], ...}; a kind with no object (no KOS without key slices) is left out.
     unreported: earlier versions whose results were never sent (withdrawn), which the new
-    SR does not name as its predecessor.
+    SR does not name as its predecessor. sources: the headers of source_paths when already
+    read (else read here); read_slice: the HU of a key slice (default: decoded again).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     if findings.labels is not None:
@@ -96,11 +101,13 @@ def write_outputs(findings: Findings, source_paths: list[Path], out_dir: Path,
         _write_atomically(out_dir / "labels.npy", lambda h: np.save(h, labels, allow_pickle=False))
         findings.labels_file = "labels.npy"
     # dicom_out needs the source headers, and the pixels of the key slices only, which
-    # it reads from the files the headers name.
-    sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in source_paths]
+    # read_from_file reads from the files the headers name.
+    if sources is None:
+        sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in source_paths]
     outputs = build_outputs(findings, sources, series_version=series_version,
                             algorithm_name=ALGORITHM_NAME, algorithm_version=__version__,
-                            previous_sr=previous_sr(out_dir, series_version, unreported))
+                            previous_sr=previous_sr(out_dir, series_version, unreported),
+                            read_slice=read_slice)
     written: dict[str, list[Path]] = {}
     for kind, datasets in outputs.by_kind().items():
         for number, dataset in enumerate(datasets, start=1):

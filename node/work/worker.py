@@ -22,6 +22,7 @@ from node.config import Settings
 from node.store.database import Index
 from node.logs import flush_repeated_lines, setup_logging
 from node.metrics import WORKER_RESTARTS, Counters
+from node.work.prefetch import Prefetcher
 from node.work.results import RESULTS_OVERHEAD_BYTES, NoRoomForResults, check_room
 from node.stopping import STOP_RESERVE_S, exit_by, exit_now, on_stop_signals
 
@@ -96,9 +97,10 @@ class _DiskRoom:
 _disk_room = _DiskRoom()
 
 
-def run_one(index: Index, settings: Settings, name: str, cutter: JobCutter | None = None
-            ) -> bool:
-    """Claim and run one job; False when the queue was empty or there is no room for results."""
+def run_one(index: Index, settings: Settings, name: str, cutter: JobCutter | None = None,
+            prefetcher: Prefetcher | None = None) -> bool:
+    """Claim and run one job; False when the queue was empty or there is no room for results.
+    prefetcher: what this worker decoded of the series while it arrived, if it does."""
     if not _disk_room.enough(settings):
         return False
     job = jobs.claim(index, name)
@@ -112,9 +114,14 @@ def run_one(index: Index, settings: Settings, name: str, cutter: JobCutter | Non
     log.info("job %d running: series %s v%d (attempt %d)", job.id, job.series_uid,
              job.series_version, job.attempts)
     started = time.monotonic()
+    paths: list = []
     try:
         paths = [settings.spool_dir / p for p in jobs.instance_paths(index, job)]
-        result = run_job(settings, index, job, paths)
+        ahead = prefetcher.take(paths) if prefetcher is not None else None
+        if ahead is not None:
+            log.info("job %d: %d of %d instances decoded while the series arrived", job.id,
+                     len(ahead.decoded), len(paths))
+        result = run_job(settings, index, job, paths, ahead)
     except NoRoomForResults as exc:  # not the job's fault: it waits in the queue
         jobs.give_back(index, [name])
         _disk_room.full(str(exc), exc.needed)
@@ -128,6 +135,8 @@ def run_one(index: Index, settings: Settings, name: str, cutter: JobCutter | Non
         jobs.finish(index, job.id, result)
         log.info("job %d done in %.1f s", job.id, time.monotonic() - started)
     finally:
+        if prefetcher is not None:
+            prefetcher.release(paths)
         if cutter is not None:
             cutter.end()
     return True
@@ -239,9 +248,17 @@ def _work(settings: Settings, stop: threading.Event, name: str, index: Index,
             log.info("worker %s loaded %s", name, ", ".join(loaded))
     from node.work import job as job_step  # noqa: F401  (now, not in the first job: it takes seconds)
 
-    while not stop.is_set():
-        if not run_one(index, settings, name, cutter):
-            stop.wait(settings.workers.poll_interval_s)
+    # Worker processes only: in `serve`'s own process (model backends) decoding would
+    # compete with receiving for the interpreter.
+    prefetcher = (Prefetcher(settings, index).start()
+                  if settings.workers.prefetch and cutter is not None else None)
+    try:
+        while not stop.is_set():
+            if not run_one(index, settings, name, cutter, prefetcher):
+                stop.wait(settings.workers.poll_interval_s)
+    finally:
+        if prefetcher is not None:
+            prefetcher.stop()
 
 
 RESTART_DELAY_S = (1.0, 60.0)  # a dead worker's restart: first delay, doubling up to this

@@ -34,11 +34,11 @@ KILL_DELIVERY = os.environ.get("TRAUMA_TEST_KILL_DELIVERY", "")
 def _faulty_jobs(module) -> None:
     run_job = module.run_job
 
-    def run(settings, index, job, paths):
+    def run(settings, index, job, paths, *args):
         if job.series_uid == KILL_SERIES:
             os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(DELAY_S)
-        return run_job(settings, index, job, paths)
+        return run_job(settings, index, job, paths, *args)
 
     module.run_job = run
 
