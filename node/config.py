@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,9 @@ class NodeSection:
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # SIGTERM or SIGINT: `serve` and `worker` have ended within this many seconds.
     stop_timeout_s: float = 10.0
+    # This node among those sharing a database: its receiving processes and workers are
+    # named after it (node_identity). Empty: host:dicom_port.
+    name: str = ""
 
 
 @dataclass
@@ -82,6 +86,10 @@ class CompletionSection:
     # stopped) wait this long before delivery, and are withdrawn if a later version of the
     # series arrives meanwhile; 0: sent at once (still marked as possibly incomplete).
     incomplete_hold_s: float = 300.0
+    # A receiving process (of this node or another sharing the database) silent this long
+    # is taken for dead: its associations no longer hold their series open, and those
+    # series are marked possibly incomplete (node.store.senders).
+    receiver_stale_after_s: float = 30.0
 
 
 @dataclass
@@ -274,6 +282,10 @@ def validate(settings: Settings) -> list[str]:
     if not 0 < s.completion.quiet_period_s <= 3600:
         problems.append("completion.quiet_period_s: must be in (0, 3600] seconds")
     problems += _check_positive(s.completion.check_interval_s, "completion.check_interval_s")
+    problems += _check_positive(s.completion.receiver_stale_after_s,
+                                "completion.receiver_stale_after_s")
+    if len(s.node.name) > 60 or "/" in s.node.name:
+        problems.append("node.name: at most 60 characters, no '/'")
     if not 0 <= s.completion.study_wait_s <= 3600:
         problems.append("completion.study_wait_s: must be in [0, 3600] seconds")
     if not 0 <= s.completion.incomplete_hold_s <= 86400:
@@ -412,3 +424,9 @@ def load_settings(path: Path | str | None = None, env: Mapping[str, str] | None 
     if problems:
         raise ConfigError(problems)
     return settings
+
+
+def node_identity(settings: Settings) -> str:
+    """This node's name among the nodes sharing its database: node.name, else host:port
+    (two nodes on one host differ by their DICOM port)."""
+    return settings.node.name or f"{socket.gethostname()[:40]}:{settings.node.dicom_port}"

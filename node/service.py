@@ -10,17 +10,17 @@ import uvicorn
 
 from pipeline.models import preflight
 
-from node.store import jobs
+from node.store import jobs, senders
 from node.audit.trail import AuditTrail, study_patient_lookup
 from node.store.completion import CompletionMonitor
-from node.config import Settings
+from node.config import Settings, node_identity
 from node.work.delivery import Delivery
 from node.http.app import create_app, server_config
 from node.store.database import Index
 from node.logs import flush_repeated_lines
 from node.metrics import LiveFigures
 from node.dicom.policy import AssociationPolicy
-from node.store.receiving import Receiver, mark_interrupted_receiving
+from node.store.receiving import Receiver
 from node.store.retention import Retention
 from node.dicom.scp import StorageSCP
 from node.store.spool import Spool
@@ -36,7 +36,9 @@ class Node:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.spool = Spool(settings.spool_dir, fsync=settings.storage.fsync)
         self.index = Index(settings.database_url, durable=settings.storage.fsync)
-        self.receiver = Receiver(self.index, self.spool)
+        self.identity = node_identity(settings)
+        self.receiver = Receiver(self.index, self.spool, senders.receiver_name(self.identity))
+        self.heartbeat = senders.Heartbeat(self.index, self.receiver.name)
         self.policy = AssociationPolicy(
             settings.node.ae_title, settings.peers, self.spool.free_bytes,
             settings.storage.min_free_disk_mb * 2**20)
@@ -72,8 +74,10 @@ class Node:
         removed = self.spool.clean_incoming()
         if removed:
             log.info("start-up: removed %d partial files (never acknowledged)", removed)
-        jobs.requeue_interrupted(self.index, s.workers.max_attempts, role="serve")
-        cut_short = mark_interrupted_receiving(self.index)
+        jobs.requeue_interrupted(self.index, s.workers.max_attempts, role="serve",
+                                 node=self.identity)
+        # This node's earlier processes (a crash) left their associations' series cut short.
+        cut_short = senders.reap_earlier(self.index, self.identity, alive=set())
         if cut_short:
             log.warning("start-up: %d series were still being received when the node stopped: "
                         "their results will be held %g s as possibly incomplete "
@@ -86,6 +90,7 @@ class Node:
         if self.policy.disk_low():
             log.error("free disk is below storage.min_free_disk_mb (%d MB): associations "
                       "will be refused until space is freed", s.storage.min_free_disk_mb)
+        self.heartbeat.start()
         self.scp.start()
         self.completion.start()
         self.workers.start()
@@ -120,6 +125,7 @@ class Node:
             "retention": lambda: self.retention.stop(until - time.monotonic()),
             "http": self._stop_http,
         }, until) + self.workers.busy()
+        self.heartbeat.stop()
         if late:
             log.warning("stopping: %s still busy; they end with the process", ", ".join(late))
         self.index.close()

@@ -9,13 +9,14 @@ import time
 import pytest
 from sqlalchemy import insert, select, update
 
-from node.store import jobs
+from node.store import jobs, senders
 from node.store.completion import CompletionMonitor
 from node.config import CompletionSection, SelectionSection
 from node.store.headers import InstanceHeader
 from node.store.database import Index, Job, JobState, Series, Study, WorkerBeat, utcnow
 from node.store.receiving import Receiver
 from node.store.spool import Spool
+from node.store.tables import ReceiverBeat
 
 STUDY, SERIES = "1.2.3.4", "1.2.3.4.5"
 
@@ -92,7 +93,30 @@ def test_restart_resumes_the_timer_from_the_index(h):
         h.store(n)
     h.restart()  # a crash: no association is open any more, the state is in the database
     assert h.series().state == "receiving"
+    # The association left behind holds the series open until the restarted node reaps it.
+    assert h.monitor.check_once(now=time.time() + 5.1) == 0
+    assert senders.reap_earlier(h.index, "local", alive=set()) == 1  # as `serve` starts
     assert h.monitor.check_once(now=time.time() + 5.1) == 1
+    assert h.jobs() == [(1, "queued")]
+    assert h.series().incomplete_reason == senders.NODE_STOPPED
+
+
+def test_an_association_held_by_another_receiving_process_keeps_the_series_open(h):
+    """Two receiving processes (or nodes) on one database: completion waits for the
+    association the other one holds, and for nobody once that one stops beating."""
+    other = Receiver(h.index, h.spool, name="other-node:104/4242")
+    senders.beat(h.index, other.name)
+    for n in range(3):
+        h.store(n, assoc=1)
+    for n in range(3, 6):
+        other.store(header(n), b"DICM" * 10, "1.2.840.10008.1.2.1", "CT2", 9)
+    h.receiver.association_closed(1)
+    assert h.series().instance_count == 6
+    assert h.monitor.check_once(now=time.time() + 60) == 0  # the other is still sending
+    with h.index.engine.begin() as conn:  # the other process stops beating: it died
+        conn.execute(update(ReceiverBeat).values(last_seen=utcnow() - dt.timedelta(minutes=5)))
+    assert h.monitor.check_once(now=time.time() + 70) == 1
+    assert h.series().incomplete_reason == senders.NODE_STOPPED
     assert h.jobs() == [(1, "queued")]
 
 

@@ -5,7 +5,9 @@ quiet for the configured period, or at once when it stated how many images it
 holds (ImagesInAcquisition) and all have arrived. Everything the decision needs
 lives in the index, so a restarted node resumes the timers where they were.
 A complete series is selected (a job is queued for its version) or skipped
-with the reason. A complete series waits while another series of its study is
+with the reason. Several monitors may run on one database (several nodes sharing it):
+each change is guarded by the series' version and instance count as read, so one of
+them makes it, once. A complete series waits while another series of its study is
 still arriving, up to study_wait_s: the phases of a trauma study (arterial,
 portal-venous, delayed) are then analysed one after the other, each later one
 compared with those before it (pipeline.multiphase).
@@ -20,6 +22,7 @@ import time
 from sqlalchemy import insert, select, update
 
 from node.config import CompletionSection, SelectionSection
+from node.store import senders
 from node.store.database import Index, Instance, Job, Series, SeriesState, utcnow
 from node.store.receiving import Receiver
 from node.store.selection import decide
@@ -44,6 +47,13 @@ class CompletionMonitor:
         self.selection = selection
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._next_reap = 0.0
+
+    def _reap_silent_receivers(self, now: float) -> None:
+        """Every BEAT_S: receiving processes that died elsewhere no longer hold series open."""
+        if now >= self._next_reap:
+            self._next_reap = now + senders.BEAT_S
+            senders.reap_silent(self.index, self.completion.receiver_stale_after_s)
 
     def _due(self, now: float) -> list:
         """Series whose completion condition holds now."""
@@ -52,11 +62,12 @@ class CompletionMonitor:
                 Series.id, Series.study_id, Series.series_uid, Series.version, Series.instance_count,
                 Series.expected_count, Series.last_activity, Series.incomplete_reason,
             ).where(Series.state == SeriesState.RECEIVING.value)).all()
+            being_sent = senders.being_sent(conn) if rows else set()
             due = []
             for row in rows:
                 all_arrived = (self.completion.trust_image_count and row.expected_count
                                and row.instance_count >= row.expected_count)
-                quiet = (not self.receiver.is_being_sent(row.id)
+                quiet = (row.id not in being_sent
                          and now - row.last_activity >= self.completion.quiet_period_s)
                 if all_arrived or quiet:
                     due.append(row)
@@ -69,7 +80,9 @@ class CompletionMonitor:
     def check_once(self, now: float | None = None) -> int:
         """Complete every due series; return how many changed state."""
         changed = 0
-        for row in self._due(time.time() if now is None else now):
+        now = time.time() if now is None else now
+        self._reap_silent_receivers(now)
+        for row in self._due(now):
             with self.index.engine.connect() as conn:
                 instances = conn.execute(select(Instance.sop_class_uid, Instance.geometry).where(
                     Instance.series_id == row.id, Instance.series_version <= row.version)).all()
@@ -77,9 +90,10 @@ class CompletionMonitor:
                               self.selection)
             state = SeriesState.QUEUED if decision.selected else SeriesState.SKIPPED
             with self.receiver.lock, self.index.engine.begin() as conn:
-                # Only if no instance arrived meanwhile (that made a new version).
+                # Only if no instance arrived meanwhile (in this version, or making a new one).
                 result = conn.execute(update(Series).where(
                     Series.id == row.id, Series.version == row.version,
+                    Series.instance_count == row.instance_count,
                     Series.state == SeriesState.RECEIVING.value,
                 ).values(state=state.value, completed_at=utcnow(), skip_reason=decision.reason))
                 if result.rowcount != 1:

@@ -103,13 +103,15 @@ def fail(index: Index, job_id: int, error: str) -> None:
             state=JobState.FAILED.value, finished_at=utcnow(), error=error))
 
 
-def worker_name(role: str, number: int) -> str:
-    """host/role-N: which jobs a process may requeue after a crash (requeue_interrupted)."""
-    return f"{socket.gethostname()[:40]}/{role}-{number}"
+def worker_name(role: str, number: int, node: str | None = None) -> str:
+    """host/role-N, or node/role-N for the workers of `serve` (node.config.node_identity,
+    so that two nodes on one host tell theirs apart): which jobs a process may requeue
+    after a crash (requeue_interrupted)."""
+    return f"{node or socket.gethostname()[:40]}/{role}-{number}"
 
 
-def requeue_interrupted(index: Index, max_attempts: int, role: str | None = None
-                        ) -> tuple[int, int]:
+def requeue_interrupted(index: Index, max_attempts: int, role: str | None = None,
+                        node: str | None = None) -> tuple[int, int]:
     """At start-up: the jobs this host's workers of this role left running go back to the queue.
 
     Only those: workers on other hosts sharing the database, or a `trauma-node worker`
@@ -121,7 +123,7 @@ def requeue_interrupted(index: Index, max_attempts: int, role: str | None = None
     """
     running = Job.state == JobState.RUNNING.value
     if role is not None:
-        prefix = worker_name(role, 0)[:-1]
+        prefix = worker_name(role, 0, node)[:-1]
         running = and_(running, or_(func.substr(Job.worker, 1, len(prefix)) == prefix,
                                     Job.worker.is_(None), ~Job.worker.contains("/")))
     requeued, gave_up = _take_back(index, running, max_attempts)

@@ -24,6 +24,13 @@ Success. On SQLite (the default) the hot path talks to the sqlite3 driver
 directly on one connection owned by the index (`Index.hot_connection`);
 SQLAlchemy's statement building cost more than the database work itself.
 Other databases use the same statements prebuilt in SQLAlchemy Core.
+
+Several receiving processes, and several nodes, may store into one database at once
+(node.dicom.receivers; DESIGN.md, "Queue"): the first instance of a study or series can
+then be stored by two of them at the same moment. The full path runs in one transaction
+whose every change is guarded (a unique study and series UID, a version bump only from
+the version read), and is run again when another process won the race. Which
+associations are sending which series is in the database too (node.store.senders).
 """
 
 from __future__ import annotations
@@ -38,9 +45,9 @@ from typing import Any
 
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
-from node.store import outbox
+from node.store import outbox, senders
 from node.store.headers import InstanceHeader
 from node.store.database import Index, Instance, Series, SeriesState, Study, utcnow
 from node.store.spool import Buffer, Spool
@@ -49,7 +56,8 @@ log = logging.getLogger("trauma_node.receive")
 
 _RECEIVING = SeriesState.RECEIVING.value
 ABORTED = "the association sending it was aborted before it was released"
-NODE_STOPPED = "the node stopped while it was being received"
+NODE_STOPPED = senders.NODE_STOPPED
+RACE_RETRIES = 8  # another process storing the same new study or series at once
 
 
 @dataclass
@@ -62,6 +70,10 @@ class StoreResult:
 
 class _Duplicate(Exception):
     """The SOP Instance UID is already in the index (unique constraint)."""
+
+
+class _Raced(Exception):
+    """Another process changed the series between our read and our write: run again."""
 
 
 class _SqliteHot:
@@ -146,15 +158,17 @@ class _CoreHot:
 
 
 class Receiver:
-    def __init__(self, index: Index, spool: Spool):
+    def __init__(self, index: Index, spool: Spool, name: str | None = None):
+        """name: this receiving process's, in node.store.senders (node/pid)."""
         self.index = index
         self.spool = spool
+        self.name = name or senders.receiver_name("local")
         # One writer at a time inside this process: SQLite allows one anyway,
         # and it makes the series state transitions race-free with the
         # completion monitor, which takes the same lock.
         self.lock = threading.Lock()
-        self._senders: dict[int, set[int]] = {}  # series id -> association ids
-        self._sent_by: dict[int, set[int]] = {}  # association id -> series ids
+        # association id -> series ids it sent, each with its row in node.store.senders
+        self._sent_by: dict[int, set[int]] = {}
         # Series UID -> (id, version) as last stored in state receiving; a hint,
         # re-checked by every UPDATE (see the module docstring).
         self._receiving: dict[str, tuple[int, int]] = {}
@@ -208,21 +222,35 @@ class Receiver:
         hint = self._receiving.get(header.series_uid)
         if hint is not None:
             series_id, version = hint
+            # Recorded before the instance, so completion never sees the one without the other.
+            self._mark_sending(series_id, assoc_id)
             if self._hot().add(series_id, version, header, relative, size, transfer_syntax,
                                calling_ae, now):
-                self._mark_sending(series_id, assoc_id)
                 return StoreResult(stored=True, series_id=series_id, series_version=version,
                                    size=size)
             del self._receiving[header.series_uid]  # moved on: the full path below
-        series_id, version = self._index_full(header, relative, size, transfer_syntax,
-                                              calling_ae, now)
+        for attempt in range(RACE_RETRIES):
+            try:
+                series_id, version = self._index_full(header, relative, size, transfer_syntax,
+                                                      calling_ae, now, assoc_id)
+                break
+            except (_Raced, IntegrityError, OperationalError) as exc:
+                # The instance itself already stored: a duplicate (Receiver.store).
+                if self._hot().find(header.sop_uid) is not None or attempt == RACE_RETRIES - 1:
+                    raise
+                log.debug("series %s: another process stored into it at once (%s); again",
+                          header.series_uid, type(exc).__name__)
+                time.sleep(0.005 * (attempt + 1))
         self._receiving[header.series_uid] = (series_id, version)
-        self._mark_sending(series_id, assoc_id)
+        self._sent_by.setdefault(assoc_id, set()).add(series_id)  # recorded by _index_full
         return StoreResult(stored=True, series_id=series_id, series_version=version, size=size)
 
     def _index_full(self, header: InstanceHeader, relative: str, size: int,
-                    transfer_syntax: str, calling_ae: str, now: float) -> tuple[int, int]:
-        """First instance of a series, or one arriving after it was queued or skipped."""
+                    transfer_syntax: str, calling_ae: str, now: float, assoc_id: int
+                    ) -> tuple[int, int]:
+        """First instance of a series, or one arriving after it was queued or skipped.
+        Raises _Raced, IntegrityError or OperationalError when another process stored into
+        the same study or series meanwhile (the caller runs it again)."""
         with self.index.engine.begin() as conn:
             study_id = conn.execute(select(Study.id).where(
                 Study.study_uid == header.study_uid)).scalar()
@@ -244,11 +272,15 @@ class Receiver:
             else:
                 series_id, version = series.id, series.version
                 if series.state != _RECEIVING:
-                    # Late instances: a new version, processed again, never lost.
+                    # Late instances: a new version, processed again, never lost. Only from
+                    # the version read: another process may have made it first.
                     version += 1
-                    conn.execute(update(Series).where(Series.id == series_id).values(
-                        state=_RECEIVING, version=version, skip_reason=None,
-                        completed_at=None, incomplete_reason=None))
+                    if conn.execute(update(Series).where(
+                            Series.id == series_id, Series.version == series.version,
+                            Series.state == series.state).values(
+                            state=_RECEIVING, version=version, skip_reason=None,
+                            completed_at=None, incomplete_reason=None)).rowcount != 1:
+                        raise _Raced()
                     log.info("series %s v%d receiving (late instances after %s)",
                              header.series_uid, version, series.state)
                     if series.incomplete_reason:  # its held results are not sent
@@ -265,7 +297,12 @@ class Receiver:
                                       "last_activity": now}
             if expected:
                 values["expected_count"] = expected
-            conn.execute(update(Series).where(Series.id == series_id).values(**values))
+            if conn.execute(update(Series).where(
+                    Series.id == series_id, Series.version == version,
+                    Series.state == _RECEIVING).values(**values)).rowcount != 1:
+                raise _Raced()  # completed meanwhile by another process's monitor
+            if series_id not in self._sent_by.get(assoc_id, ()):
+                senders.add(conn, self.name, assoc_id, series_id)
         return series_id, version
 
     def forget_series(self, series_uids: list[str]) -> None:
@@ -275,22 +312,23 @@ class Receiver:
 
     # -- who is still sending ------------------------------------------------
     def _mark_sending(self, series_id: int, assoc_id: int) -> None:
-        self._senders.setdefault(series_id, set()).add(assoc_id)
-        self._sent_by.setdefault(assoc_id, set()).add(series_id)
+        """Call with the lock held: the association sends this series (its own transaction,
+        once per pair)."""
+        sent = self._sent_by.setdefault(assoc_id, set())
+        if series_id in sent:
+            return
+        with self.index.engine.begin() as conn:
+            senders.add(conn, self.name, assoc_id, series_id)
+        sent.add(series_id)
 
     def association_closed(self, assoc_id: int, aborted: bool = False) -> None:
         """The quiet period of the series it sent restarts now; an aborted association
         leaves them possibly incomplete."""
         with self.lock:
             series_ids = self._sent_by.pop(assoc_id, set())
-            for series_id in series_ids:
-                senders = self._senders.get(series_id)
-                if senders is not None:
-                    senders.discard(assoc_id)
-                    if not senders:
-                        del self._senders[series_id]
             if series_ids:
                 with self.index.engine.begin() as conn:
+                    senders.remove(conn, self.name, assoc_id)
                     receiving = (Series.id.in_(series_ids),
                                  Series.state == SeriesState.RECEIVING.value)
                     conn.execute(update(Series).where(*receiving).values(
@@ -300,15 +338,3 @@ class Receiver:
                             *receiving, Series.incomplete_reason.is_(None)).values(
                             incomplete_reason=ABORTED))
 
-    def is_being_sent(self, series_id: int) -> bool:
-        """Call with the lock held."""
-        return bool(self._senders.get(series_id))
-
-
-def mark_interrupted_receiving(index: Index) -> int:
-    """At start-up: series still receiving were cut short by the node's stop or crash, as
-    far as it can tell; returns how many were marked."""
-    with index.engine.begin() as conn:
-        return conn.execute(update(Series).where(
-            Series.state == _RECEIVING, Series.incomplete_reason.is_(None)).values(
-            incomplete_reason=NODE_STOPPED)).rowcount

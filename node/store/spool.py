@@ -11,7 +11,9 @@ import itertools
 import os
 import re
 import shutil
+import socket
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Union
 
@@ -21,6 +23,9 @@ if TYPE_CHECKING:
 Buffer = Union[bytes, bytearray, memoryview]
 
 _tmp_names = itertools.count()  # thread-safe in CPython: unique temp names per process
+_HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:40] or "host"
+# A partial file of another host's process older than this was left by a crash there.
+OTHER_HOST_PART_S = 3600.0
 
 # DICOM PS3.5 9.1: components of digits separated by dots, at most 64 characters.
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
@@ -54,7 +59,9 @@ class Spool:
         self.tmp = self.root / ".incoming"
         self.fsync = fsync
         self.tmp.mkdir(parents=True, exist_ok=True)
-        self._tmp_prefix = f"{self.tmp}{os.sep}{os.getpid()}."
+        # host.pid.n.part: the node's several receiving processes, and nodes on other hosts
+        # sharing the data directory, write here at once (clean_incoming).
+        self._tmp_prefix = f"{self.tmp}{os.sep}{_HOST}.{os.getpid()}."
         # Series folders known to exist: saves two stat calls and a mkdir per
         # instance. If one is removed behind our back, the rename fails and
         # the folder is made again.
@@ -119,12 +126,38 @@ class Spool:
         return shutil.disk_usage(self.root).free
 
     def clean_incoming(self) -> int:
-        """Remove partial files left by a crash (never acknowledged)."""
+        """Remove partial files left by a crash (never acknowledged): this host's of
+        processes that no longer run, other hosts' older than OTHER_HOST_PART_S. Those of
+        running processes are being written right now."""
         removed = 0
         for part in self.tmp.glob("*.part"):
-            part.unlink(missing_ok=True)
-            removed += 1
+            host, _, rest = part.name.rpartition(".")[0].rpartition(".")[0].rpartition(".")
+            pid = rest if host else part.name.split(".", 1)[0]  # before host names: pid.n
+            if host in ("", _HOST):
+                stale = not (pid.isdigit() and _running(int(pid)))
+            else:
+                stale = time.time() - _mtime(part) > OTHER_HOST_PART_S
+            if stale:
+                part.unlink(missing_ok=True)
+                removed += 1
         return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: running
+        return True
+    return True
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return time.time()
 
 
 def _write_all(fd: int, chunks: list[Buffer]) -> int:

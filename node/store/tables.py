@@ -13,7 +13,7 @@ import datetime as dt
 import enum
 import time
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -131,6 +131,30 @@ class WorkerBeat(Base):
     pid: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     last_seen: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+
+
+class ReceiverBeat(Base):
+    """A receiving process's heartbeat (node.store.senders): the associations of one that
+    stopped beating, its process or host dead, no longer hold their series open."""
+
+    __tablename__ = "receivers"
+    name: Mapped[str] = mapped_column(String(96), primary_key=True)  # node/pid
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    last_seen: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+
+
+class Sender(Base):
+    """An open association sending a series, held by a receiving process (node.store.senders):
+    completion waits for it; one left by a process that died marks the series possibly
+    incomplete."""
+
+    __tablename__ = "senders"
+    __table_args__ = (UniqueConstraint("series_id", "receiver", "association"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    receiver: Mapped[str] = mapped_column(String(96), index=True)
+    association: Mapped[int] = mapped_column(BigInteger)  # its number in the receiver
 
 
 class OutboxItem(Base):

@@ -18,7 +18,7 @@ import traceback
 from dataclasses import dataclass
 
 from node.store import jobs, outbox  # noqa: F401  (outbox: its table, for job results)
-from node.config import Settings
+from node.config import Settings, node_identity
 from node.store.database import Index
 from node.logs import flush_repeated_lines, setup_logging
 from node.metrics import WORKER_RESTARTS, Counters
@@ -308,7 +308,8 @@ class WorkerPool:
         self._supervisor: threading.Thread | None = None
 
     def start(self) -> None:
-        names = [jobs.worker_name(self.role, i + 1) for i in range(self.count)]
+        node = node_identity(self.settings) if self.role == "serve" else None
+        names = [jobs.worker_name(self.role, i + 1, node) for i in range(self.count)]
         if self.in_process:
             for name in names:
                 thread = threading.Thread(target=worker_main, name=name, daemon=True,
