@@ -1,8 +1,12 @@
 """Fast binary morphology with box-shaped elements.
 
 scipy's binary_* functions visit every element of the structure at every
-voxel; maximum/minimum filters with a box are separable (one 1D pass per axis),
-which is an order of magnitude faster on whole CT volumes.
+voxel. A box is separable (one 1D pass per axis), and a 1D pass is a few
+shifted ORs (dilation) or ANDs (erosion) of whole arrays, done only over the
+mask's bounding box grown by the box's reach (nothing changes further out).
+The results are those of ndimage.maximum_filter (dilation) and
+ndimage.minimum_filter with mode "nearest" (erosion): both take the extreme
+over the window clipped to the array.
 """
 
 from __future__ import annotations
@@ -14,12 +18,12 @@ Size = tuple[int, ...]
 
 
 def dilate(mask: np.ndarray, size: Size) -> np.ndarray:
-    return ndimage.maximum_filter(mask.view(np.uint8), size=size).view(bool)
+    return _box_filter(mask, size, np.logical_or)
 
 
 def erode(mask: np.ndarray, size: Size) -> np.ndarray:
     # Outside the array counts as set, so structures touching the edge survive.
-    return ndimage.minimum_filter(mask.view(np.uint8), size=size, mode="nearest").view(bool)
+    return _box_filter(mask, size, np.logical_and)
 
 
 def open_(mask: np.ndarray, size: Size) -> np.ndarray:
@@ -38,3 +42,50 @@ def reconstruct(seeds: np.ndarray, mask: np.ndarray) -> np.ndarray:
     keep[np.unique(labels[seeds & mask])] = True
     keep[0] = False
     return keep[labels]
+
+
+def bounding_box(array: np.ndarray) -> tuple[slice, ...] | None:
+    """The bounding box of the nonzero elements (None without any); each axis is
+    sought within the range already found along the earlier ones."""
+    box = [slice(None)] * array.ndim
+    for axis in range(array.ndim):
+        others = tuple(a for a in range(array.ndim) if a != axis)
+        found = np.flatnonzero(array[tuple(box)].any(axis=others))
+        if not found.size:
+            return None
+        box[axis] = slice(int(found[0]), int(found[-1]) + 1)
+    return tuple(box)
+
+
+def _box_filter(mask: np.ndarray, size: Size, combine: np.ufunc) -> np.ndarray:
+    """OR or AND over a box of size (a window of s covers offsets -(s // 2) to
+    s - 1 - s // 2, as ndimage's filters), clipped to the array."""
+    mask = np.asarray(mask, dtype=bool)
+    out = np.zeros(mask.shape, dtype=bool)
+    box = bounding_box(mask)
+    if box is None:
+        return out
+    # Beyond the box grown by the reach every voxel is unset, before and after.
+    grown = tuple(slice(max(0, b.start - s // 2), min(n, b.stop + s // 2))
+                  for b, s, n in zip(box, size, mask.shape))
+    part = mask[grown]
+    for axis, s in enumerate(size):
+        if s > 1:
+            part = _along(part, axis, s, combine)
+    out[grown] = part
+    return out
+
+
+def _along(source: np.ndarray, axis: int, size: int, combine: np.ufunc) -> np.ndarray:
+    out = source.copy()
+    n = source.shape[axis]
+    for offset in range(-(size // 2), size - size // 2):
+        if offset == 0 or abs(offset) >= n:
+            continue
+        into = [slice(None)] * source.ndim
+        into[axis] = slice(max(0, -offset), n - max(0, offset))
+        taken = list(into)
+        taken[axis] = slice(max(0, offset), n + min(0, offset))
+        target = out[tuple(into)]
+        combine(target, source[tuple(taken)], out=target)
+    return out
