@@ -23,6 +23,7 @@ import numpy as np
 from scipy import ndimage
 
 from pipeline.anatomy import ORGAN_CODES, OUTSIDE, SOLID_CODES, Anatomy
+from pipeline.morphology import bounding_box
 from pipeline.settings import PipelineSettings
 from pipeline.volume import Volume
 
@@ -53,8 +54,11 @@ class CompartmentMap:
     """One compartment code per working block (NONE where there is no blood)."""
 
     codes: np.ndarray  # int8, the working grid's shape
-    distances_mm: dict[str, np.ndarray]  # organ -> distance of each block to it, in the crop
+    # organ -> distance of each block of blood to it, in the crop: exact up to
+    # exact_within_mm, beyond that only known to be farther (inf where not computed)
+    distances_mm: dict[str, np.ndarray]
     crop: tuple[slice, ...]  # the working-grid region the distances cover
+    exact_within_mm: float = math.inf
 
     def name_at(self, anatomy: Anatomy, k: float, i: float, j: float) -> str:
         """The compartment of the full-resolution voxel (k, i, j), or 'other' outside the blood."""
@@ -66,6 +70,8 @@ class CompartmentMap:
 
     def adjacent_organs(self, code: int, reach_mm: float) -> list[str]:
         """Organs within reach of the compartment's blood, nearest first."""
+        if reach_mm > self.exact_within_mm:
+            raise ValueError(f"distances are exact within {self.exact_within_mm} mm, not {reach_mm}")
         inside = self.codes[self.crop] == code
         if not inside.any():
             return []
@@ -87,7 +93,9 @@ def assign(volume: Volume, anatomy: Anatomy, occupied: np.ndarray, settings: Pip
         return CompartmentMap(codes, {}, tuple(slice(0, 0) for _ in occupied.shape))
     crop = _crop(occupied, anatomy)
     regions, here = anatomy.regions[crop], occupied[crop]
-    distances = {organ: _distance(regions == code, anatomy.spacing) for organ, code in ORGAN_CODES.items()}
+    reach = max(UPPER_ORGAN_REACH_MM, KIDNEY_REACH_MM, settings.segmentation.organ_contact_mm)
+    distances = {organ: _distance(regions == code, here, anatomy.spacing, reach)
+                 for organ, code in ORGAN_CODES.items()}
     out = np.full(here.shape, NONE, dtype=np.int8)
 
     # Deep inside an organ (one working pixel in from its outline): parenchymal.
@@ -116,7 +124,7 @@ def assign(volume: Volume, anatomy: Anatomy, occupied: np.ndarray, settings: Pip
     out[rest & lateral & ~left] = CODE["right_paracolic"]
     out[rest & ~lateral] = CODE["central"]
     codes[crop] = out
-    return CompartmentMap(codes, distances, crop)
+    return CompartmentMap(codes, distances, crop, reach)
 
 
 def representative_voxel(labels: np.ndarray, anatomy: Anatomy, mask: np.ndarray,
@@ -158,16 +166,47 @@ def _crop(occupied: np.ndarray, anatomy: Anatomy) -> tuple[slice, ...]:
                  for a, m, n in zip(found, margin, occupied.shape))
 
 
-def _distance(organ: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
-    if not organ.any():
-        return np.full(organ.shape, np.inf, dtype=np.float32)
-    return ndimage.distance_transform_edt(~organ, sampling=spacing).astype(np.float32)
+def _distance(organ: np.ndarray, blood: np.ndarray, spacing: tuple[float, float, float],
+              reach_mm: float) -> np.ndarray:
+    """Distance (mm) to the organ, exact at the blood within reach_mm of it.
+
+    The transform runs only over the box of that blood grown by reach_mm, which
+    holds every organ voxel within reach of it (a fraction of the crop: the
+    transform is the costliest step of the quantification); elsewhere the
+    distance is at least the true one, and beyond reach_mm either way (inf
+    outside the box). Distances come from coordinate differences, so the box's
+    position does not change them.
+    """
+    out = np.full(organ.shape, np.inf, dtype=np.float32)
+    margin = [math.ceil(reach_mm / d) for d in spacing]
+    organ_box = bounding_box(organ)
+    if organ_box is None:
+        return out
+    near = _grown(organ_box, margin, organ.shape)
+    blood_box = bounding_box(blood[near])
+    if blood_box is None:
+        return out
+    box = _grown(tuple(slice(b.start + n.start, b.stop + n.start) for b, n in zip(blood_box, near)),
+                 margin, organ.shape)
+    if organ[box].any():
+        out[box] = ndimage.distance_transform_edt(~organ[box], sampling=spacing)
+    return out
+
+
+def _grown(box: tuple[slice, ...], margin: list[int], shape: tuple[int, ...]) -> tuple[slice, ...]:
+    return tuple(slice(max(0, b.start - m), min(n, b.stop + m)) for b, m, n in zip(box, margin, shape))
 
 
 def _eroded(organ: np.ndarray) -> np.ndarray:
+    """One pixel in from the organ's outline, in-plane (over the organ's box and a pixel round it)."""
     structure = np.zeros((3, 3, 3), dtype=bool)
     structure[1] = ndimage.generate_binary_structure(2, 1)
-    return ndimage.binary_erosion(organ, structure=structure)
+    out = np.zeros(organ.shape, dtype=bool)
+    box = bounding_box(organ)
+    if box is not None:
+        box = _grown(box, [1, 1, 1], organ.shape)
+        out[box] = ndimage.binary_erosion(organ[box], structure=structure)
+    return out
 
 
 def _below_solid_organs(anatomy: Anatomy, crop: tuple[slice, ...], shape: tuple[int, ...]) -> np.ndarray:
