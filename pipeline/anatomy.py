@@ -162,19 +162,39 @@ def block_mean(hu: np.ndarray, factor: int, z_factor: int, origin: tuple[int, in
     """Block means over the window (then a 3x3 mean against noise), as int16.
 
     Blocks are factor x factor pixels in-plane and z_factor slices deep; the
-    last block may hold fewer slices.
+    last block may hold fewer slices. Strided additions, several times faster
+    than reshaping and reducing over the block axes, and the same float32
+    numbers: the in-plane sums are exact, the slices are added in order, and
+    each mean is divided as numpy's mean divides.
     """
     n = hu.shape[0]
     (r0, c0), (r, c) = origin, size
     out = np.empty((-(-n // z_factor), r, c), dtype=np.int16)
     step = max(1, CHUNK_SLICES // z_factor) * z_factor
     for k0 in range(0, n, step):
-        chunk = hu[k0:k0 + step, r0:r0 + r * factor, c0:c0 + c * factor].astype(np.float32)
-        chunk = chunk.reshape(len(chunk), r, factor, c, factor).mean(axis=(2, 4))
-        merged = np.stack([chunk[z:z + z_factor].mean(axis=0) for z in range(0, len(chunk), z_factor)])
+        window = hu[k0:k0 + step, r0:r0 + r * factor, c0:c0 + c * factor]
+        rows = window[:, ::factor].astype(np.int32)  # exact sums: rows, then columns
+        for a in range(1, factor):
+            rows += window[:, a::factor]
+        plane = rows[:, :, ::factor].copy()
+        for b in range(1, factor):
+            plane += rows[:, :, b::factor]
+        plane = plane.astype(np.float32)  # exact: |sum| < 2**24 for blocks up to 22 x 22
+        _mean_of_sums(plane, np.intp(factor * factor))
+        merged = plane[::z_factor].copy()
+        for z in range(1, z_factor):
+            merged[:len(plane[z::z_factor])] += plane[z::z_factor]
+        depth = np.full((len(merged), 1, 1), z_factor, dtype=np.intp)
+        depth[-1] = len(plane) - (len(merged) - 1) * z_factor
+        _mean_of_sums(merged, depth)
         ndimage.uniform_filter(merged, size=(1, 3, 3), output=merged, mode="nearest")
         out[k0 // z_factor:k0 // z_factor + len(merged)] = np.rint(merged)
     return out
+
+
+def _mean_of_sums(sums: np.ndarray, count: np.ndarray) -> None:
+    """float32 sums to means in place, divided in float64 as ndarray.mean divides."""
+    np.true_divide(sums, count, out=sums, casting="unsafe")
 
 
 def build_anatomy(volume: Volume, settings: PipelineSettings) -> Anatomy:
