@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
+from urllib.parse import urlsplit
 
 from pipeline.settings import PipelineSettings
 
@@ -191,21 +192,52 @@ class Peer:
 # The kinds of result object a destination may want (dicom_out.KINDS): seg, sr, and for
 # viewers without SEG/SR support sc (summary images), pdf (the report), kos (key images).
 OBJECT_KINDS = ("seg", "sr", "sc", "pdf", "kos")
-VERIFY_INTERRUPTED = ("c-find", "resend")
+# How an object whose sending was cut off is settled, by the destination's protocol: asked
+# for first (DIMSE: C-FIND; DICOMweb: QIDO-RS "query"), or sent again unasked.
+VERIFY_INTERRUPTED = {"dimse": ("c-find", "resend"), "dicomweb": ("query", "resend")}
+DICOMWEB_AUTH = ("", "basic", "bearer")
 
 
 @dataclass
 class Destination:
     name: str
-    ae_title: str
-    host: str
-    port: int
+    # DIMSE (C-STORE): ae_title, host and port. DICOMweb (STOW-RS): url instead.
+    ae_title: str = ""
+    host: str = ""
+    port: int = 0
+    url: str = ""
     tls: bool = False
     objects: list[str] = field(default_factory=lambda: ["seg", "sr"])
-    # An object whose C-STORE was cut off (crash, stop, no answer) may be there already:
-    # "c-find" asks the destination first and sends it only if missing; "resend" sends it
-    # again unasked (a destination that does not answer C-FIND gets that too).
-    verify_interrupted: str = "c-find"
+    # An object whose sending was cut off (crash, stop, no answer) may be there already:
+    # "c-find" (DIMSE) or "query" (DICOMweb, QIDO-RS) asks the destination first and sends
+    # it only if missing; "resend" sends it again unasked (so does a destination that does
+    # not answer the query). Empty: the query of the destination's protocol.
+    verify_interrupted: str = ""
+    # DICOMweb only. auth: "basic" (username and the password) or "bearer" (the token); the
+    # password or token is read from secret_file or from the environment variable
+    # secret_env, never from this file.
+    auth: str = ""
+    username: str = ""
+    secret_file: str = ""
+    secret_env: str = ""
+    # PEM CA bundle that signs the server's certificate; empty: the usual public CAs.
+    ca_certificates: str = ""
+    # http:// is refused unless this is true (a loopback PACS in tests, say).
+    allow_insecure_http: bool = False
+
+    @property
+    def protocol(self) -> str:
+        return "dicomweb" if self.url else "dimse"
+
+    @property
+    def address(self) -> str:
+        """Where it is, for logs: its URL, or AE title, host and port."""
+        return self.url or f"{self.ae_title}@{self.host}:{self.port}"
+
+    @property
+    def verify(self) -> str:
+        """verify_interrupted, its default resolved: "c-find", "query" or "resend"."""
+        return self.verify_interrupted or VERIFY_INTERRUPTED[self.protocol][0]
 
 
 @dataclass
@@ -339,24 +371,86 @@ def validate(settings: Settings) -> list[str]:
             problems.append(f"peers[{i}].host: must not be empty")
     names = set()
     for i, dest in enumerate(s.destinations):
-        problems += _check_ae_title(dest.ae_title, f"destinations[{i}].ae_title")
-        problems += _check_port(dest.port, f"destinations[{i}].port")
         if dest.name in names:
             problems.append(f"destinations[{i}].name: duplicate name {dest.name!r}")
         names.add(dest.name)
-        if dest.tls and not s.tls.ca_certificates:
-            problems.append(f"destinations[{i}].tls: needs tls.ca_certificates to verify the PACS")
-        if dest.verify_interrupted not in VERIFY_INTERRUPTED:
-            problems.append(f"destinations[{i}].verify_interrupted: {dest.verify_interrupted!r}"
-                            f" is not one of {', '.join(VERIFY_INTERRUPTED)}")
-        unknown = sorted(str(kind) for kind in set(dest.objects) - set(OBJECT_KINDS))
-        if unknown or not dest.objects:
-            problems.append(f"destinations[{i}].objects: "
-                            + (f"unknown {unknown}" if unknown else "empty: nothing would be sent")
-                            + f" (use some of {', '.join(OBJECT_KINDS)})")
+        problems += _check_destination(s, dest, f"destinations[{i}]")
     pipeline_validate = getattr(s.pipeline, "validate", None)
     if callable(pipeline_validate):
         problems += [p if p.startswith("pipeline") else f"pipeline: {p}" for p in pipeline_validate()]
+    return problems
+
+
+def _check_destination(s: Settings, dest: Destination, key: str) -> list[str]:
+    problems: list[str] = []
+    if dest.url and (dest.host or dest.port or dest.ae_title):
+        problems.append(f"{key}: give either url (DICOMweb) or ae_title, host and port "
+                        "(DIMSE), not both")
+    elif dest.url:
+        problems += _check_dicomweb(dest, key)
+    else:
+        missing = [name for name in ("ae_title", "host", "port") if not getattr(dest, name)]
+        if missing:
+            problems.append(f"{key}: needs url (DICOMweb), or ae_title, host and port (DIMSE); "
+                            f"missing: {', '.join(missing)}")
+        problems += _check_ae_title(dest.ae_title, f"{key}.ae_title") if dest.ae_title else []
+        problems += _check_port(dest.port, f"{key}.port") if dest.port else []
+        if dest.tls and not s.tls.ca_certificates:
+            problems.append(f"{key}.tls: needs tls.ca_certificates to verify the PACS")
+        web_only = [name for name in ("auth", "username", "secret_file", "secret_env",
+                                      "ca_certificates", "allow_insecure_http")
+                    if getattr(dest, name)]
+        if web_only:
+            problems.append(f"{key}: {', '.join(web_only)}: for a DICOMweb destination "
+                            "(url) only")
+    allowed = VERIFY_INTERRUPTED[dest.protocol]
+    if dest.verify_interrupted and dest.verify_interrupted not in allowed:
+        problems.append(f"{key}.verify_interrupted: {dest.verify_interrupted!r} is not one of "
+                        f"{', '.join(allowed)}")
+    unknown = sorted(str(kind) for kind in set(dest.objects) - set(OBJECT_KINDS))
+    if unknown or not dest.objects:
+        problems.append(f"{key}.objects: "
+                        + (f"unknown {unknown}" if unknown else "empty: nothing would be sent")
+                        + f" (use some of {', '.join(OBJECT_KINDS)})")
+    return problems
+
+
+def _check_dicomweb(dest: Destination, key: str) -> list[str]:
+    problems: list[str] = []
+    parts = urlsplit(dest.url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        return [f"{key}.url: {dest.url!r} is not an https:// URL of a DICOMweb service, e.g. "
+                "https://pacs.example.org/dicom-web"]
+    if parts.username or parts.password:
+        problems.append(f"{key}.url: no credentials in the URL; use auth, username and "
+                        "secret_file or secret_env")
+    if parts.query or parts.fragment:
+        problems.append(f"{key}.url: the service's base URL, without ?query or #fragment")
+    if parts.scheme == "http" and not dest.allow_insecure_http:
+        problems.append(f"{key}.url: http:// sends results (and credentials) unencrypted; use "
+                        "https://, or set allow_insecure_http = true (a test PACS on loopback)")
+    if dest.tls:
+        problems.append(f"{key}.tls: for DIMSE only; a DICOMweb destination uses TLS by its "
+                        "https:// url (ca_certificates to verify it)")
+    if dest.auth not in DICOMWEB_AUTH:
+        problems.append(f"{key}.auth: {dest.auth!r} is not one of basic, bearer (or empty: none)")
+    elif dest.auth:
+        if bool(dest.secret_file) == bool(dest.secret_env):
+            problems.append(f"{key}: auth = {dest.auth!r} needs exactly one of secret_file, "
+                            "secret_env (the " + ("password" if dest.auth == "basic" else
+                                                  "token") + ")")
+        elif dest.secret_file and not Path(dest.secret_file).expanduser().is_file():
+            problems.append(f"{key}.secret_file: file not found: {dest.secret_file}")
+        elif dest.secret_env and not os.environ.get(dest.secret_env):
+            problems.append(f"{key}.secret_env: the environment variable {dest.secret_env} is "
+                            "not set")
+        if dest.auth == "basic" and not dest.username:
+            problems.append(f"{key}.username: required with auth = \"basic\"")
+    elif dest.username or dest.secret_file or dest.secret_env:
+        problems.append(f"{key}.auth: set it to \"basic\" or \"bearer\" to use username, "
+                        "secret_file or secret_env")
+    if dest.ca_certificates and not Path(dest.ca_certificates).expanduser().is_file():
+        problems.append(f"{key}.ca_certificates: file not found: {dest.ca_certificates}")
     return problems
 
 

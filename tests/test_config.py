@@ -63,6 +63,33 @@ def test_command_line_overrides_environment():
     ("[[destinations]]\nname='p'\nae_title='PACS'\nhost='h'\nport=104\n"
      "verify_interrupted='c-move'\n", {},
      "destinations[0].verify_interrupted: 'c-move' is not one of c-find, resend"),
+    ("[[destinations]]\nname='p'\nhost='h'\n", {},
+     "destinations[0]: needs url (DICOMweb), or ae_title, host and port (DIMSE); missing: "
+     "ae_title, port"),
+    # DICOMweb destinations (url): one protocol each, https unless said otherwise, secrets
+    # named, never written in the file.
+    ("[[destinations]]\nname='p'\nurl='https://pacs/dicom-web'\nhost='h'\nport=104\n", {},
+     "destinations[0]: give either url (DICOMweb) or ae_title, host and port (DIMSE), not both"),
+    ("[[destinations]]\nname='p'\nurl='http://pacs/dicom-web'\n", {},
+     "destinations[0].url: http:// sends results (and credentials) unencrypted; use https://, "
+     "or set allow_insecure_http = true"),
+    ("[[destinations]]\nname='p'\nurl='pacs/dicom-web'\n", {},
+     "destinations[0].url: 'pacs/dicom-web' is not an https:// URL"),
+    ("[[destinations]]\nname='p'\nurl='https://u:pw@pacs/dicom-web'\n", {},
+     "destinations[0].url: no credentials in the URL"),
+    ("[[destinations]]\nname='p'\nurl='https://pacs/dicom-web'\nauth='basic'\n"
+     "username='u'\n", {},
+     "destinations[0]: auth = 'basic' needs exactly one of secret_file, secret_env"),
+    ("[[destinations]]\nname='p'\nurl='https://pacs/dicom-web'\nauth='bearer'\n"
+     "secret_file='/no/such/token'\n", {},
+     "destinations[0].secret_file: file not found: /no/such/token"),
+    ("[[destinations]]\nname='p'\nurl='https://pacs/dicom-web'\nauth='digest'\n", {},
+     "destinations[0].auth: 'digest' is not one of basic, bearer"),
+    ("[[destinations]]\nname='p'\nurl='https://pacs/dicom-web'\n"
+     "verify_interrupted='c-find'\n", {},
+     "destinations[0].verify_interrupted: 'c-find' is not one of query, resend"),
+    ("[[destinations]]\nname='p'\nae_title='PACS'\nhost='h'\nport=104\nauth='basic'\n", {},
+     "destinations[0]: auth: for a DICOMweb destination (url) only"),
     ("[completion]\nquiet_period_s = 0\n", {}, "completion.quiet_period_s"),
     ("[workers]\ncount = -1\n", {}, "workers.count: must be 0 or more"),
     ("[selection]\nexclude_series_descriptions = ['(']\n", {},

@@ -9,16 +9,13 @@ copy of one too (Orthanc.receptions), so a double send shows.
 from __future__ import annotations
 
 import logging
-import os
-import sqlite3
-import subprocess
-import sys
 from collections import Counter
 
 import httpx
 import pytest
 
-from support.nodes import AUTH, FAST, ROOT, TESTS, free_port, storescu, wait_for
+from support.deliveries import in_doubt, killed_delivering, outbox_rows
+from support.nodes import AUTH, FAST, TESTS, free_port, storescu, wait_for
 from support.metrics_support import figures_of, one
 from node import metrics
 from node.store import outbox
@@ -28,10 +25,6 @@ from node.store.database import Index
 from support.orthanc import Orthanc
 
 CALLING_AE = "TRAUMA_AI"  # delivery.calling_ae_title
-# What delivers in a test: the node's own Delivery, as `serve` runs it.
-DELIVER = ("from node.config import load_settings; from node.work.delivery import Delivery; "
-           "from node.store.database import Index; s = load_settings('/dev/null'); "
-           "Delivery(s, Index(s.database_url)).deliver_due()")
 
 
 def pacs_for(tmp_path, answers_c_find: bool = True) -> Orthanc:
@@ -43,22 +36,6 @@ def pacs_for(tmp_path, answers_c_find: bool = True) -> Orthanc:
 def destination(pacs: Orthanc, verify: str) -> str:
     return (f'[{{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", '
             f'"port": {pacs.dicom_port}, "verify_interrupted": "{verify}"}}]')
-
-
-def killed_delivering(data_dir, destinations: str, when: str) -> None:
-    """Runs one delivery pass in a process that SIGKILLs itself `when`."""
-    env = {**os.environ, "PYTHONPATH": str(TESTS / "fault_hooks"),
-           "TRAUMA_TEST_KILL_DELIVERY": when, "TRAUMA_NODE_DATA_DIR": str(data_dir),
-           "TRAUMA_NODE_PEERS": "[]", "TRAUMA_NODE_DESTINATIONS": destinations}
-    done = subprocess.run([sys.executable, "-c", DELIVER], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == -9, done.stderr
-
-
-def in_doubt(data_dir) -> list[tuple[str, bool]]:
-    with sqlite3.connect(data_dir / "index.sqlite") as db:
-        return [(state, started is not None) for state, started in db.execute(
-            "SELECT state, attempt_started_at FROM outbox ORDER BY id")]
 
 
 @pytest.mark.parametrize("verify, answers_c_find, when, copies_of_first, outcome", [
@@ -82,10 +59,7 @@ def test_an_attempt_cut_off_by_a_crash(tmp_path, phantom_factory, caplog, verify
         settings.data_dir.mkdir(parents=True)
         index = Index(settings.database_url)
         truth = phantom_factory("interrupted", slices=3, rows=32, cols=32)
-        outbox.enqueue(index, [
-            {"study_uid": truth.spec.study_uid, "series_uid": truth.spec.series_uid,
-             "series_version": 1, "kind": "sc", "sop_instance_uid": sop, "path": str(path),
-             "destination": "pacs"} for sop, path in zip(truth.sop_instance_uids, truth.paths)])
+        outbox.enqueue(index, outbox_rows(truth))
         first, *others = [sop for _, sop in sorted(zip(map(str, truth.paths),
                                                        truth.sop_instance_uids))]  # sent so
 

@@ -240,14 +240,18 @@ class AuditTrail:
     def sent(self, study_uid: str, sop_classes: dict[str, int], calling_ae: str,
              destination_ae: str, destination_host: str, failed: int = 0,
              error: str = "") -> None:
-        """Results of one study sent to one destination in one delivery pass."""
+        """Results of one study sent to one destination in one delivery pass. destination_ae:
+        its AE title, or for a DICOMweb destination its URL."""
         outcome = (am.SUCCESS if not failed else
                    am.MINOR_FAILURE if sop_classes else am.SERIOUS_FAILURE)
+        destination = (am.Participant(destination_ae, False, am.DESTINATION,
+                                      access_point=destination_host)
+                       if "://" in destination_ae else
+                       am.application_entity(destination_ae, False, am.DESTINATION,
+                                             destination_host))
         self.emit(am.AuditMessage(
             am.INSTANCES_TRANSFERRED, "R", outcome,
-            participants=[self._us(True, am.SOURCE, calling_ae),
-                          am.application_entity(destination_ae, False, am.DESTINATION,
-                                                destination_host)],
+            participants=[self._us(True, am.SOURCE, calling_ae), destination],
             objects=self._study(study_uid, sop_classes),
             outcome_description=f"{failed} not sent: {error}" if failed else ""))
 

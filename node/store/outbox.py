@@ -73,13 +73,16 @@ def mark_sent(index: Index, item_id: int) -> None:
 
 
 def mark_failed(index: Index, item: OutboxItem, error: str, policy: DeliverySection,
-                now: float | None = None, answered: bool = False) -> str:
+                now: float | None = None, answered: bool = False,
+                permanent: bool = False) -> str:
     """Record a failed attempt; schedule the next one or make it a dead letter.
     answered: the destination refused this attempt with a status, so it does not hold
-    the object; otherwise a row in doubt stays in doubt."""
+    the object; otherwise a row in doubt stays in doubt. permanent: it refused it for
+    good (retrying cannot help), so it is a dead letter now."""
     now = time.time() if now is None else now
     attempts = item.attempts + 1
-    state = OutboxState.DEAD if attempts >= policy.max_attempts else OutboxState.PENDING
+    state = OutboxState.DEAD if permanent or attempts >= policy.max_attempts \
+        else OutboxState.PENDING
     doubt = {"attempt_started_at": None} if answered else {}
     with index.engine.begin() as conn:
         conn.execute(update(OutboxItem).where(OutboxItem.id == item.id).values(

@@ -1,10 +1,12 @@
-"""Delivery: C-STORE the outbox to its destinations, with backoff and dead letters.
+"""Delivery: send the outbox to its destinations, by C-STORE (host and port) or by DICOMweb
+STOW-RS (url, node.dicomweb), with backoff and dead letters.
 
-An object whose last attempt was cut off after its C-STORE went out (outbox: in doubt)
-may be at the destination already. With verify_interrupted = "c-find" the destination
-is asked first (C-FIND, IMAGE level) and the object sent only if it is missing: at most
-once. A destination that does not answer C-FIND, or verify_interrupted = "resend", gets
-it again unasked, logged and counted: at least once.
+An object whose last attempt was cut off after it went out (outbox: in doubt) may be at
+the destination already. With verify_interrupted = "c-find" (DIMSE: C-FIND, IMAGE level)
+or "query" (DICOMweb: QIDO-RS) the destination is asked first and the object sent only if
+it is missing: at most once. A destination that does not answer the query, or
+verify_interrupted = "resend", gets it again unasked, logged and counted: at least once.
+A destination's refusal for good (a DICOMweb 4xx, say) makes a dead letter at once.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import threading
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
@@ -24,6 +27,8 @@ from node.store.database import Index
 from node.metrics import INTERRUPTED_DELIVERIES, Counters
 from node.dicom.scu import AssociationFailed, QueryUnanswered, held_instances, instance_uids, send
 from node.dicom.tls import client_context
+from node.dicomweb import query, stow
+from node.dicomweb.client import DicomwebUnavailable
 
 if TYPE_CHECKING:
     from node.audit.trail import AuditTrail
@@ -64,6 +69,7 @@ class Delivery:
         by_path = {str(Path(item.path)): item for item in items}
         recorded: set[str] = set()
         started: set[str] = set()
+        delivered: list[str] = []  # also those sent before a pass was cut short
         audited = _PassAudit()
 
         def before(path: Path) -> None:
@@ -73,16 +79,19 @@ class Delivery:
             outbox.mark_started(self.index, item.id)
             started.add(str(path))
 
-        def after(path: Path, error: str | None, cut_off: bool) -> None:
+        def after(path: Path, error: str | None, cut_off: bool,
+                  permanent: bool = False) -> None:
             item = by_path[str(path)]
             recorded.add(str(path))
             audited.outcome(item, path, error)
             if error is None:
                 outbox.mark_sent(self.index, item.id)
+                delivered.append(item.sop_instance_uid)
                 log.info("delivered %s %s to %s", item.kind, item.sop_instance_uid, name)
                 return
             state = outbox.mark_failed(self.index, item, error, policy,
-                                       answered=str(path) in started and not cut_off)
+                                       answered=str(path) in started and not cut_off,
+                                       permanent=permanent)
             log.warning("delivery of %s %s to %s failed: %s (%s%s)", item.kind,
                         item.sop_instance_uid, name, error, state,
                         "; in doubt: it may have arrived" if cut_off else "")
@@ -90,27 +99,28 @@ class Delivery:
         if not by_path:
             return 0
         try:
-            return self._send(dest, by_path, recorded, before, after)
+            self._send(dest, by_path, recorded, before, after)
+            return len(delivered)
         finally:
             if self.audit is not None:
                 audited.emit(self.audit, policy.calling_ae_title, dest,
                              [item for path, item in by_path.items() if path not in recorded])
 
     def _send(self, dest: Destination, by_path: dict[str, outbox.OutboxItem],
-              recorded: set[str], before, after) -> int:
-        policy, name = self.settings.delivery, dest.name
+              recorded: set[str], before, after) -> None:
+        policy, paths = self.settings.delivery, [Path(p) for p in by_path]
         try:
-            report = send([Path(p) for p in by_path], dest.host, dest.port, dest.ae_title,
-                          policy.calling_ae_title, self._tls(dest), policy.timeout_s,
-                          before_each=before, after_each=after)
-        except (AssociationFailed, OSError) as exc:
+            if dest.protocol == "dicomweb":
+                stow.send(paths, dest, policy.timeout_s, before, after)
+            else:
+                send(paths, dest.host, dest.port, dest.ae_title, policy.calling_ae_title,
+                     self._tls(dest), policy.timeout_s, before_each=before, after_each=after)
+        except (AssociationFailed, DicomwebUnavailable, OSError) as exc:
             rest = [item for path, item in by_path.items() if path not in recorded]
             states = [outbox.mark_failed(self.index, item, str(exc), policy) for item in rest]
-            log.warning("delivery to %s (%s@%s:%d) failed for %d objects: %s; %d dead letters",
-                        name, dest.ae_title, dest.host, dest.port, len(rest), exc,
-                        states.count("dead"))
-            return 0
-        return report.sent
+            if rest:
+                log.warning("delivery to %s (%s) failed for %d objects: %s; %d dead letters",
+                            dest.name, dest.address, len(rest), exc, states.count("dead"))
 
     def _settle_interrupted(self, dest: Destination, items: list[outbox.OutboxItem]
                             ) -> tuple[list[outbox.OutboxItem], dict[int, str]]:
@@ -120,7 +130,7 @@ class Delivery:
         if not in_doubt:
             return items, {}
         unasked = {item.id: "unverified" for item in in_doubt}
-        if dest.verify_interrupted == "resend":
+        if dest.verify == "resend":
             log.warning("%d objects whose delivery to %s was cut off are sent again unasked "
                         "(verify_interrupted = \"resend\"): it may receive them twice",
                         len(in_doubt), dest.name)
@@ -132,14 +142,13 @@ class Delivery:
             except (InvalidDicomError, AttributeError, OSError, ValueError):
                 pass  # not sendable either: its C-STORE attempt fails and says why
         try:
-            held = held_instances(list(uids.values()), dest.host, dest.port, dest.ae_title,
-                                  self.settings.delivery.calling_ae_title, self._tls(dest),
-                                  self.settings.delivery.timeout_s) if uids else set()
+            held = self._held(dest, list(uids.values())) if uids else set()
         except (QueryUnanswered, OSError) as exc:
-            log.warning("%s did not answer C-FIND (%s): %d objects whose delivery was cut off "
-                        "are sent again unasked; it may receive them twice (allow our AE title "
-                        "to query it, or set verify_interrupted = \"resend\")",
-                        dest.name, exc, len(in_doubt))
+            log.warning("%s did not answer %s (%s): %d objects whose delivery was cut off are "
+                        "sent again unasked; it may receive them twice (allow us to query it, "
+                        "or set verify_interrupted = \"resend\")", dest.name,
+                        "QIDO-RS" if dest.protocol == "dicomweb" else "C-FIND", exc,
+                        len(in_doubt))
             return items, unasked
         resend = {}
         for item in in_doubt:
@@ -154,6 +163,14 @@ class Delivery:
                          item.kind, item.sop_instance_uid, dest.name)
         confirmed = {item.id for item in in_doubt} - set(resend)
         return [item for item in items if item.id not in confirmed], resend
+
+    def _held(self, dest: Destination, uids: list[tuple[str, str, str]]) -> set[str]:
+        timeout_s = self.settings.delivery.timeout_s
+        if dest.protocol == "dicomweb":
+            return query.held_instances(uids, dest, timeout_s)
+        return held_instances(uids, dest.host, dest.port, dest.ae_title,
+                              self.settings.delivery.calling_ae_title, self._tls(dest),
+                              timeout_s)
 
     def _tls(self, dest: Destination):
         return client_context(self.settings.tls) if dest.tls else None
@@ -205,8 +222,8 @@ class _PassAudit:
             self.error.setdefault(item.study_uid, "no association")
         for study_uid in sorted(set(self.sent) | set(self.failed)):
             audit.sent(study_uid, dict(self.sent.get(study_uid, {})), calling_ae,
-                       dest.ae_title, dest.host, self.failed[study_uid],
-                       self.error.get(study_uid, ""))
+                       dest.ae_title or dest.url, dest.host or urlsplit(dest.url).hostname,
+                       self.failed[study_uid], self.error.get(study_uid, ""))
 
 
 def _sop_class(path: Path) -> str:
