@@ -10,7 +10,10 @@ timestamps) and Orthanc's REST API:
 
   quiet    last instance acknowledged -> series complete (the completion rule)
   queue    series complete -> job claimed by a worker
-  job      job claimed -> job done (pipeline, SEG and SR built and written)
+  job      job claimed -> job done (pipeline, SEG and SR built and written), split into
+           volume (reading the series: what was not decoded while it arrived), analysis
+           (the pipeline's other stages) and outputs (the rest: SEG, SR and the other
+           objects built and written, deliveries queued)
   delivery job done -> SEG and SR both in Orthanc
   total    last instance acknowledged -> SEG and SR both in Orthanc
 
@@ -23,8 +26,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import platform
+import re
 import sqlite3
 import statistics
 import sys
@@ -70,6 +75,8 @@ def one_run(workdir: Path, series_dir: Path, study_uid: str, series_uid: str,
     node = NodeProcess(workdir / "node", node_config(pacs, quiet_s))
     try:
         node.start()
+        # A node that has been running: its worker is up (it starts after the listener).
+        wait_for(lambda: re.search(r"worker \S+ ready", node.log()), timeout=60, what="worker")
         storescu([series_dir], node.dicom_port)
         acked = time.time()  # storescu exits once the last instance is acknowledged
 
@@ -90,12 +97,18 @@ def one_run(workdir: Path, series_dir: Path, study_uid: str, series_uid: str,
         with sqlite3.connect(db_path) as db:
             completed, = db.execute("SELECT completed_at FROM series WHERE series_uid = ?",
                                     (series_uid,)).fetchone()
-            started, finished = db.execute(
-                "SELECT started_at, finished_at FROM jobs ORDER BY id DESC LIMIT 1").fetchone()
+            started, finished, result = db.execute(
+                "SELECT started_at, finished_at, result FROM jobs ORDER BY id DESC LIMIT 1"
+            ).fetchone()
         completed, started, finished = (_epoch(v) for v in (completed, started, finished))
+        stages = {s["stage"]: s["seconds"] for s in json.loads(result)["provenance"]["stages"]}
+        analysis = sum(seconds for stage, seconds in stages.items() if stage != "volume")
+        ahead = re.search(r"job \d+: (\d+) of (\d+) instances decoded while", node.log())
         return {"quiet": completed - acked, "queue": started - completed,
-                "job": finished - started, "delivery": delivered - finished,
-                "total": delivered - acked}
+                "job": finished - started, "volume": stages["volume"], "analysis": analysis,
+                "outputs": finished - started - stages["volume"] - analysis,
+                "delivery": delivered - finished, "total": delivered - acked,
+                "decoded_ahead": int(ahead.group(1)) / int(ahead.group(2)) if ahead else 0.0}
     finally:
         node.stop()
         pacs.stop()
@@ -132,11 +145,13 @@ def main() -> int:
             rows.append((label, {k: statistics.median(run[k] for run in runs)
                                  for k in runs[0]}))
 
-    table = ["| case | quiet s | queue s | job s (pipeline + SEG/SR) | delivery s | total s |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    table = ["| case | quiet s | queue s | job s | of which volume s | analysis s | outputs s "
+             "| delivery s | total s | decoded ahead |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for label, m in rows:
         table.append(f"| {label} | {m['quiet']:.2f} | {m['queue']:.2f} | {m['job']:.2f} "
-                     f"| {m['delivery']:.2f} | {m['total']:.2f} |")
+                     f"| {m['volume']:.2f} | {m['analysis']:.2f} | {m['outputs']:.2f} "
+                     f"| {m['delivery']:.2f} | {m['total']:.2f} | {m['decoded_ahead']:.0%} |")
     print("\n".join(table))
     if args.write_results:
         section = "\n".join([

@@ -1,4 +1,6 @@
-"""One call for the node: Findings + source series in, every output object out."""
+"""One call for the node: Findings + source series in, every output object out; or in two
+steps, the SEG and SR first (build_seg_and_sr), then what viewers without SEG/SR support
+show (add_for_other_viewers), so that the first can be sent while the rest is built."""
 
 from __future__ import annotations
 
@@ -59,13 +61,31 @@ def build_outputs(findings: Findings, source_datasets: Sequence[Dataset], *, ser
     """
     identity = dict(series_version=series_version, algorithm_name=algorithm_name,
                     algorithm_version=algorithm_version)
+    seg, sr = build_seg_and_sr(findings, source_datasets, previous_sr=previous_sr, **identity)
+    outputs = DicomOutputs(seg=seg, sr=sr)
+    add_for_other_viewers(outputs, findings, source_datasets, read_slice=read_slice, **identity)
+    return outputs
+
+
+def build_seg_and_sr(findings: Findings, source_datasets: Sequence[Dataset], *,
+                     series_version: int, algorithm_name: str, algorithm_version: str,
+                     previous_sr: Dataset | None = None) -> tuple[Dataset | None, Dataset]:
+    """The SEG (None without a label volume) and the SR: what the trauma team waits for,
+    built first so that they can be sent before the rest (build_outputs says the rest)."""
+    identity = dict(series_version=series_version, algorithm_name=algorithm_name,
+                    algorithm_version=algorithm_version)
     seg = build_seg(findings, source_datasets, **identity) if findings.labels is not None else None
-    sr = build_sr(findings, source_datasets, seg, previous_sr=previous_sr, **identity)
+    return seg, build_sr(findings, source_datasets, seg, previous_sr=previous_sr, **identity)
+
+
+def add_for_other_viewers(outputs: DicomOutputs, findings: Findings,
+                          source_datasets: Sequence[Dataset], *, series_version: int,
+                          algorithm_name: str, algorithm_version: str,
+                          read_slice: SliceReader = read_from_file) -> None:
+    """The summary SC images, the report PDF and the KOS, into outputs (build_outputs)."""
     algorithm = Algorithm.of(findings, algorithm_name, algorithm_version)
     keys = key_slices(findings, source_datasets)
     summary = dict(series_version=series_version, algorithm=algorithm)
-    return DicomOutputs(
-        seg=seg, sr=sr,
-        sc=build_summary_sc(findings, source_datasets, keys, read_slice, **summary),
-        pdf=build_report_pdf(findings, source_datasets, **summary),
-        kos=build_key_objects(findings, keys, **summary))
+    outputs.sc = build_summary_sc(findings, source_datasets, keys, read_slice, **summary)
+    outputs.pdf = build_report_pdf(findings, source_datasets, **summary)
+    outputs.kos = build_key_objects(findings, keys, **summary)

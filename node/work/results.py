@@ -25,7 +25,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from dicom_out import build_outputs
+from dicom_out.outputs import KINDS, DicomOutputs, add_for_other_viewers, build_seg_and_sr
 from dicom_out.key_slices import SliceReader, read_from_file
 from pipeline.findings import Findings
 
@@ -86,7 +86,9 @@ def _write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
 def write_outputs(findings: Findings, source_paths: list[Path], out_dir: Path,
                   series_version: int, unreported: Collection[int] = (), *,
                   sources: Sequence[Dataset] | None = None,
-                  read_slice: SliceReader = read_from_file) -> dict[str, list[Path]]:
+                  read_slice: SliceReader = read_from_file,
+                  seg_and_sr_written: Callable[[dict[str, list[Path]]], object] = lambda _: None
+                  ) -> dict[str, list[Path]]:
     """findings.json, labels.npy, report.txt and the DICOM objects in out_dir.
 
     Returns the DICOM objects written by kind, {"seg": [path], "sr": [path],
@@ -94,29 +96,42 @@ def write_outputs(findings: Findings, source_paths: list[Path], out_dir: Path,
     unreported: earlier versions whose results were never sent (withdrawn), which the new
     SR does not name as its predecessor. sources: the headers of source_paths when already
     read (else read here); read_slice: the HU of a key slice (default: decoded again).
+    seg_and_sr_written: told of the SEG and SR as soon as they are written, before the
+    rest is built (the node queues them for delivery then).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    if findings.labels is not None:
-        labels = findings.labels
-        _write_atomically(out_dir / "labels.npy", lambda h: np.save(h, labels, allow_pickle=False))
-        findings.labels_file = "labels.npy"
     # dicom_out needs the source headers, and the pixels of the key slices only, which
     # read_from_file reads from the files the headers name.
     if sources is None:
         sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in source_paths]
-    outputs = build_outputs(findings, sources, series_version=series_version,
-                            algorithm_name=ALGORITHM_NAME, algorithm_version=__version__,
-                            previous_sr=previous_sr(out_dir, series_version, unreported),
-                            read_slice=read_slice)
-    written: dict[str, list[Path]] = {}
-    for kind, datasets in outputs.by_kind().items():
-        for number, dataset in enumerate(datasets, start=1):
-            path = out_dir / (f"{kind}-{number:02d}.dcm" if kind == "sc" else f"{kind}.dcm")
-            _write_atomically(path, lambda h, ds=dataset: ds.save_as(h))
-            written.setdefault(kind, []).append(path)
+    identity = dict(series_version=series_version, algorithm_name=ALGORITHM_NAME,
+                    algorithm_version=__version__)
+    seg, sr = build_seg_and_sr(findings, sources, **identity,
+                               previous_sr=previous_sr(out_dir, series_version, unreported))
+    outputs = DicomOutputs(seg=seg, sr=sr)
+    written = _write_objects(outputs, out_dir)
+    seg_and_sr_written(dict(written))
+    add_for_other_viewers(outputs, findings, sources, read_slice=read_slice, **identity)
+    written |= _write_objects(outputs, out_dir, skip=written)
+    if findings.labels is not None:
+        labels = findings.labels
+        _write_atomically(out_dir / "labels.npy", lambda h: np.save(h, labels, allow_pickle=False))
+        findings.labels_file = "labels.npy"
     document = json.dumps(findings.to_json_dict(), indent=2).encode()
     _write_atomically(out_dir / "findings.json", lambda h: h.write(document))
     _write_atomically(out_dir / "report.txt", lambda h: h.write(findings.report.encode()))
+    return {kind: written[kind] for kind in KINDS if kind in written}
+
+
+def _write_objects(outputs: DicomOutputs, out_dir: Path, skip: Collection[str] = ()
+                   ) -> dict[str, list[Path]]:
+    """The objects of each kind not in skip: seg.dcm, sr.dcm, sc-01.dcm..., pdf.dcm, kos.dcm."""
+    written: dict[str, list[Path]] = {}
+    for kind, datasets in outputs.by_kind().items():
+        for number, dataset in enumerate(datasets if kind not in skip else [], start=1):
+            path = out_dir / (f"{kind}-{number:02d}.dcm" if kind == "sc" else f"{kind}.dcm")
+            _write_atomically(path, lambda h, ds=dataset: ds.save_as(h))
+            written.setdefault(kind, []).append(path)
     return written
 
 

@@ -252,6 +252,7 @@ def _work(settings: Settings, stop: threading.Event, name: str, index: Index,
     # compete with receiving for the interpreter.
     prefetcher = (Prefetcher(settings, index).start()
                   if settings.workers.prefetch and cutter is not None else None)
+    log.info("worker %s ready%s", name, ", decoding arriving series ahead" if prefetcher else "")
     try:
         while not stop.is_set():
             if not run_one(index, settings, name, cutter, prefetcher):
