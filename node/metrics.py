@@ -76,10 +76,11 @@ WORKER_RESTARTS = Family("trauma_node_worker_restarts_total", "counter",
 INTERRUPTED_DELIVERIES = Family(
     "trauma_node_interrupted_deliveries_total", "counter",
     "Result objects found cut off in the middle of their delivery (the node crashed or "
-    "stopped, or the destination did not answer, after the C-STORE went out), since the node "
-    "started, by what was done: present (C-FIND found it at the destination: marked sent, not "
-    "sent again), absent (C-FIND found it missing: sent again), unverified (sent again "
-    "unasked: no C-FIND answer, or verify_interrupted = \"resend\"; it may be there twice).",
+    "stopped, or the destination did not answer, after the C-STORE or STOW-RS went out), since "
+    "the node started, by what was done: present (C-FIND or QIDO-RS found it at the "
+    "destination: marked sent, not sent again), absent (found missing: sent again), unverified "
+    "(sent again unasked: no answer to the query, or verify_interrupted = \"resend\"; it may "
+    "be there twice).",
     "outcome", ("present", "absent", "unverified"))
 AUDIT_MESSAGES = Family(
     "trauma_node_audit_messages_total", "counter",

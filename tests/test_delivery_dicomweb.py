@@ -198,8 +198,10 @@ class _StowAnswers(BaseHTTPRequestHandler):
     """A DICOMweb server that answers every STOW-RS with the status and body it is given."""
     status = 200
     body: dict | None = None
+    authorizations: list[str] = []  # the Authorization header of each request
 
     def do_POST(self) -> None:
+        self.authorizations.append(self.headers.get("Authorization", ""))
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         payload = json.dumps(self.body).encode() if self.body is not None else b""
         self.send_response(self.status)
@@ -284,6 +286,39 @@ def test_https_is_verified_against_the_destinations_ca(tmp_path, phantom_factory
         settings = settings_for(tmp_path, {**dest, "ca_certificates": str(ca_path)})
         wait_for(lambda: Delivery(settings, index).deliver_due() == 1, timeout=10,
                  what="delivery over HTTPS")
+        index.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_bearer_token_is_read_from_its_file_at_each_pass_and_never_logged(
+        tmp_path, phantom_factory, caplog):
+    token = tmp_path / "pacs.token"
+    token.write_text("tok-1f2e3d\n")
+    answers = type("Answers", (_StowAnswers,), {"authorizations": []})
+    server = _serve(answers)
+    truth = phantom_factory("dicomweb", slices=3, rows=32, cols=32)
+    try:
+        settings = settings_for(tmp_path, {
+            "name": "pacs", "url": f"http://127.0.0.1:{server.server_port}/dicom-web",
+            "allow_insecure_http": True, "auth": "bearer", "secret_file": str(token)})
+        index = Index(settings.database_url)
+        delivery = Delivery(settings, index)
+        rows = outbox_rows(truth)
+        with caplog.at_level(logging.DEBUG):
+            outbox.enqueue(index, rows[:1])
+            assert delivery.deliver_due() == 1
+            token.write_text("tok-rotated\n")  # the admin rotates it: no restart needed
+            outbox.enqueue(index, rows[1:2])
+            assert delivery.deliver_due() == 1
+            token.unlink()  # unreadable: nothing goes, retried later with the reason
+            outbox.enqueue(index, rows[2:])
+            assert delivery.deliver_due() == 0
+        assert answers.authorizations == ["Bearer tok-1f2e3d", "Bearer tok-rotated"]
+        last = outbox.items_for_study(index, truth.spec.study_uid)[-1]
+        assert last["state"] == "pending" and "pacs.token unreadable" in last["last_error"]
+        assert "tok-" not in caplog.text
         index.close()
     finally:
         server.shutdown()
