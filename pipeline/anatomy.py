@@ -108,11 +108,23 @@ class Anatomy:
     def patient_point(self, volume: Volume, k: float, i: float, j: float) -> np.ndarray:
         return volume.patient_point(self.full_slice(k), *self.full_position(i, j))
 
-    def upsample(self, mask2d: np.ndarray, full_shape: tuple[int, int]) -> np.ndarray:
-        """A working-grid slice (mask or map) at full resolution (zero outside the window)."""
-        f = self.factor
-        out = np.zeros(full_shape, dtype=mask2d.dtype)
-        out[self.window] = np.repeat(np.repeat(mask2d, f, axis=0), f, axis=1)
+    def full_box(self, mask2d: np.ndarray, full_shape: tuple[int, int], margin: int = 0
+                 ) -> tuple[slice, slice]:
+        """The full-resolution rows and columns of a working-grid slice's set pixels, and
+        margin pixels round them (within the image)."""
+        (r0, c0), f = self.origin, self.factor
+        box = morphology.bounding_box(mask2d)
+        return tuple(slice(max(0, o + s.start * f - margin), min(n, o + s.stop * f + margin))
+                     for s, o, n in zip(box, (r0, c0), full_shape))
+
+    def upsample_box(self, map2d: np.ndarray, box: tuple[slice, slice]) -> np.ndarray:
+        """A working-grid slice (mask or map) at full resolution over box (zero outside the grid)."""
+        (r0, c0), f = self.origin, self.factor
+        index = [(np.arange(s.start, s.stop) - o) // f for s, o in zip(box, (r0, c0))]
+        valid = [(i >= 0) & (i < n) for i, n in zip(index, map2d.shape)]
+        rows, cols = (np.clip(i, 0, n - 1) for i, n in zip(index, map2d.shape))
+        out = map2d[rows[:, None], cols[None, :]]
+        out[~(valid[0][:, None] & valid[1][None, :])] = 0
         return out
 
 

@@ -43,12 +43,9 @@ class Quantification:
 
 def count_labels(labels: np.ndarray) -> dict[str, int]:
     """Full-resolution voxel counts per label, and of all blood ("hemorrhage": their sum)."""
-    counts = dict.fromkeys(LABEL_NAMES.values(), 0)
     box = bounding_box(labels)  # counted there: most of the volume holds no label
-    found = np.bincount(labels[box].ravel()) if box else []
-    for value, n in enumerate(found):
-        if value in LABEL_NAMES:
-            counts[LABEL_NAMES[value]] += int(n)
+    part = labels[box] if box else labels[:0]
+    counts = {name: int(np.count_nonzero(part == value)) for value, name in LABEL_NAMES.items()}
     return {"hemorrhage": sum(counts.values()), **counts}
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from pipeline import morphology
-from pipeline.anatomy import Anatomy, fill_holes_2d
+from pipeline.anatomy import Anatomy
 from pipeline.extravasation import Blush, find_blush
 from pipeline.labels import ACTIVE_EXTRAVASATION, HEMORRHAGE
 from pipeline.settings import PipelineSettings
@@ -116,7 +116,8 @@ class HuSegmentation:
 
     def _refine(self, context: StageContext, blood: np.ndarray, low: np.ndarray, blush: Blush,
                 labels: np.ndarray) -> None:
-        """Redraw each candidate at full resolution, slice by slice."""
+        """Redraw each candidate at full resolution, slice by slice, over the full-resolution
+        box of its working slice's candidates and a pixel round it."""
         anatomy, volume = context.anatomy, context.volume
         # Grown by a working slice too: a collection's thin ends may be too small for the grid.
         grow = (3,) + morphology.in_plane(REFINE_MARGIN)[1:]
@@ -124,36 +125,35 @@ class HuSegmentation:
         cavity = anatomy.cavity()
         full_shape = volume.hu.shape[1:]
         for kc in np.flatnonzero(blood_near.any(axis=(1, 2))):
-            maps = [anatomy.upsample(m[kc], full_shape) for m in (blood_near, low_near, blush.threshold, cavity)]
+            crop = anatomy.full_box(blood_near[kc], full_shape, margin=1)
+            region, low_region, blush_edge, inside = (anatomy.upsample_box(m[kc], crop) for m in
+                                                      (blood_near, low_near, blush.threshold, cavity))
+            inside &= region
             for k in anatomy.full_slices(int(kc)):
-                self._refine_slice(volume.hu[k], labels[k], *maps)
+                labels[k][crop] = self._refine_slice(volume.hu[k][crop], inside, low_region, blush_edge)
 
-    def _refine_slice(self, hu_slice: np.ndarray, out_slice: np.ndarray, region: np.ndarray,
-                      low_region: np.ndarray, blush_edge: np.ndarray, cavity: np.ndarray) -> None:
+    def _refine_slice(self, raw: np.ndarray, inside: np.ndarray, low: np.ndarray,
+                      edge: np.ndarray) -> np.ndarray:
+        """The labels of one slice's box: raw HU, the candidate region within the cavity,
+        where low-attenuation blood counts, and the blush thresholds (0: none)."""
         hu_s = self.settings.hu
-        (r0, r1), (c0, c1) = [(int(a.min()), int(a.max()) + 1) for a in np.nonzero(region)]
-        crop = (slice(max(0, r0 - 1), r1 + 1), slice(max(0, c0 - 1), c1 + 1))
-        raw = hu_slice[crop]
         # Blood sits in a narrow HU window, so noise is taken out first; the
         # median keeps edges. A blush is cut at its half maximum, where noise
         # errs both ways, and the median would shave a small one's corners, so
         # it uses raw HU.
         hu = ndimage.median_filter(raw, size=3)
-        low = low_region[crop]
         if low.any():  # a few HU above its floor, low-attenuation blood needs a wider median
             hu = np.where(low, ndimage.median_filter(raw, size=5), hu)
-        inside = region[crop] & cavity[crop]
         floor = np.where(low, hu_s.blood_low_min, hu_s.blood_min)
         # The median decides (noise), but a pixel that is itself fat is never blood: the median
         # of a fat pixel at a collection's edge is the blood's (OHIF showed -126 HU in the segment).
         is_blood = inside & (hu >= floor) & (hu <= hu_s.blood_max) & (raw > hu_s.fat_max)
-        edge = blush_edge[crop]
         is_blush = (edge > 0) & inside & (raw >= edge) & (raw < hu_s.bone_min)
         out = np.where(is_blood | is_blush, HEMORRHAGE, 0).astype(np.uint8)
         # Noise holes in blood are filled, fat or gas in a hole is not blood.
         out[_small_holes(is_blood | is_blush) & (raw > hu_s.fat_max)] = HEMORRHAGE
         out[is_blush] = ACTIVE_EXTRAVASATION
-        out_slice[crop] = out
+        return out
 
 
 def _near(collections: np.ndarray, lining: np.ndarray, steps: int) -> np.ndarray:
@@ -166,10 +166,10 @@ def _near(collections: np.ndarray, lining: np.ndarray, steps: int) -> np.ndarray
 
 
 def _small_holes(mask: np.ndarray) -> np.ndarray:
-    holes = fill_holes_2d(mask) & ~mask
-    found, count = ndimage.label(holes)
-    if not count:
-        return holes
-    small = np.bincount(found.ravel()) <= MAX_NOISE_HOLE_PX
+    """Holes (background not connected to the edge, 4-connected) of at most MAX_NOISE_HOLE_PX."""
+    found, count = ndimage.label(~mask)
+    small = np.bincount(found.ravel(), minlength=count + 1) <= MAX_NOISE_HOLE_PX
+    small[found[[0, -1], :]] = False
+    small[found[:, [0, -1]]] = False
     small[0] = False
     return small[found]
