@@ -19,6 +19,7 @@ from typing import Callable
 
 import requests
 from pydicom import Dataset, dcmread
+from pydicom.errors import InvalidDicomError
 from urllib3.exceptions import NewConnectionError
 
 from node.config import Destination
@@ -52,7 +53,12 @@ def send(paths: list[Path], dest: Destination, timeout_s: float,
         return report
     client = open_client(dest, timeout_s)
     for path in sorted(p for files in groups.values() for p in files):
-        dataset = dcmread(path)
+        try:
+            dataset = dcmread(path)
+        except (InvalidDicomError, OSError, ValueError) as exc:  # its header read, not the rest
+            report.failed[str(path)] = why = f"unreadable ({type(exc).__name__})"
+            after_each(path, why, False)
+            continue
         before_each(path)
         outcome = store(client, dataset, dest)
         if outcome.error is None:
@@ -80,7 +86,7 @@ def store(client, dataset: Dataset, dest: Destination) -> Outcome:
     reason = _failure_reason(answer, sop)
     if reason is None or reason == DUPLICATE:
         return Outcome()
-    return _by_reason(reason, f"STOW-RS stored it not: FailureReason 0x{reason:04X}")
+    return _by_reason(reason, f"STOW-RS did not store it: FailureReason 0x{reason:04X}")
 
 
 def refused(response: requests.Response, sop: str, dest: Destination) -> Outcome:
