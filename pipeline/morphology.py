@@ -11,6 +11,8 @@ over the window clipped to the array.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy import ndimage
 
@@ -76,16 +78,36 @@ def _box_filter(mask: np.ndarray, size: Size, combine: np.ufunc) -> np.ndarray:
     return out
 
 
+def erode_disk(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Erosion in-plane (the last two axes) by a disk: a pixel stays where every pixel
+    within radius (Euclidean, in pixels) is set, outside the array counting as set.
+    The disk is a stack of rows: a row erosion per row half-width, shifted and ANDed."""
+    rows = {}
+    out = np.ones(mask.shape, dtype=bool)
+    for offset in range(-radius, radius + 1):
+        half = math.isqrt(radius * radius - offset * offset)
+        if half not in rows:
+            rows[half] = erode(mask, (1,) * (mask.ndim - 1) + (2 * half + 1,))
+        _combine_shifted(out, rows[half], mask.ndim - 2, offset, np.logical_and)
+    return out
+
+
 def _along(source: np.ndarray, axis: int, size: int, combine: np.ufunc) -> np.ndarray:
     out = source.copy()
-    n = source.shape[axis]
     for offset in range(-(size // 2), size - size // 2):
-        if offset == 0 or abs(offset) >= n:
-            continue
-        into = [slice(None)] * source.ndim
-        into[axis] = slice(max(0, -offset), n - max(0, offset))
-        taken = list(into)
-        taken[axis] = slice(max(0, offset), n + min(0, offset))
-        target = out[tuple(into)]
-        combine(target, source[tuple(taken)], out=target)
+        if offset:
+            _combine_shifted(out, source, axis, offset, combine)
     return out
+
+
+def _combine_shifted(out: np.ndarray, source: np.ndarray, axis: int, offset: int, combine: np.ufunc) -> None:
+    """out[i] = combine(out[i], source[i + offset]) along axis, where i + offset is inside."""
+    n = source.shape[axis]
+    if abs(offset) >= n:
+        return
+    into = [slice(None)] * source.ndim
+    into[axis] = slice(max(0, -offset), n - max(0, offset))
+    taken = list(into)
+    taken[axis] = slice(max(0, offset), n + min(0, offset))
+    target = out[tuple(into)]
+    combine(target, source[tuple(taken)], out=target)
