@@ -44,6 +44,9 @@ OWNER = {**{intra: organ for organ, intra in INTRA.items()},
 # and smaller, claim only what lies against them.
 UPPER_ORGAN_REACH_MM = 40.0
 KIDNEY_REACH_MM = 15.0
+# How far assign's rules compare each organ's distance (bowel: adjacency only).
+RULE_REACH_MM = {"liver": UPPER_ORGAN_REACH_MM, "spleen": UPPER_ORGAN_REACH_MM,
+                 "kidney_right": KIDNEY_REACH_MM, "kidney_left": KIDNEY_REACH_MM}
 # Beyond this share of the body's half-width from its centre, blood is in a
 # paracolic gutter rather than the central (mesenteric) space.
 LATERAL_FRACTION = 0.5
@@ -93,8 +96,11 @@ def assign(volume: Volume, anatomy: Anatomy, occupied: np.ndarray, settings: Pip
         return CompartmentMap(codes, {}, tuple(slice(0, 0) for _ in occupied.shape))
     crop = _crop(occupied, anatomy)
     regions, here = anatomy.regions[crop], occupied[crop]
-    reach = max(UPPER_ORGAN_REACH_MM, KIDNEY_REACH_MM, settings.segmentation.organ_contact_mm)
-    distances = {organ: _distance(regions == code, here, anatomy.spacing, reach)
+    # Each organ's distance is needed as far as a rule below reaches, and to organ_contact_mm
+    # (adjacency); beyond, only as farther.
+    contact = settings.segmentation.organ_contact_mm
+    reach = {organ: max(RULE_REACH_MM.get(organ, 0.0), contact) for organ in ORGAN_CODES}
+    distances = {organ: _distance(regions == code, here, anatomy.spacing, reach[organ])
                  for organ, code in ORGAN_CODES.items()}
     out = np.full(here.shape, NONE, dtype=np.int8)
 
@@ -124,7 +130,7 @@ def assign(volume: Volume, anatomy: Anatomy, occupied: np.ndarray, settings: Pip
     out[rest & lateral & ~left] = CODE["right_paracolic"]
     out[rest & ~lateral] = CODE["central"]
     codes[crop] = out
-    return CompartmentMap(codes, distances, crop, reach)
+    return CompartmentMap(codes, distances, crop, contact)
 
 
 def representative_voxel(labels: np.ndarray, anatomy: Anatomy, mask: np.ndarray,
