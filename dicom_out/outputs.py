@@ -89,3 +89,13 @@ def add_for_other_viewers(outputs: DicomOutputs, findings: Findings,
     outputs.sc = build_summary_sc(findings, source_datasets, keys, read_slice, **summary)
     outputs.pdf = build_report_pdf(findings, source_datasets, **summary)
     outputs.kos = build_key_objects(findings, keys, **summary)
+
+
+def warm_up() -> None:
+    """Read now the DICOM standard's tables that highdicom reads on its first SEG or SR
+    (~0.7 s), so that a long-running worker's first job does not wait for them."""
+    from highdicom import _standard_utils  # private: without these loaders, only the first job pays
+
+    for loader in ("get_sop_class_iod_map", "get_iod_module_map", "get_module_attribute_map",
+                   "get_anatomic_region_map"):
+        getattr(_standard_utils, loader, lambda: None)()

@@ -35,6 +35,7 @@ from typing import Sequence
 
 import highdicom as hd
 import numpy as np
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
@@ -49,6 +50,7 @@ from pipeline.findings import Compartment, Findings, OrganFinding
 from pipeline.labels import HEMORRHAGE
 
 RelationshipType = hd.sr.RelationshipTypeValues
+_CONTENT_SEQUENCE = 0x0040A730
 MeasurementGroup = (hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
                     | hd.sr.MeasurementsAndQualitativeEvaluations)
 
@@ -97,7 +99,7 @@ def build_sr(findings: Findings, source_datasets: Sequence[Dataset], seg: Datase
     source = source_images(findings, source_datasets)
     report = _Report(algorithm, findings.series["series_instance_uid"], series_version, findings,
                      {str(ds.SOPInstanceUID): ds for ds in source.datasets})
-    segments = planned_segments(findings, masks=False)
+    segments = planned_segments(findings)
     if seg is not None and len(seg.SegmentSequence) != len(segments):
         raise ValueError(f"the SEG has {len(seg.SegmentSequence)} segment(s), these findings "
                          f"{len(segments)}: was it built from other findings?")
@@ -118,9 +120,15 @@ def build_sr(findings: Findings, source_datasets: Sequence[Dataset], seg: Datase
         content[0].ContentSequence.append(_text_evaluations(findings, algorithm))
     else:  # nothing to point at: no blood, or not assessed (see sr_text_report)
         content = text_report(findings, algorithm)
+    # Comprehensive3DSR deep-copies and re-parses the content tree it is given, for a cache
+    # _plain drops: it gets the root alone, and the tree is put back as it is (every item
+    # references an instance given as evidence: the source images or the SEG).
+    root = content[0]
+    tree = root[_CONTENT_SEQUENCE]
+    root.add(DataElement(_CONTENT_SEQUENCE, "SQ", []))
     sr = hd.sr.Comprehensive3DSR(
         evidence=[*source.datasets, *([seg] if seg is not None else [])],
-        content=content,
+        content=root,
         series_instance_uid=uids.output_uid(report.series_uid, series_version, uids.SR_SERIES),
         series_number=output_series_number("SR", series_version),
         sop_instance_uid=uids.output_uid(report.series_uid, series_version, uids.SR_INSTANCE),
@@ -134,9 +142,11 @@ def build_sr(findings: Findings, source_datasets: Sequence[Dataset], seg: Datase
         previous_versions=[previous_sr] if previous_sr is not None else None,
         contributing_equipment=algorithm.contributing_equipment(),
     )
+    plain = _plain(sr)
+    plain.add(tree)
     if measured:
-        fill_image_library(sr, [library_header(ds) for ds in source.datasets])
-    return _plain(sr)
+        fill_image_library(plain, [library_header(ds) for ds in source.datasets])
+    return plain
 
 
 def _plain(sr: hd.sr.Comprehensive3DSR) -> Dataset:

@@ -247,6 +247,9 @@ def _work(settings: Settings, stop: threading.Event, name: str, index: Index,
         if loaded:
             log.info("worker %s loaded %s", name, ", ".join(loaded))
     from node.work import job as job_step  # noqa: F401  (now, not in the first job: it takes seconds)
+    from dicom_out.outputs import warm_up
+
+    warm_up()  # likewise
 
     # Worker processes only: in `serve`'s own process (model backends) decoding would
     # compete with receiving for the interpreter.
