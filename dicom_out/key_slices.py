@@ -16,6 +16,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.pixels import pixel_array
 
+from dicom_out.segments import labelled_slices
 from pipeline.findings import Findings
 from pipeline.labels import ACTIVE_EXTRAVASATION, CONTAINED_VASCULAR_INJURY
 
@@ -40,9 +41,11 @@ def key_slices(findings: Findings, source_datasets: Sequence[Dataset],
     """Up to count slices with blood, in volume order; none without labels or blood."""
     if findings.labels is None:
         return []
-    flat = findings.labels.reshape(len(findings.labels), -1)
-    blood = np.count_nonzero(flat, axis=1)
-    blush = np.count_nonzero(np.isin(flat, (ACTIVE_EXTRAVASATION, CONTAINED_VASCULAR_INJURY)), axis=1)
+    labels = findings.labels
+    blood, blush = np.zeros(len(labels), dtype=int), np.zeros(len(labels), dtype=int)
+    for k in np.flatnonzero(labelled_slices(labels)):  # a bleed spans a fraction of the slices
+        blood[k] = np.count_nonzero(labels[k])
+        blush[k] = np.count_nonzero(np.isin(labels[k], (ACTIVE_EXTRAVASATION, CONTAINED_VASCULAR_INJURY)))
     slices = findings.series["slices"]
     by_uid = {str(ds.SOPInstanceUID): ds for ds in source_datasets}
     missing = {s["sop_instance_uid"] for s in slices} - set(by_uid)

@@ -43,7 +43,7 @@ from dicom_out import codes, sr_text, uids
 from dicom_out.device import (MANUFACTURER, Algorithm, output_series_number,
                               series_description)
 from dicom_out.image_library import fill_image_library, library_header
-from dicom_out.segments import Segment, planned_segments
+from dicom_out.segments import Segment, labelled_slices, planned_segments
 from dicom_out.source import source_images
 from dicom_out.sr_text_report import text_report
 from pipeline.findings import Compartment, Findings, OrganFinding
@@ -205,11 +205,13 @@ def _segment_voxel(segment: Segment, findings: Findings) -> list[int] | None:
     the slice that holds most of it (the total points at the largest compartment: two labels
     at one point would hide each other's numbers in the viewer)."""
     if segment.finding.key == "non_enhancing_hemorrhage":
-        if findings.labels is None or not (findings.labels == HEMORRHAGE).any():
+        labels = findings.labels
+        labelled = np.flatnonzero(labelled_slices(labels)) if labels is not None else []
+        per_slice = [np.count_nonzero(labels[k] == HEMORRHAGE) for k in labelled]
+        if not any(per_slice):
             return _largest_voxel(findings.compartments)
-        per_slice = (findings.labels == HEMORRHAGE).reshape(len(findings.labels), -1).sum(axis=1)
-        k = int(np.argmax(per_slice))
-        rows, columns = np.nonzero(findings.labels[k] == HEMORRHAGE)
+        k = int(labelled[int(np.argmax(per_slice))])
+        rows, columns = np.nonzero(labels[k] == HEMORRHAGE)
         middle = np.argmin((rows - rows.mean()) ** 2 + (columns - columns.mean()) ** 2)
         return [k, int(rows[middle]), int(columns[middle])]
     contained = segment.finding.key == "contained_vascular_injury"
