@@ -23,7 +23,7 @@ import numpy as np
 from scipy import ndimage
 
 from pipeline.anatomy import ORGAN_CODES, OUTSIDE, SOLID_CODES, Anatomy
-from pipeline.morphology import bounding_box
+from pipeline.morphology import bounding_box, grow_box
 from pipeline.settings import PipelineSettings
 from pipeline.volume import Volume
 
@@ -155,7 +155,8 @@ def representative_voxel(labels: np.ndarray, anatomy: Anatomy, mask: np.ndarray,
 
 
 def largest_extent_mm(mask: np.ndarray, spacing: tuple[float, float, float]) -> float:
-    """The largest bounding-box side of the mask's largest connected piece: a diameter estimate."""
+    """The largest bounding-box side of the mask's largest connected piece: a diameter estimate
+    (the same on any box that holds the whole mask)."""
     labels, count = ndimage.label(mask)
     if not count:
         return 0.0
@@ -188,19 +189,15 @@ def _distance(organ: np.ndarray, blood: np.ndarray, spacing: tuple[float, float,
     organ_box = bounding_box(organ)
     if organ_box is None:
         return out
-    near = _grown(organ_box, margin, organ.shape)
+    near = grow_box(organ_box, margin, organ.shape)
     blood_box = bounding_box(blood[near])
     if blood_box is None:
         return out
-    box = _grown(tuple(slice(b.start + n.start, b.stop + n.start) for b, n in zip(blood_box, near)),
-                 margin, organ.shape)
+    box = grow_box(tuple(slice(b.start + n.start, b.stop + n.start) for b, n in zip(blood_box, near)),
+                   margin, organ.shape)
     if organ[box].any():
         out[box] = ndimage.distance_transform_edt(~organ[box], sampling=spacing)
     return out
-
-
-def _grown(box: tuple[slice, ...], margin: list[int], shape: tuple[int, ...]) -> tuple[slice, ...]:
-    return tuple(slice(max(0, b.start - m), min(n, b.stop + m)) for b, m, n in zip(box, margin, shape))
 
 
 def _eroded(organ: np.ndarray) -> np.ndarray:
@@ -210,7 +207,7 @@ def _eroded(organ: np.ndarray) -> np.ndarray:
     out = np.zeros(organ.shape, dtype=bool)
     box = bounding_box(organ)
     if box is not None:
-        box = _grown(box, [1, 1, 1], organ.shape)
+        box = grow_box(box, (1, 1, 1), organ.shape)
         out[box] = ndimage.binary_erosion(organ[box], structure=structure)
     return out
 

@@ -159,7 +159,7 @@ def _organ_bands(anatomy: Anatomy, rule: BlushRule) -> tuple[np.ndarray, np.ndar
     half = max(1, int(round(ORGAN_WINDOW_MM / 2 / anatomy.spacing[1])))
     for code in rule.organ_levels:
         organ = regions == code
-        box = _grow(ndimage.find_objects(organ.view(np.uint8))[0], (1, half, half), hu.shape)
+        box = morphology.grow_box(morphology.bounding_box(organ), (1, half, half), hu.shape)
         inside = (organ[box] & (hu[box] <= rule.organ_levels[code])).astype(np.float32)
         size = (3, 2 * half + 1, 2 * half + 1)
         total = ndimage.uniform_filter(hu[box] * inside, size=size, mode="constant")
@@ -192,7 +192,7 @@ class _Foci:
 
     def group_verdict(self, groups: np.ndarray, group: int, box: tuple[slice, ...]) -> str | None:
         """Why a connected stretch of contrast is not extravasation (None: it may hold some)."""
-        grown = _grow(box, (1, 1, 1), groups.shape)
+        grown = morphology.grow_box(box, (1, 1, 1), groups.shape)
         inside = groups[grown] == group
         touching = morphology.dilate(inside, (3, 3, 3))
         if np.any(self.bowel[grown][touching]):
@@ -206,7 +206,7 @@ class _Foci:
 
     def consider(self, labels: np.ndarray, index: int, box: tuple[slice, ...], verdict: str | None) -> None:
         seg = self.settings.segmentation
-        grown = _grow(box, (1, 4, 4), labels.shape)
+        grown = morphology.grow_box(box, (1, 4, 4), labels.shape)
         focus = labels[grown] == index
         ml = float(focus.sum()) * self.voxel_ml
         if not seg.min_blush_ml <= ml <= seg.max_blush_ml:
@@ -317,10 +317,6 @@ class _Foci:
                 values.append(smooth[inner])
                 peak = max(peak, float(smooth[around].max()))
         return float(np.percentile(np.concatenate(values), CORE_PERCENTILE)), peak
-
-
-def _grow(box: tuple[slice, ...], margin: tuple[int, ...], shape: tuple[int, ...]) -> tuple[slice, ...]:
-    return tuple(slice(max(0, s.start - m), min(n, s.stop + m)) for s, m, n in zip(box, margin, shape))
 
 
 def _spans(mask: np.ndarray) -> list[int]:

@@ -12,6 +12,7 @@ over the window clipped to the array.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -59,6 +60,11 @@ def bounding_box(array: np.ndarray) -> tuple[slice, ...] | None:
     return tuple(box)
 
 
+def grow_box(box: tuple[slice, ...], margin: Sequence[int], shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """box grown by margin along each axis, within shape."""
+    return tuple(slice(max(0, s.start - m), min(n, s.stop + m)) for s, m, n in zip(box, margin, shape))
+
+
 def _box_filter(mask: np.ndarray, size: Size, combine: np.ufunc) -> np.ndarray:
     """OR or AND over a box of size (a window of s covers offsets -(s // 2) to
     s - 1 - s // 2, as ndimage's filters), clipped to the array."""
@@ -68,8 +74,7 @@ def _box_filter(mask: np.ndarray, size: Size, combine: np.ufunc) -> np.ndarray:
     if box is None:
         return out
     # Beyond the box grown by the reach every voxel is unset, before and after.
-    grown = tuple(slice(max(0, b.start - s // 2), min(n, b.stop + s // 2))
-                  for b, s, n in zip(box, size, mask.shape))
+    grown = grow_box(box, [s // 2 for s in size], mask.shape)
     part = mask[grown]
     for axis, s in enumerate(size):
         if s > 1:

@@ -165,8 +165,7 @@ def _excreted(volume: Volume, anatomy: Anatomy, dense_min: float) -> tuple[np.nd
 def _urine_above(volume: Volume, anatomy: Anatomy, box: tuple[slice, ...], comp: np.ndarray) -> bool:
     """Urine (0-25 HU) lies against the focus on its anterior side and not behind it:
     contrast layering under urine, not a contrast-filled loop in fluid."""
-    grown = tuple(slice(max(0, s.start - m), min(n, s.stop + m))
-                  for s, m, n in zip(box, (1, 5, 5), anatomy.hu.shape))
+    grown = morphology.grow_box(box, (1, 5, 5), anatomy.hu.shape)
     inner = np.zeros(tuple(s.stop - s.start for s in grown), dtype=bool)
     inner[tuple(slice(a.start - g.start, a.stop - g.start) for a, g in zip(box, grown))] = comp
     hu = anatomy.hu[grown]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 from scipy import ndimage
@@ -19,7 +20,7 @@ from pipeline import compartments
 from pipeline.anatomy import ORGAN_CODES, Anatomy, uncertain_boundary
 from pipeline.findings import BloodComponent, Compartment, ContrastFocus
 from pipeline.labels import ACTIVE_EXTRAVASATION, CONTAINED_VASCULAR_INJURY, HEMORRHAGE, LABEL_NAMES
-from pipeline.morphology import bounding_box
+from pipeline.morphology import bounding_box, grow_box
 from pipeline.settings import PipelineSettings
 from pipeline.stages import StageContext
 
@@ -91,7 +92,7 @@ class VoxelQuantification:
                 contained_vascular_injury_ml=round(float(contained_ml[mask].sum()), 3),
                 parenchymal=parenchymal, organ=organ,
                 organs_adjacent=[organ] if parenchymal else where.adjacent_organs(code, reach),
-                largest_extent_mm=round(float(compartments.largest_extent_mm(mask, anatomy.spacing)), 1),
+                largest_extent_mm=round(float(compartments.largest_extent_mm(mask[where.crop], anatomy.spacing)), 1),
                 voxel=compartments.representative_voxel(labels, anatomy, mask, prefer=HEMORRHAGE)))
         return sorted(out, key=lambda c: -c.volume_ml)
 
@@ -136,26 +137,29 @@ def _block_counts(labels: np.ndarray, anatomy: Anatomy) -> tuple[np.ndarray, np.
 
     Labels outside the working window (outside the patient) are not in any
     collection; the totals, counted on the whole volume, still include them.
-    Only the blocks over the labels' bounding box are counted (the rest hold none).
     """
-    f, fz = anatomy.factor, anatomy.z_factor
-    n, r, c = anatomy.hu.shape
-    blood, blush, contained = (np.zeros((n, r, c), dtype=np.uint16) for _ in range(3))
     box = bounding_box(labels)
-    if box is None:
-        return blood, blush, contained
-    # The working blocks round the box (slices, rows, columns), within the window.
-    (r0, c0), steps = anatomy.origin, (fz, f, f)
-    kb, ib, jb = (slice(max(0, (s.start - o) // m), min(size, -(-(s.stop - o) // m)))
-                  for s, o, m, size in zip(box, (0, r0, c0), steps, blood.shape))
-    if ib.start >= ib.stop or jb.start >= jb.stop:
-        return blood, blush, contained
-    part = labels[kb.start * fz:kb.stop * fz, r0 + ib.start * f:r0 + ib.stop * f,
-                  c0 + jb.start * f:c0 + jb.stop * f]
-    for out, mask in ((blood, part != 0), (blush, part == ACTIVE_EXTRAVASATION),
-                      (contained, part == CONTAINED_VASCULAR_INJURY)):
-        out[kb, ib, jb] = block_sums(mask, f, fz)
-    return blood, blush, contained
+    tests = (lambda a: a != 0, lambda a: a == ACTIVE_EXTRAVASATION, lambda a: a == CONTAINED_VASCULAR_INJURY)
+    return tuple(_count_blocks(labels, anatomy, test, box) for test in tests)
+
+
+def _count_blocks(labels: np.ndarray, anatomy: Anatomy, test: Callable[[np.ndarray], np.ndarray],
+                  box: tuple[slice, ...] | None) -> np.ndarray:
+    """Voxels passing test per working block, counted only over the blocks round their
+    bounding box (found within box, the labels' own): a blush is a few blocks."""
+    f, fz = anatomy.factor, anatomy.z_factor
+    out = np.zeros(anatomy.hu.shape, dtype=np.uint16)
+    inner = bounding_box(test(labels[box])) if box else None
+    if inner is None:
+        return out
+    (r0, c0) = anatomy.origin
+    kb, ib, jb = (slice(max(0, (b.start + s.start - o) // m), min(size, -(-(b.start + s.stop - o) // m)))
+                  for b, s, o, m, size in zip(box, inner, (0, r0, c0), (fz, f, f), out.shape))
+    if ib.start >= ib.stop or jb.start >= jb.stop:  # outside the working window
+        return out
+    region = labels[kb.start * fz:kb.stop * fz, r0 + ib.start * f:r0 + ib.stop * f, c0 + jb.start * f:c0 + jb.stop * f]
+    out[kb, ib, jb] = block_sums(test(region), f, fz)
+    return out
 
 
 def block_sums(mask: np.ndarray, f: int, fz: int) -> np.ndarray:
@@ -173,8 +177,7 @@ def _touched(anatomy: Anatomy, box: tuple[slice, ...], component: np.ndarray,
              reach_mm: float) -> list[str]:
     """Organs within reach of the collection, the most touched first (adjacency, not injury)."""
     margin = [math.ceil(reach_mm / d) for d in anatomy.spacing]
-    grown = tuple(slice(max(0, s.start - m), min(n, s.stop + m))
-                  for s, m, n in zip(box, margin, anatomy.regions.shape))
+    grown = grow_box(box, margin, anatomy.regions.shape)
     local = np.zeros([g.stop - g.start for g in grown], dtype=bool)
     offset = tuple(slice(s.start - g.start, s.stop - g.start) for s, g in zip(box, grown))
     local[offset] = component
