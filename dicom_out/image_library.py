@@ -129,7 +129,8 @@ def _is_common(descriptor: Dataset, images: list[Dataset]) -> bool:
         return False
     keyword, getter = known
     try:
-        alike = _stored_alike(images[1:], tag_for_keyword(keyword))  # before decoding any
+        tag = tag_for_keyword(keyword)
+        alike = _stored_alike(images[1:], tag) or _values_alike(images[1:], tag)
         first = getter(images[0])
         if alike:
             return len(images) == 1 or getter(images[1]) == first
@@ -149,6 +150,22 @@ def _stored_alike(images: list[Dataset], tag: int) -> bool:
             return False
         stored.add((element.value, element.is_little_endian))
         if len(stored) > 1:
+            return False
+    return True
+
+
+def _values_alike(images: list[Dataset], tag: int) -> bool:
+    """Whether every image holds the attribute with the same value, as headers already read
+    for the volume hold it (decoded): one comparison per image, no lookup by keyword.
+    False says nothing, as for _stored_alike."""
+    first = None
+    for image in images:
+        element = image.get_item(tag)
+        if element is None or isinstance(element, RawDataElement):
+            return False
+        if first is None:
+            first = element
+        elif element.value != first.value:
             return False
     return True
 
