@@ -8,6 +8,7 @@ from pathlib import Path
 
 import highdicom as hd
 import pydicom
+import pytest
 from pydicom.dataset import Dataset
 
 from dicom_out.image_library import fill_image_library
@@ -81,13 +82,22 @@ def _check_against_highdicom(images: list[Dataset]) -> set[str]:
     return {_code(d) for d in descriptors}
 
 
-def test_library_references_every_image_and_states_the_series_descriptors(phantom_factory):
-    images = _headers(phantom_factory("dicom_out_library", **SMALL).paths)
+def _decoded(images: list[Dataset]) -> list[Dataset]:
+    """As the node's job hands them over: every value decoded (the volume was read from them)."""
+    for image in images:
+        list(image)  # iterating converts each raw element
+    return images
+
+
+@pytest.mark.parametrize("prepare", [list, _decoded], ids=["as-read", "values-decoded"])
+def test_library_references_every_image_and_states_the_series_descriptors(phantom_factory, prepare):
+    images = prepare(_headers(phantom_factory("dicom_out_library", **SMALL).paths))
     assert _check_against_highdicom(images) == SERIES_DESCRIPTORS
 
 
-def test_descriptors_that_differ_between_images_are_left_out(phantom_factory):
-    images = _headers(phantom_factory("dicom_out_library", **SMALL).paths)
+@pytest.mark.parametrize("prepare", [list, _decoded], ids=["as-read", "values-decoded"])
+def test_descriptors_that_differ_between_images_are_left_out(phantom_factory, prepare):
+    images = prepare(_headers(phantom_factory("dicom_out_library", **SMALL).paths))
     images[3].SpacingBetweenSlices = 5.0  # a descriptor the first image does not have
     images[7].PixelSpacing = [0.5, 0.25]  # values differ: not common to the group
     codes = _check_against_highdicom(images)
