@@ -60,6 +60,18 @@ def test_volume_decoded_ahead_equals_the_one_read_from_disk(tmp_path, spec):
     assert_same_volume(volume_with(decoded_ahead(paths), paths), load_volume(paths))
 
 
+def test_instances_decoded_ahead_are_not_decoded_again(tmp_path, monkeypatch):
+    paths = write_series(PhantomSpec(**SMALL), tmp_path).paths
+    taken = decoded_ahead(paths)
+    expected = load_volume(paths)
+
+    def no_decoding(path, frames):
+        raise AssertionError(f"{path.name} decoded again")
+
+    monkeypatch.setattr("pipeline.volume._decoded_frames", no_decoding)
+    assert_same_volume(volume_with(taken, paths), expected)
+
+
 def test_multi_frame_instance_decoded_ahead(tmp_path):
     paths = write_enhanced_series(PhantomSpec(**SMALL, vary_rescale=True),
                                   tmp_path / "enhanced.dcm").paths
