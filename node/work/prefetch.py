@@ -8,7 +8,8 @@ decoder) into a cache bounded by workers.prefetch_memory_mb (oldest out).
 Never in the C-STORE handler: receiving is in another process and only reads the index
 and the spool as the worker does anyway. Whatever the cache lacks or no longer matches
 (evicted, a later series version, a file replaced or removed by retention, a job claimed
-by another worker) is read from the spool by the job, so the volume is always the one
+by another worker, an instance row committed after a later one and so not seen, as
+PostgreSQL may) is read from the spool by the job, so the volume is always the one
 pipeline.volume.load_volume makes.
 """
 
