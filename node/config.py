@@ -57,6 +57,9 @@ class NetworkSection:
     network_timeout_s: float = 120.0
     # 0 = no limit: peers send the largest PDUs they can, which is fastest.
     max_pdu_bytes: int = 0
+    # Processes receiving on the DICOM port (node.dicom.receivers): one core each.
+    # 0 = one per CPU core, at most 4.
+    receivers: int = 0
 
 
 @dataclass
@@ -307,6 +310,8 @@ def validate(settings: Settings) -> list[str]:
     for name in ("association_request_timeout_s", "acse_timeout_s", "dimse_timeout_s",
                  "network_timeout_s"):
         problems += _check_positive(getattr(s.network, name), f"network.{name}")
+    if not 0 <= s.network.receivers <= 64:
+        problems.append("network.receivers: 0 (one per CPU core) to 64")
     if s.network.max_pdu_bytes != 0 and s.network.max_pdu_bytes < 4096:
         problems.append("network.max_pdu_bytes: 0 (no limit) or at least 4096")
     if s.storage.min_free_disk_mb < 0:

@@ -92,12 +92,27 @@ COUNTED = (ASSOCIATIONS_ACCEPTED, ASSOCIATIONS_REJECTED, CSTORE_RESPONSES, RECEI
            WORKER_RESTARTS, INTERRUPTED_DELIVERIES, AUDIT_MESSAGES)
 
 
+Snapshot = dict[tuple[Family, "str | None"], float]
+
+
 class Counters:
-    """Thread-safe counters of the serving process."""
+    """Thread-safe counters of the serving process, with those its receiving processes
+    report (node.dicom.receivers: each sends its snapshot(), kept by merge())."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._values: dict[tuple[Family, str | None], float] = defaultdict(float)
+        self._others: dict[str, Snapshot] = {}  # another process's latest counts, by name
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            return dict(self._values)
+
+    def merge(self, source: str, snapshot: Snapshot) -> None:
+        """source's counts since it started (they only grow); kept after it ends, so that a
+        restarted receiving process adds to them, as counters must."""
+        with self._lock:
+            self._others[source] = snapshot
 
     def add(self, family: Family, label_value: str | None = None, amount: float = 1.0) -> None:
         if (family.label is None) != (label_value is None) or (
@@ -108,8 +123,10 @@ class Counters:
             self._values[(family, label_value)] += amount
 
     def value(self, family: Family, label_value: str | None = None) -> float:
+        key = (family, label_value)
         with self._lock:
-            return self._values.get((family, label_value), 0.0)
+            return self._values.get(key, 0.0) + sum(
+                other.get(key, 0.0) for other in self._others.values())
 
     def samples(self, family: Family) -> list[tuple[Labels, float]]:
         """Every known label value, zero included, so that a rate never lacks a series."""

@@ -22,6 +22,8 @@ from node.metrics import LiveFigures
 from node.dicom.policy import AssociationPolicy
 from node.store.receiving import Receiver
 from node.store.retention import Retention
+from node.dicom import acceptor_choice
+from node.dicom.receivers import ReceiverProcesses, listening_socket, receiver_count
 from node.dicom.scp import StorageSCP
 from node.store.spool import Spool
 from node.stopping import STOP_RESERVE_S, exit_by, exit_now, on_stop_signals, run_parallel
@@ -46,9 +48,21 @@ class Node:
         self.audit = AuditTrail(settings, self.live.counters,
                                 study_patient_lookup(self.index, settings.spool_dir))
         self.live.audit_queued = self.audit.queued
+        # Receiving on every core: this process and receivers - 1 others on one socket.
+        count = receiver_count(settings)
+        if count > 1 and acceptor_choice.fast_acceptor() is None:
+            log.warning("network.receivers = %d needs the fast acceptor: receiving in one "
+                        "process", count)
+            count = 1
+        self.listen_socket = listening_socket(settings) if count > 1 else None
+        self.receivers = (ReceiverProcesses(settings, count - 1, self.listen_socket,
+                                            self.live.counters, self.audit, self.index)
+                          if self.listen_socket is not None else None)
         self.scp = StorageSCP(settings, self.receiver, self.policy, self.live.counters,
-                              self.audit)
-        self.live.open_associations = lambda: len(self.scp.ae.active_associations)
+                              self.audit, self.receivers and self.receivers.open_counts)
+        self.live.open_associations = (
+            self.receivers.open_associations if self.receivers is not None
+            else lambda: len(self.scp.ae.active_associations))
         self.completion = CompletionMonitor(self.index, self.receiver, settings.completion,
                                             settings.selection)
         self.workers = WorkerPool(settings, self.index, counters=self.live.counters)
@@ -91,7 +105,11 @@ class Node:
             log.error("free disk is below storage.min_free_disk_mb (%d MB): associations "
                       "will be refused until space is freed", s.storage.min_free_disk_mb)
         self.heartbeat.start()
-        self.scp.start()
+        self.scp.start(self.listen_socket)
+        if self.receivers is not None:
+            self.receivers.start()
+            log.info("receiving in %d processes on one socket (network.receivers)",
+                     self.receivers.count + 1)
         self.completion.start()
         self.workers.start()
         self.orphan_watch.start()
@@ -113,11 +131,13 @@ class Node:
         exit_by(deadline)
         log.info("stopping within %.0f s: no new associations; open ones may finish", timeout)
         until = deadline - STOP_RESERVE_S
+        self.stop_deadline = until
         if self.http is not None:
             self.http.should_exit = True
         late = run_parallel({
             # Senders get half the time to finish; then they are aborted.
             "dicom": lambda: self.scp.stop(grace_s=timeout / 2),
+            "receivers": self._stop_receivers,
             "workers": lambda: self.workers.stop(until - time.monotonic()),
             "completion": self.completion.stop,
             "orphan-watch": self.orphan_watch.stop,
@@ -134,6 +154,14 @@ class Node:
         flush_repeated_lines()
         log.info("stopped")
         return late
+
+    def _stop_receivers(self) -> bool:
+        if self.receivers is None:
+            return True
+        late = self.receivers.stop(self.stop_deadline)
+        if late:
+            log.warning("stopping: %s killed", ", ".join(late))
+        return not late
 
     def _stop_http(self) -> bool:
         """Open answer streams get a few seconds (node.http.app), then are stored as cut off."""

@@ -41,7 +41,9 @@ port = {closed_port}
 
         def delivered_or_waiting():
             figures = scrape(client, node.url)
-            return figures if one(figures, "trauma_node_deliveries", state="pending") == 2 else None
+            # SEG and SR are queued before the job's other outputs: wait for both.
+            return figures if (one(figures, "trauma_node_deliveries", state="pending") == 2
+                               and one(figures, "trauma_node_jobs", state="done") == 1) else None
         figures = wait_for(delivered_or_waiting, timeout=90, interval=0.3,
                            what="SEG and SR waiting for the PACS")
 

@@ -71,13 +71,17 @@ def fast_acceptor() -> Any | None:
 
 
 def start_server(ae: Any, address: tuple[str, int], evt_handlers: list, guard: Any,
-                 ssl_context: Any = None) -> Any:
+                 ssl_context: Any = None, listen_socket: Any = None) -> Any:
     """ae.start_server(address, block=False, ...): the fast acceptor when pynetdicom is
     PINNED_VERSION, with connections accepted as node.dicom.connections says (guard: its
-    timeouts and refusals); else pynetdicom's stock server."""
+    timeouts and refusals); else pynetdicom's stock server. listen_socket (a socket shared
+    by several receiving processes, node.dicom.receivers) needs the fast acceptor."""
     module = fast_acceptor()
     if module is not None:
-        return module.start_server(ae, address, evt_handlers, guard, ssl_context=ssl_context)
+        return module.start_server(ae, address, evt_handlers, guard, ssl_context=ssl_context,
+                                   listen_socket=listen_socket)
+    if listen_socket is not None:
+        raise RuntimeError("a shared listening socket needs the fast acceptor")
     server = ae.start_server(address, block=False, evt_handlers=evt_handlers,
                              ssl_context=ssl_context)
     _unbind_standard_log_handlers(server)

@@ -30,6 +30,7 @@ from pynetdicom.utils import decode_bytes
 A_ASSOCIATE_RQ = 0x01
 MAX_REQUEST_BYTES = 1 << 20  # 128 contexts x 16 transfer syntaxes come to ~150 KB
 ANSWER_WAIT_S = 1.0  # after an A-ASSOCIATE-RJ, for the peer to close the connection
+BUSY_ACCEPT_DELAY_S = 0.002  # per open association, before a shared socket's accept
 
 
 @dataclass
@@ -73,13 +74,41 @@ def check_ae_titles(request: bytes) -> None:
 
 
 class GuardedServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server whose accept loop does nothing but accept."""
+    """pynetdicom's threaded server whose accept loop does nothing but accept.
+
+    With listen_socket set (node.dicom.receivers) it accepts on that socket, bound and
+    listening already and shared by the node's receiving processes, instead of binding
+    its own. Each of them accepts when the socket is readable; the one that loses the
+    race for a connection gets nothing (non-blocking accept) and waits for the next, and a
+    process with more associations open waits a little before it accepts, so that an idle
+    one takes the connection: the associations spread over the processes, and the cores."""
 
     daemon_threads = True  # a connection waiting for its request never delays the exit
     guard: Guard
+    listen_socket: socket.socket | None = None
+    open_here: Callable[[], int] = staticmethod(lambda: 0)  # associations of this process
+
+    def server_bind(self) -> None:
+        if self.listen_socket is None:
+            super().server_bind()
+            return
+        self.socket.close()
+        self.socket = self.listen_socket
+        self.socket.settimeout(0)  # the race for a connection is lost without waiting
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        if self.listen_socket is None:
+            super().server_activate()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        return self.socket.accept()  # no handshake here: see association_request
+        if self.listen_socket is not None:
+            busy = self.open_here()
+            if busy:  # let an idle process take it first
+                time.sleep(min(BUSY_ACCEPT_DELAY_S * busy, 4 * BUSY_ACCEPT_DELAY_S))
+        sock, address = self.socket.accept()  # no handshake here: see association_request
+        sock.settimeout(None)
+        return sock, address
 
 
 def association_request(server: GuardedServer, sock: socket.socket, address: tuple

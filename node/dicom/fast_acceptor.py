@@ -583,12 +583,20 @@ class FastRequestHandler(RequestHandler):
 
 
 def start_server(ae: Any, address: tuple[str, int], evt_handlers: list, guard: Guard,
-                 ssl_context: Any = None) -> ThreadedAssociationServer:
+                 ssl_context: Any = None, listen_socket: socket.socket | None = None
+                 ) -> ThreadedAssociationServer:
     """ae.start_server(address, block=False, ...) with the fast acceptor classes, and
-    connections accepted as node.dicom.connections says (guard: its timeouts and refusals).
-    Only node.dicom.acceptor_choice calls this, once it has checked pynetdicom's version."""
+    connections accepted as node.dicom.connections says (guard: its timeouts and refusals);
+    listen_socket: accept on it, shared with the node's other receiving processes, instead
+    of binding address. Only node.dicom.acceptor_choice calls this, once it has checked
+    pynetdicom's version."""
+    server_class: type[GuardedServer] = GuardedServer
+    if listen_socket is not None:
+        server_class = type("SharedSocketServer", (GuardedServer,), {
+            "listen_socket": listen_socket,
+            "open_here": staticmethod(lambda: len(ae.active_associations))})
     server = ae.make_server(address, ssl_context=ssl_context, evt_handlers=evt_handlers,
-                            server_class=GuardedServer, request_handler=FastRequestHandler)
+                            server_class=server_class, request_handler=FastRequestHandler)
     server.guard = guard
     for event, handler in _LOG_HANDLERS:
         server.unbind(event, handler)

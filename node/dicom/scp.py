@@ -44,7 +44,8 @@ from node.dicom.connections import Guard
 from node.store.headers import extract
 from node.metrics import (ASSOCIATIONS_ACCEPTED, ASSOCIATIONS_REJECTED, CSTORE_RESPONSES,
                       RECEIVED_BYTES, Counters)
-from node.dicom.policy import AssociationPolicy
+from node.dicom.policy import (LOCAL_LIMIT_EXCEEDED, SERVICE_PROVIDER_PRESENTATION, TRANSIENT,
+                               AssociationPolicy)
 from node.dicom.dataset_bytes import file_meta_prefix, pixel_data_problem, read_header
 from node.store.receiving import Receiver
 from node.store.spool import InvalidUID, check_uid
@@ -157,8 +158,15 @@ def _summarise(stats: _AssociationStats, how: str) -> None:
 
 class StorageSCP:
     def __init__(self, settings: Settings, receiver: Receiver, policy: AssociationPolicy,
-                 counters: Counters | None = None, audit: AuditTrail | None = None):
+                 counters: Counters | None = None, audit: AuditTrail | None = None,
+                 open_counts: Any = None, slot: int = 0):
+        """open_counts: the associations open in each of the node's receiving processes
+        (node.dicom.receivers: shared memory, this process writes open_counts[slot]), whose
+        sum is held to network.max_associations; None: this process alone receives."""
         self.settings = settings
+        self.open_counts, self.slot = open_counts, slot
+        self._counted: set[int] = set()  # associations counted in open_counts[slot]
+        self._count_lock = threading.Lock()
         self.audit = audit
         self.receiver = receiver
         self.policy = policy
@@ -199,6 +207,31 @@ class StorageSCP:
                 self.audit.node_refused(rq.address, calling, rejection.reason)
             assoc.acse.send_reject(rejection.result, rejection.source, rejection.diagnostic)
             assoc.kill()
+            return
+        if self.open_counts is not None and not self._count_in(assoc):
+            log.warning("association rejected: calling %r host %s: local limit (%d "
+                        "associations)", calling, rq.address,
+                        self.settings.network.max_associations)
+            self.counters.add(ASSOCIATIONS_REJECTED, "association_limit")
+            assoc.acse.send_reject(TRANSIENT, SERVICE_PROVIDER_PRESENTATION, LOCAL_LIMIT_EXCEEDED)
+            assoc.kill()
+
+    def _count_in(self, assoc: Any) -> bool:
+        """One more association in the node's total, if there is room. Counted first, then
+        the total checked: two processes at once may both refuse, never both exceed it."""
+        with self._count_lock:
+            self.open_counts[self.slot] += 1
+            if sum(self.open_counts) > self.settings.network.max_associations:
+                self.open_counts[self.slot] -= 1
+                return False
+            self._counted.add(id(assoc))
+        return True
+
+    def _count_out(self, assoc: Any) -> None:
+        with self._count_lock:
+            if id(assoc) in self._counted:
+                self._counted.discard(id(assoc))
+                self.open_counts[self.slot] -= 1
 
     def _on_rejected(self, event: evt.Event) -> None:
         # Rejections made by pynetdicom itself, e.g. too many associations.
@@ -229,6 +262,8 @@ class StorageSCP:
         assoc = event.assoc
         with self._stats_lock:
             stats = self._stats.pop(id(assoc), None)
+        if self.open_counts is not None:
+            self._count_out(assoc)
         # Not released is cut short: pynetdicom flags an abort only after the connection's
         # close event, but a release before it (the A-RELEASE-RP goes out first).
         self.receiver.association_closed(id(assoc), aborted=not assoc.is_released)
@@ -361,7 +396,9 @@ class StorageSCP:
             (evt.EVT_C_STORE, self._on_store),
         ]
 
-    def start(self) -> None:
+    def start(self, listen_socket: Any = None) -> None:
+        """listen_socket: accept on it, bound already and shared with the node's other
+        receiving processes (node.dicom.receivers), instead of binding the port."""
         node = self.settings.node
         context = server_context(self.settings.tls) if self.settings.tls.enabled else None
         # pynetdicom's acceptor with event-driven waiting instead of 1 ms polling
@@ -370,7 +407,8 @@ class StorageSCP:
         guard = Guard(net.association_request_timeout_s, net.network_timeout_s,
                       self._on_connection_refused)
         self.server = acceptor_choice.start_server(self.ae, (node.dicom_bind, node.dicom_port),
-                                            self.handlers(), guard, ssl_context=context)
+                                                   self.handlers(), guard, ssl_context=context,
+                                                   listen_socket=listen_socket)
         log.info("DICOM SCP %r listening on %s:%d%s", node.ae_title, node.dicom_bind,
                  node.dicom_port, " (TLS)" if context else "")
 
