@@ -59,7 +59,7 @@ class Node:
                                             self.live.counters, self.audit, self.index)
                           if self.listen_socket is not None else None)
         self.scp = StorageSCP(settings, self.receiver, self.policy, self.live.counters,
-                              self.audit, self.receivers and self.receivers.open_counts)
+                              self.audit, self.receivers and self.receivers.shared_load())
         self.live.open_associations = (
             self.receivers.open_associations if self.receivers is not None
             else lambda: len(self.scp.ae.active_associations))

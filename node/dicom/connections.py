@@ -30,7 +30,6 @@ from pynetdicom.utils import decode_bytes
 A_ASSOCIATE_RQ = 0x01
 MAX_REQUEST_BYTES = 1 << 20  # 128 contexts x 16 transfer syntaxes come to ~150 KB
 ANSWER_WAIT_S = 1.0  # after an A-ASSOCIATE-RJ, for the peer to close the connection
-BUSY_ACCEPT_DELAY_S = 0.002  # per open association, before a shared socket's accept
 
 
 @dataclass
@@ -39,6 +38,10 @@ class Guard:
     data_timeout_s: float | None  # any read once associated
     # (host, metrics code, reason); code None: the peer left, nothing was refused
     on_refused: Callable[[str, str | None, str], None]
+    # A socket shared by several receiving processes (node.dicom.receivers): how long this
+    # one waits before it accepts (it is busier than another), and that it accepted.
+    accept_delay: Callable[[], float] = lambda: 0.0
+    on_accepted: Callable[[], None] = lambda: None
 
 
 class Refused(Exception):
@@ -80,13 +83,12 @@ class GuardedServer(ThreadedAssociationServer):
     listening already and shared by the node's receiving processes, instead of binding
     its own. Each of them accepts when the socket is readable; the one that loses the
     race for a connection gets nothing (non-blocking accept) and waits for the next, and a
-    process with more associations open waits a little before it accepts, so that an idle
-    one takes the connection: the associations spread over the processes, and the cores."""
+    process busier than another waits a little before it accepts (guard.accept_delay), so
+    that the idler one takes the connection: associations spread over the processes."""
 
     daemon_threads = True  # a connection waiting for its request never delays the exit
     guard: Guard
     listen_socket: socket.socket | None = None
-    open_here: Callable[[], int] = staticmethod(lambda: 0)  # associations of this process
 
     def server_bind(self) -> None:
         if self.listen_socket is None:
@@ -103,10 +105,11 @@ class GuardedServer(ThreadedAssociationServer):
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         if self.listen_socket is not None:
-            busy = self.open_here()
-            if busy:  # let an idle process take it first
-                time.sleep(min(BUSY_ACCEPT_DELAY_S * busy, 4 * BUSY_ACCEPT_DELAY_S))
+            delay = self.guard.accept_delay()
+            if delay > 0:  # let an idler process take it first
+                time.sleep(delay)
         sock, address = self.socket.accept()  # no handshake here: see association_request
+        self.guard.on_accepted()
         sock.settimeout(None)
         return sock, address
 

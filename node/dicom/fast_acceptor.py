@@ -592,9 +592,8 @@ def start_server(ae: Any, address: tuple[str, int], evt_handlers: list, guard: G
     pynetdicom's version."""
     server_class: type[GuardedServer] = GuardedServer
     if listen_socket is not None:
-        server_class = type("SharedSocketServer", (GuardedServer,), {
-            "listen_socket": listen_socket,
-            "open_here": staticmethod(lambda: len(ae.active_associations))})
+        server_class = type("SharedSocketServer", (GuardedServer,),
+                            {"listen_socket": listen_socket})
     server = ae.make_server(address, ssl_context=ssl_context, evt_handlers=evt_handlers,
                             server_class=server_class, request_handler=FastRequestHandler)
     server.guard = guard

@@ -12,8 +12,8 @@ because they meet only in the database (node.store.senders: who sends what).
 What only `serve` keeps is sent to it, through a pipe from each: the process's counters
 (its snapshot, within FLUSH_S of a change and at its end: /metrics adds them up) and
 its audit events (the audit trail writes one file). network.max_associations holds for the node as a
-whole: each process counts its open associations in its slot of a shared array, and the
-sum is checked when an association is requested. (Pipes and a lock-free array: no
+whole: each process counts its open associations in its slots of a shared array, and the
+sum is checked when an association is requested (SharedLoad). (Pipes and a lock-free array: no
 multiprocessing semaphores, which `serve`'s immediate exit would leave behind.)
 
 A receiving process that dies (killed, out of memory) is replaced; the series its
@@ -45,8 +45,78 @@ log = logging.getLogger("trauma_node.scp")
 
 FLUSH_S = 0.1  # how often a receiving process looks whether its counters changed
 RESTART_DELAY_S = 1.0
+START_TIMEOUT_S = 30.0  # for the receiving processes to accept, at start-up
 MAX_AUTO = 4  # network.receivers = 0: one per core, at most this many
 _PR_SET_PDEATHSIG = 1
+
+
+ACCEPT_DELAY_S = 0.003  # per association or connection more than the idlest process has
+MAX_ACCEPT_DELAY_S = 0.012
+
+
+class SharedLoad:
+    """The node's receiving processes' load, in an array they share (no lock: each writes
+    only its own two slots, under a thread lock of its own): per process, its open
+    associations (their sum is held to network.max_associations) and its connections
+    accepted but not yet associated. A process busier than the idlest waits a little
+    before it accepts (node.dicom.connections), so that the idlest takes the connection."""
+
+    def __init__(self, counts: Any, slot: int, max_associations: int, pending_s: float):
+        self.counts, self.slot = counts, slot
+        self.max_associations = max_associations
+        self.pending_s = pending_s  # a connection not associated by then is over anyway
+        self._lock = threading.Lock()
+        self._pending: list[float] = []  # when each connection not yet associated came
+        self._counted: set[int] = set()  # associations in our count
+
+    def _publish_pending(self, now: float) -> None:
+        self._pending = [t for t in self._pending if now - t < self.pending_s]
+        self.counts[2 * self.slot + 1] = len(self._pending)
+
+    def accepted(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            self._pending.append(now)
+            self._publish_pending(now)
+
+    def request_arrived(self) -> None:
+        """The connection is an association now, or was closed before: no longer pending."""
+        with self._lock:
+            if self._pending:
+                self._pending.pop(0)
+            self._publish_pending(time.monotonic())
+
+    def count_in(self, key: int) -> bool:
+        """One more association in the node's total, if there is room. Counted first, then
+        the total checked: two processes at once may both refuse, never both exceed it."""
+        with self._lock:
+            self.counts[2 * self.slot] += 1
+            if sum(self.counts[0::2]) > self.max_associations:
+                self.counts[2 * self.slot] -= 1
+                return False
+            self._counted.add(key)
+            return True
+
+    def count_out(self, key: int) -> None:
+        with self._lock:
+            if key in self._counted:
+                self._counted.discard(key)
+                self.counts[2 * self.slot] -= 1
+
+    def open_associations(self) -> int:
+        return sum(self.counts[0::2])
+
+    def accept_delay(self) -> float:
+        with self._lock:
+            self._publish_pending(time.monotonic())
+        loads = [a + p for a, p in zip(self.counts[0::2], self.counts[1::2])]
+        extra = loads[self.slot] - min(loads)
+        return min(MAX_ACCEPT_DELAY_S, ACCEPT_DELAY_S * extra) if extra > 0 else 0.0
+
+
+def shared_load(settings: Settings, counts: Any, slot: int) -> SharedLoad:
+    net = settings.network
+    return SharedLoad(counts, slot, net.max_associations, net.association_request_timeout_s + 1)
 
 
 def receiver_count(settings: Settings) -> int:
@@ -108,7 +178,7 @@ def _exit_with_parent(parent_pid: int) -> None:
 
 
 def receiver_main(settings: Settings, listen_socket: socket.socket, pipe: Connection,
-                  open_counts: Any, slot: int, parent_pid: int) -> None:
+                  load_counts: Any, slot: int, parent_pid: int) -> None:
     """A receiving process: an SCP on the shared socket until SIGTERM."""
     from node.dicom.policy import AssociationPolicy
     from node.dicom.scp import StorageSCP
@@ -128,10 +198,11 @@ def receiver_main(settings: Settings, listen_socket: socket.socket, pipe: Connec
     parent = _ToParent(pipe)
     policy = AssociationPolicy(settings.node.ae_title, settings.peers, spool.free_bytes,
                                settings.storage.min_free_disk_mb * 2**20)
-    scp = StorageSCP(settings, receiver, policy, counters, _AuditToParent(parent), open_counts,
-                     slot)
+    scp = StorageSCP(settings, receiver, policy, counters, _AuditToParent(parent),
+                     shared_load(settings, load_counts, slot))
     heartbeat.start()
     scp.start(listen_socket)
+    parent.send(("ready", slot))
 
     sent: dict = {}
 
@@ -162,15 +233,17 @@ class ReceiverProcesses:
         self.listen_socket, self.counters, self.audit, self.index = (
             listen_socket, counters, audit, index)
         self.ctx = mp.get_context("spawn")
-        # Open associations per process: serve's own SCP is slot 0, process i slot i + 1.
-        self.open_counts = self.ctx.RawArray("i", count + 1)
+        # Two counts per process (SharedLoad): serve's own SCP is slot 0, process i slot i + 1.
+        self.load_counts = self.ctx.RawArray("i", 2 * (count + 1))
+        self._ready: set[int] = set()
         self.processes: list[mp.process.BaseProcess] = []
         self._pipes: dict[int, Connection] = {}  # slot -> the read end of its process's pipe
         self._pipes_lock = threading.Lock()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
 
-    def start(self) -> None:
+    def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Start them and wait until each accepts (or timeout_s: then they join later)."""
         for i in range(self.count):
             self.processes.append(self._spawn(i + 1))
         for target, name in ((self._drain, "receiver-events"),
@@ -178,13 +251,24 @@ class ReceiverProcesses:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
+        deadline = time.monotonic() + timeout_s
+        while len(self._ready) < self.count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if len(self._ready) < self.count:
+            log.warning("%d of %d receiving processes not ready after %.0f s",
+                        self.count - len(self._ready), self.count, timeout_s)
+
+    def shared_load(self) -> SharedLoad:
+        """serve's own SCP's share (slot 0)."""
+        return shared_load(self.settings, self.load_counts, 0)
 
     def _spawn(self, slot: int) -> mp.process.BaseProcess:
-        self.open_counts[slot] = 0  # a process replaced: its associations ended with it
+        # A process replaced: its associations and connections ended with it.
+        self.load_counts[2 * slot] = self.load_counts[2 * slot + 1] = 0
         reader, writer = self.ctx.Pipe(duplex=False)
         process = self.ctx.Process(
             target=receiver_main, name=f"receiver-{slot}", daemon=False,
-            args=(self.settings, self.listen_socket, writer, self.open_counts, slot,
+            args=(self.settings, self.listen_socket, writer, self.load_counts, slot,
                   os.getpid()))
         process.start()
         writer.close()  # the child's now: EOF here when it ends
@@ -214,6 +298,8 @@ class ReceiverProcesses:
         try:
             if event[0] == "counters":
                 self.counters.merge(event[1], event[2])
+            elif event[0] == "ready":
+                self._ready.add(event[1])
             elif event[0] == "audit" and self.audit is not None:
                 getattr(self.audit, event[1])(*event[2], **event[3])
         except Exception:  # noqa: BLE001 - one bad event never stops the others
@@ -253,4 +339,4 @@ class ReceiverProcesses:
         return late
 
     def open_associations(self) -> int:
-        return sum(self.open_counts)
+        return sum(self.load_counts[0::2])

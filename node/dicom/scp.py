@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -53,6 +54,7 @@ from node.dicom.tls import server_context
 
 if TYPE_CHECKING:
     from node.audit.trail import AuditTrail
+    from node.dicom.receivers import SharedLoad
 
 log = logging.getLogger("trauma_node.scp")
 
@@ -159,14 +161,12 @@ def _summarise(stats: _AssociationStats, how: str) -> None:
 class StorageSCP:
     def __init__(self, settings: Settings, receiver: Receiver, policy: AssociationPolicy,
                  counters: Counters | None = None, audit: AuditTrail | None = None,
-                 open_counts: Any = None, slot: int = 0):
-        """open_counts: the associations open in each of the node's receiving processes
-        (node.dicom.receivers: shared memory, this process writes open_counts[slot]), whose
-        sum is held to network.max_associations; None: this process alone receives."""
+                 load: SharedLoad | None = None):
+        """load: this process's share of the node's receiving load (node.dicom.receivers:
+        the node's association total, who accepts next); None: this process alone
+        receives."""
         self.settings = settings
-        self.open_counts, self.slot = open_counts, slot
-        self._counted: set[int] = set()  # associations counted in open_counts[slot]
-        self._count_lock = threading.Lock()
+        self.load = load
         self.audit = audit
         self.receiver = receiver
         self.policy = policy
@@ -196,6 +196,8 @@ class StorageSCP:
     def _on_requested(self, event: evt.Event) -> None:
         assoc = event.assoc
         rq = assoc.requestor
+        if self.load is not None:
+            self.load.request_arrived()
         # Before negotiation only the request primitive holds the AE titles.
         calling = str(rq.primitive.calling_ae_title)
         rejection = self.policy.check(str(rq.primitive.called_ae_title), calling, rq.address)
@@ -208,30 +210,13 @@ class StorageSCP:
             assoc.acse.send_reject(rejection.result, rejection.source, rejection.diagnostic)
             assoc.kill()
             return
-        if self.open_counts is not None and not self._count_in(assoc):
+        if self.load is not None and not self.load.count_in(id(assoc)):
             log.warning("association rejected: calling %r host %s: local limit (%d "
                         "associations)", calling, rq.address,
                         self.settings.network.max_associations)
             self.counters.add(ASSOCIATIONS_REJECTED, "association_limit")
             assoc.acse.send_reject(TRANSIENT, SERVICE_PROVIDER_PRESENTATION, LOCAL_LIMIT_EXCEEDED)
             assoc.kill()
-
-    def _count_in(self, assoc: Any) -> bool:
-        """One more association in the node's total, if there is room. Counted first, then
-        the total checked: two processes at once may both refuse, never both exceed it."""
-        with self._count_lock:
-            self.open_counts[self.slot] += 1
-            if sum(self.open_counts) > self.settings.network.max_associations:
-                self.open_counts[self.slot] -= 1
-                return False
-            self._counted.add(id(assoc))
-        return True
-
-    def _count_out(self, assoc: Any) -> None:
-        with self._count_lock:
-            if id(assoc) in self._counted:
-                self._counted.discard(id(assoc))
-                self.open_counts[self.slot] -= 1
 
     def _on_rejected(self, event: evt.Event) -> None:
         # Rejections made by pynetdicom itself, e.g. too many associations.
@@ -242,6 +227,8 @@ class StorageSCP:
 
     def _on_connection_refused(self, host: str, code: str | None, reason: str) -> None:
         """A connection closed before it was an association (node.dicom.connections)."""
+        if self.load is not None:
+            self.load.request_arrived()
         if code is None:  # the peer left (a port check, say): nothing refused
             log.info("connection from %s closed: %s", host, reason)
             return
@@ -256,14 +243,15 @@ class StorageSCP:
             self._stats[id(event.assoc)] = _AssociationStats(rq.ae_title, rq.address)
         self.counters.add(ASSOCIATIONS_ACCEPTED)
         tls = "yes" if self.settings.tls.enabled else "no"
-        log.info("association accepted: calling %r host %s tls %s", rq.ae_title, rq.address, tls)
+        log.info("association accepted: calling %r host %s tls %s (process %d)", rq.ae_title,
+                 rq.address, tls, os.getpid())
 
     def _on_closed(self, event: evt.Event) -> None:
         assoc = event.assoc
         with self._stats_lock:
             stats = self._stats.pop(id(assoc), None)
-        if self.open_counts is not None:
-            self._count_out(assoc)
+        if self.load is not None:
+            self.load.count_out(id(assoc))
         # Not released is cut short: pynetdicom flags an abort only after the connection's
         # close event, but a release before it (the A-RELEASE-RP goes out first).
         self.receiver.association_closed(id(assoc), aborted=not assoc.is_released)
@@ -406,6 +394,8 @@ class StorageSCP:
         net = self.settings.network
         guard = Guard(net.association_request_timeout_s, net.network_timeout_s,
                       self._on_connection_refused)
+        if self.load is not None:
+            guard.accept_delay, guard.on_accepted = self.load.accept_delay, self.load.accepted
         self.server = acceptor_choice.start_server(self.ae, (node.dicom_bind, node.dicom_port),
                                                    self.handlers(), guard, ssl_context=context,
                                                    listen_socket=listen_socket)
