@@ -113,6 +113,9 @@ def one_run(workdir: Path, series_dir: Path, study_uid: str, series_uid: str,
         stages = {s["stage"]: s["seconds"] for s in json.loads(result)["provenance"]["stages"]}
         analysis = sum(seconds for stage, seconds in stages.items() if stage != "volume")
         ahead = re.search(r"job \d+: (\d+) of (\d+) instances decoded while", node.log())
+        if not ahead or ahead.group(1) == "0":  # say why, from the worker's log
+            print("\n".join(line for line in node.log().splitlines()
+                            if re.search(r"worker|prefetch|Traceback|Error", line)), file=sys.stderr)
         return {"quiet": completed - acked, "queue": started - completed,
                 "volume": stages["volume"], "analysis": analysis,
                 "seg_sr": queued - started - stages["volume"] - analysis,

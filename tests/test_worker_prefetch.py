@@ -11,11 +11,11 @@ import pydicom
 import pytest
 from pydicom.uid import RLELossless
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 
 from node.config import Settings, WorkersSection
 from node.store import jobs
-from node.store.database import Index, Series, SeriesState
+from node.store.database import Index, Job, JobState, Series, SeriesState
 from node.store.headers import extract
 from node.store.receiving import Receiver
 from node.store.spool import Spool
@@ -130,11 +130,14 @@ def job_paths(settings: Settings, index: Index, series_uid: str, version: int) -
     return [settings.spool_dir / p for p in jobs.instance_paths(index, job)]
 
 
-def complete(index: Index, series_uid: str) -> None:
-    """As the completion monitor does: the series version is queued."""
+def complete(index: Index, series_uid: str, version: int = 1) -> None:
+    """As the completion monitor does: the series version is queued, with its job."""
     with index.engine.begin() as conn:
         conn.execute(update(Series).where(Series.series_uid == series_uid).values(
             state=SeriesState.QUEUED.value))
+        series_id = conn.execute(select(Series.id).where(Series.series_uid == series_uid)).scalar()
+        conn.execute(insert(Job).values(series_id=series_id, series_version=version,
+                                        state=JobState.QUEUED.value))
 
 
 def run_decoder(prefetcher: Prefetcher) -> None:
@@ -168,6 +171,20 @@ def test_instances_decoded_while_arriving_serve_each_series_version(tmp_path, no
     assert sorted(taken.decoded) == sorted(set(second) - set(first))
     assert_same_volume(volume_with(taken, second), load_volume(second))
     assert len(prefetcher.cache) == 0
+
+
+def test_a_look_between_the_claim_and_the_take_keeps_what_was_decoded(tmp_path, node):
+    settings, index, receiver = node
+    truth = write_series(PhantomSpec(**SMALL), tmp_path / "sent")
+    prefetcher = Prefetcher(settings, index)
+    receive(receiver, truth.paths)
+    prefetcher.look()
+    run_decoder(prefetcher)
+    complete(index, truth.spec.series_uid)
+    job = jobs.claim(index, "test/worker-1")
+    prefetcher.look()  # the watcher's, while the worker lists the job's instances
+    paths = [settings.spool_dir / p for p in jobs.instance_paths(index, job)]
+    assert sorted(prefetcher.take(paths).decoded) == sorted(paths)
 
 
 def test_decoded_instances_no_job_will_use_are_dropped(tmp_path, node):

@@ -140,6 +140,7 @@ class Prefetcher:
         self._todo: queue.Queue[tuple[int, Path]] = queue.Queue()
         self._claimed: set[Path] = set()  # instances of the job this worker runs: its to read
         self._last_instance = 0
+        self.decoded = 0  # instances decoded since the start, for the log
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._watch, name="prefetch-watch", daemon=True),
                          threading.Thread(target=self._decode, name="prefetch-decode", daemon=True)]
@@ -161,6 +162,9 @@ class Prefetcher:
         self._claimed.update(paths)
         return self.cache.take(paths)
 
+    def progress(self) -> str:
+        return f"{self.decoded} decoded since start, {self._todo.qsize()} waiting"
+
     def release(self, paths: list[Path]) -> None:
         self._claimed.difference_update(paths)
 
@@ -175,7 +179,7 @@ class Prefetcher:
             cached = self.cache.series()
             useful = set(conn.execute(select(Series.id).where(
                 Series.id.in_(cached), _may_serve_a_job())).scalars()) if cached else set()
-        self.cache.forget(cached - useful)  # skipped, or analysed by another worker
+        self.cache.forget(cached - useful)  # skipped, or analysed
         spool = self.settings.spool_dir
         for row in rows:
             self._last_instance = max(self._last_instance, row.id)
@@ -196,11 +200,14 @@ class Prefetcher:
             if path in self._claimed:
                 continue  # its job reads it itself
             entry = decode(series_id, path)
+            self.decoded += entry is not None
             if entry is not None and path not in self._claimed:
                 self.cache.put(entry)
 
 
 def _may_serve_a_job():
-    """Series whose decoded instances may still serve a job: receiving, or with a job queued."""
-    queued = select(Job.series_id).where(Job.state == JobState.QUEUED.value)
-    return or_(Series.state == SeriesState.RECEIVING.value, Series.id.in_(queued))
+    """Series whose decoded instances may still serve a job: receiving, or with a job queued
+    or running (claimed, and about to take them: this look may fall in between)."""
+    waiting = select(Job.series_id).where(Job.state.in_((JobState.QUEUED.value,
+                                                          JobState.RUNNING.value)))
+    return or_(Series.state == SeriesState.RECEIVING.value, Series.id.in_(waiting))

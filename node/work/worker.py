@@ -119,8 +119,8 @@ def run_one(index: Index, settings: Settings, name: str, cutter: JobCutter | Non
         paths = [settings.spool_dir / p for p in jobs.instance_paths(index, job)]
         ahead = prefetcher.take(paths) if prefetcher is not None else None
         if ahead is not None:
-            log.info("job %d: %d of %d instances decoded while the series arrived", job.id,
-                     len(ahead.decoded), len(paths))
+            log.info("job %d: %d of %d instances decoded while the series arrived (%s)", job.id,
+                     len(ahead.decoded), len(paths), prefetcher.progress())
         result = run_job(settings, index, job, paths, ahead)
     except NoRoomForResults as exc:  # not the job's fault: it waits in the queue
         jobs.give_back(index, [name])
