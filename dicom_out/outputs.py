@@ -5,7 +5,7 @@ show (add_for_other_viewers), so that the first can be sent while the rest is bu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 from pydicom.dataset import Dataset
 
@@ -69,12 +69,17 @@ def build_outputs(findings: Findings, source_datasets: Sequence[Dataset], *, ser
 
 def build_seg_and_sr(findings: Findings, source_datasets: Sequence[Dataset], *,
                      series_version: int, algorithm_name: str, algorithm_version: str,
-                     previous_sr: Dataset | None = None) -> tuple[Dataset | None, Dataset]:
+                     previous_sr: Dataset | None = None,
+                     seg_built: Callable[[Dataset], object] = lambda _: None
+                     ) -> tuple[Dataset | None, Dataset]:
     """The SEG (None without a label volume) and the SR: what the trauma team waits for,
-    built first so that they can be sent before the rest (build_outputs says the rest)."""
+    built first so that they can be sent before the rest (build_outputs says the rest).
+    seg_built: given the SEG before the SR is built (the node sends it meanwhile)."""
     identity = dict(series_version=series_version, algorithm_name=algorithm_name,
                     algorithm_version=algorithm_version)
     seg = build_seg(findings, source_datasets, **identity) if findings.labels is not None else None
+    if seg is not None:
+        seg_built(seg)
     return seg, build_sr(findings, source_datasets, seg, previous_sr=previous_sr, **identity)
 
 

@@ -552,21 +552,21 @@ def test_a_contained_vascular_injury_is_its_own_segment_and_group(bleed, tmp_pat
 
 
 def test_the_seg_and_sr_are_written_and_announced_before_the_rest(bleed, tmp_path):
-    """The node queues the SEG and SR for delivery when told, while the summary images,
-    the PDF and the KOS are still to be built; then all of them are there."""
+    """The node queues the SEG for delivery when told, then the SR, while the summary
+    images, the PDF and the KOS are still to be built; then all of them are there."""
     from node.work.results import write_outputs
 
     out = tmp_path / "v1"
-    on_disk_when_told: list[set[str]] = []
+    told: list[tuple[list[str], set[str]]] = []
 
-    def told(objects: dict[str, list[Path]]) -> None:
-        assert set(objects) == {"seg", "sr"}
-        assert pydicom.dcmread(objects["sr"][0]).SOPInstanceUID == bleed.sr.SOPInstanceUID
-        on_disk_when_told.append({p.name for p in out.iterdir()})
+    def written_first(objects: dict[str, list[Path]]) -> None:
+        for paths in objects.values():
+            assert pydicom.dcmread(paths[0]).StudyInstanceUID == bleed.sr.StudyInstanceUID
+        told.append((list(objects), {p.name for p in out.iterdir()}))
 
     paths = [Path(ds.filename) for ds in bleed.sources]
     written = write_outputs(dataclasses.replace(bleed.findings), paths, out, 1,
-                            seg_and_sr_written=told)
-    assert on_disk_when_told == [{"seg.dcm", "sr.dcm"}]
+                            written_first=written_first)
+    assert told == [(["seg"], {"seg.dcm"}), (["sr"], {"seg.dcm", "sr.dcm"})]
     assert list(written) == ["seg", "sr", "sc", "pdf", "kos"]
     assert {p.name for p in out.iterdir()} >= {"sc-01.dcm", "pdf.dcm", "kos.dcm", "findings.json"}

@@ -45,7 +45,7 @@ def run_job(settings: Settings, index: Index, job: ClaimedJob, paths: list[Path]
     deliveries = _Deliveries(settings, index, job)
     objects = write_outputs(findings, paths, out_dir, job.series_version, withdrawn,
                             sources=source.headers(paths), read_slice=source.key_slice,
-                            seg_and_sr_written=deliveries.queue)
+                            written_first=deliveries.queue)
     deliveries.queue(objects)
     log.info("job %d: %s risk, %.1f mL blood; %s written, %d deliveries queued", job.id,
              findings.risk_tier, findings.volumes_ml.get("hemorrhage", 0.0),

@@ -87,7 +87,7 @@ def write_outputs(findings: Findings, source_paths: list[Path], out_dir: Path,
                   series_version: int, unreported: Collection[int] = (), *,
                   sources: Sequence[Dataset] | None = None,
                   read_slice: SliceReader = read_from_file,
-                  seg_and_sr_written: Callable[[dict[str, list[Path]]], object] = lambda _: None
+                  written_first: Callable[[dict[str, list[Path]]], object] = lambda _: None
                   ) -> dict[str, list[Path]]:
     """findings.json, labels.npy, report.txt and the DICOM objects in out_dir.
 
@@ -96,8 +96,8 @@ def write_outputs(findings: Findings, source_paths: list[Path], out_dir: Path,
     unreported: earlier versions whose results were never sent (withdrawn), which the new
     SR does not name as its predecessor. sources: the headers of source_paths when already
     read (else read here); read_slice: the HU of a key slice (default: decoded again).
-    seg_and_sr_written: told of the SEG and SR as soon as they are written, before the
-    rest is built (the node queues them for delivery then).
+    written_first: told of the SEG as soon as it is written, then of the SR, before the rest
+    is built (the node queues each for delivery then: the SEG is sent while the SR is built).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     # dicom_out needs the source headers, and the pixels of the key slices only, which
@@ -106,13 +106,21 @@ def write_outputs(findings: Findings, source_paths: list[Path], out_dir: Path,
         sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in source_paths]
     identity = dict(series_version=series_version, algorithm_name=ALGORITHM_NAME,
                     algorithm_version=__version__)
+    written: dict[str, list[Path]] = {}
+
+    def write_first(kind: str, dataset: Dataset) -> None:
+        new = _write_objects({kind: [dataset]}, out_dir)
+        written.update(new)
+        written_first(new)
+
     seg, sr = build_seg_and_sr(findings, sources, **identity,
-                               previous_sr=previous_sr(out_dir, series_version, unreported))
+                               previous_sr=previous_sr(out_dir, series_version, unreported),
+                               seg_built=lambda seg: write_first("seg", seg))
+    write_first("sr", sr)
     outputs = DicomOutputs(seg=seg, sr=sr)
-    written = _write_objects(outputs, out_dir)
-    seg_and_sr_written(dict(written))
     add_for_other_viewers(outputs, findings, sources, read_slice=read_slice, **identity)
-    written |= _write_objects(outputs, out_dir, skip=written)
+    written |= _write_objects({kind: datasets for kind, datasets in outputs.by_kind().items()
+                               if kind not in written}, out_dir)
     if findings.labels is not None:
         labels = findings.labels
         _write_atomically(out_dir / "labels.npy", lambda h: np.save(h, labels, allow_pickle=False))
@@ -123,12 +131,11 @@ def write_outputs(findings: Findings, source_paths: list[Path], out_dir: Path,
     return {kind: written[kind] for kind in KINDS if kind in written}
 
 
-def _write_objects(outputs: DicomOutputs, out_dir: Path, skip: Collection[str] = ()
-                   ) -> dict[str, list[Path]]:
-    """The objects of each kind not in skip: seg.dcm, sr.dcm, sc-01.dcm..., pdf.dcm, kos.dcm."""
+def _write_objects(objects: dict[str, list[Dataset]], out_dir: Path) -> dict[str, list[Path]]:
+    """seg.dcm, sr.dcm, sc-01.dcm..., pdf.dcm, kos.dcm; a kind without objects is left out."""
     written: dict[str, list[Path]] = {}
-    for kind, datasets in outputs.by_kind().items():
-        for number, dataset in enumerate(datasets if kind not in skip else [], start=1):
+    for kind, datasets in objects.items():
+        for number, dataset in enumerate(datasets, start=1):
             path = out_dir / (f"{kind}-{number:02d}.dcm" if kind == "sc" else f"{kind}.dcm")
             _write_atomically(path, lambda h, ds=dataset: ds.save_as(h))
             written.setdefault(kind, []).append(path)
