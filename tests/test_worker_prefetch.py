@@ -140,11 +140,23 @@ def complete(index: Index, series_uid: str, version: int = 1) -> None:
                                         state=JobState.QUEUED.value))
 
 
-def run_decoder(prefetcher: Prefetcher) -> None:
-    """What the decoder thread does with what one look found, here in the test's thread."""
+def look_and_decode(prefetcher: Prefetcher) -> None:
+    """One look of the watcher, and what the decoder thread does with what it found, here
+    in the test's thread."""
+    prefetcher.look()
     while not prefetcher._todo.empty():
         series_id, path = prefetcher._todo.get()
         prefetcher.cache.put(decode(series_id, path))
+
+
+def all_arrived(node, tmp_path):
+    """A series received whole, decoded by a prefetcher as it arrived."""
+    settings, index, receiver = node
+    truth = write_series(PhantomSpec(**SMALL), tmp_path / "sent")
+    prefetcher = Prefetcher(settings, index)
+    receive(receiver, truth.paths)
+    look_and_decode(prefetcher)
+    return truth, prefetcher
 
 
 def test_instances_decoded_while_arriving_serve_each_series_version(tmp_path, node):
@@ -152,13 +164,11 @@ def test_instances_decoded_while_arriving_serve_each_series_version(tmp_path, no
     truth = write_series(PhantomSpec(**SMALL), tmp_path / "sent")
     prefetcher = Prefetcher(settings, index)
     receive(receiver, truth.paths[:8])
-    prefetcher.look()
-    run_decoder(prefetcher)
+    look_and_decode(prefetcher)
     assert len(prefetcher.cache) == 8
     complete(index, truth.spec.series_uid)
     receive(receiver, truth.paths[8:])  # after completion: version 2, arriving
-    prefetcher.look()
-    run_decoder(prefetcher)
+    look_and_decode(prefetcher)
 
     first = job_paths(settings, index, truth.spec.series_uid, 1)
     taken = prefetcher.take(first)
@@ -174,12 +184,8 @@ def test_instances_decoded_while_arriving_serve_each_series_version(tmp_path, no
 
 
 def test_a_look_between_the_claim_and_the_take_keeps_what_was_decoded(tmp_path, node):
-    settings, index, receiver = node
-    truth = write_series(PhantomSpec(**SMALL), tmp_path / "sent")
-    prefetcher = Prefetcher(settings, index)
-    receive(receiver, truth.paths)
-    prefetcher.look()
-    run_decoder(prefetcher)
+    settings, index, _ = node
+    truth, prefetcher = all_arrived(node, tmp_path)
     complete(index, truth.spec.series_uid)
     job = jobs.claim(index, "test/worker-1")
     prefetcher.look()  # the watcher's, while the worker lists the job's instances
@@ -188,12 +194,9 @@ def test_a_look_between_the_claim_and_the_take_keeps_what_was_decoded(tmp_path, 
 
 
 def test_decoded_instances_no_job_will_use_are_dropped(tmp_path, node):
-    settings, index, receiver = node
-    truth = write_series(PhantomSpec(**SMALL), tmp_path / "sent")
-    prefetcher = Prefetcher(settings, index)
-    receive(receiver, truth.paths)
-    prefetcher.look()
-    run_decoder(prefetcher)
+    _, index, _ = node
+    _, prefetcher = all_arrived(node, tmp_path)
+    assert len(prefetcher.cache) == SMALL["slices"]
     with index.engine.begin() as conn:  # skipped by the selection: no job will come
         conn.execute(update(Series).values(state=SeriesState.SKIPPED.value))
     prefetcher.look()
