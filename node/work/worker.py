@@ -253,8 +253,8 @@ def _work(settings: Settings, stop: threading.Event, name: str, index: Index,
 
     # Worker processes only: in `serve`'s own process (model backends) decoding would
     # compete with receiving for the interpreter.
-    prefetcher = (Prefetcher(settings, index).start()
-                  if settings.workers.prefetch and cutter is not None else None)
+    wanted = settings.workers.prefetch and settings.workers.prefetch_memory_mb > 0
+    prefetcher = Prefetcher(settings, index).start() if wanted and cutter is not None else None
     log.info("worker %s ready%s", name, ", decoding arriving series ahead" if prefetcher else "")
     try:
         while not stop.is_set():
