@@ -243,6 +243,32 @@ class Destination:
         return self.verify_interrupted or VERIFY_INTERRUPTED[self.protocol][0]
 
 
+# What calls for a critical-result alert (node.alerts.triggers), and how one is sent.
+ALERT_TRIGGERS = ("high_risk", "active_extravasation")
+ALERT_KINDS = ("webhook", "fhir", "hl7")
+
+
+@dataclass
+class AlertReceiver:
+    """One receiver of critical-result alerts ([[alerts]], node.alerts)."""
+    name: str
+    kind: str  # webhook (JSON, HMAC-signed) | fhir (R4 transaction Bundle) | hl7 (ORU^R01, MLLP)
+    # webhook and fhir: url; hl7: host and port.
+    url: str = ""
+    host: str = ""
+    port: int = 0
+    triggers: list[str] = field(default_factory=lambda: list(ALERT_TRIGGERS))
+    # webhook: the HMAC key (required); fhir: a bearer token (optional). Never in this file.
+    secret_file: str = ""
+    secret_env: str = ""
+    ca_certificates: str = ""
+    allow_insecure_http: bool = False
+    timeout_s: float = 10.0
+    # hl7: MSH-5 and MSH-6, the receiving application and facility.
+    receiving_application: str = ""
+    receiving_facility: str = ""
+
+
 @dataclass
 class Settings:
     node: NodeSection = field(default_factory=NodeSection)
@@ -257,6 +283,7 @@ class Settings:
     audit: AuditSection = field(default_factory=AuditSection)
     peers: list[Peer] = field(default_factory=list)
     destinations: list[Destination] = field(default_factory=list)
+    alerts: list[AlertReceiver] = field(default_factory=list)
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
 
     @property
@@ -380,6 +407,7 @@ def validate(settings: Settings) -> list[str]:
             problems.append(f"destinations[{i}].name: duplicate name {dest.name!r}")
         names.add(dest.name)
         problems += _check_destination(s, dest, f"destinations[{i}]")
+    problems += _check_alerts(s.alerts)
     pipeline_validate = getattr(s.pipeline, "validate", None)
     if callable(pipeline_validate):
         problems += [p if p.startswith("pipeline") else f"pipeline: {p}" for p in pipeline_validate()]
@@ -459,6 +487,60 @@ def _check_dicomweb(dest: Destination, key: str) -> list[str]:
     return problems
 
 
+def _check_alerts(receivers: list[AlertReceiver]) -> list[str]:
+    problems: list[str] = []
+    names: set[str] = set()
+    for i, alert in enumerate(receivers):
+        key = f"alerts[{i}]"
+        if alert.name in names or not alert.name.strip():
+            problems.append(f"{key}.name: " + ("empty" if not alert.name.strip()
+                                               else f"duplicate name {alert.name!r}"))
+        names.add(alert.name)
+        if alert.kind not in ALERT_KINDS:
+            problems.append(f"{key}.kind: {alert.kind!r} is not one of {', '.join(ALERT_KINDS)}")
+            continue
+        unknown = sorted(set(alert.triggers) - set(ALERT_TRIGGERS))
+        if unknown or not alert.triggers:
+            problems.append(f"{key}.triggers: " + (f"unknown {unknown}" if unknown else
+                            "empty: it would never be sent") + f" (use some of "
+                            f"{', '.join(ALERT_TRIGGERS)})")
+        if alert.kind == "hl7":
+            if alert.url or not alert.host:
+                problems.append(f"{key}: kind = \"hl7\" needs host and port (MLLP), not url")
+            problems += _check_port(alert.port, f"{key}.port")
+        else:
+            problems += _check_alert_url(alert, key)
+        if alert.secret_file and alert.secret_env:
+            problems.append(f"{key}: one of secret_file, secret_env, not both")
+        elif alert.kind == "webhook" and not (alert.secret_file or alert.secret_env):
+            problems.append(f"{key}: a webhook needs secret_file or secret_env (the HMAC key "
+                            "its receiver checks the signature with)")
+        if alert.secret_file and not Path(alert.secret_file).expanduser().is_file():
+            problems.append(f"{key}.secret_file: file not found: {alert.secret_file}")
+        elif alert.secret_env and not os.environ.get(alert.secret_env):
+            problems.append(f"{key}.secret_env: the environment variable {alert.secret_env} "
+                            "is not set")
+        problems += _check_positive(alert.timeout_s, f"{key}.timeout_s")
+    return problems
+
+
+def _check_alert_url(alert: AlertReceiver, key: str) -> list[str]:
+    parts = urlsplit(alert.url)
+    if parts.scheme not in ("https", "http") or not parts.hostname or alert.host:
+        return [f"{key}.url: kind = {alert.kind!r} needs an https:// url (not host and port), "
+                "e.g. https://alerts.example.org/" + ("hook" if alert.kind == "webhook"
+                                                       else "fhir")]
+    problems = []
+    if parts.username or parts.password:
+        problems.append(f"{key}.url: no credentials in the URL; use secret_file or secret_env")
+    if parts.scheme == "http" and not alert.allow_insecure_http:
+        problems.append(f"{key}.url: http:// sends alerts unencrypted; use https://, or set "
+                        "allow_insecure_http = true (a receiver on loopback)")
+    if alert.ca_certificates and not Path(alert.ca_certificates).expanduser().is_file():
+        problems.append(f"{key}.ca_certificates: file not found: {alert.ca_certificates}")
+    return problems
+
+
 def _check_audit(s: Settings) -> list[str]:
     a = s.audit
     problems = _check_positive(a.max_file_mb, "audit.max_file_mb")
@@ -490,7 +572,8 @@ def _env_overlay(table: dict[str, Any], env: Mapping[str, str]) -> None:
         if not isinstance(sub, dict):
             raise ConfigError([f"{section}: expected a table"])
         apply_env(sub, cls, env, ENV_PREFIX, path, section)
-    for name, item in (("peers", list[Peer]), ("destinations", list[Destination])):
+    for name, item in (("peers", list[Peer]), ("destinations", list[Destination]),
+                       ("alerts", list[AlertReceiver])):
         var = env_name(ENV_PREFIX, [name])
         if var in env:
             table[name] = coerce(env[var], item, f"{name} (from ${var})", from_env=True)

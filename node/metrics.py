@@ -88,8 +88,13 @@ AUDIT_MESSAGES = Family(
     "failed (could not be written there), sent (to the syslog collector), dropped (the "
     "collector was unreachable and audit.syslog_queue full: the oldest queued one dropped; "
     "it is in the local file).", "outcome", ("written", "failed", "sent", "dropped"))
+ALERTS = Family(
+    "trauma_node_alert_attempts_total", "counter",
+    "Critical-result alert attempts since the node started ([[alerts]], node.alerts), by "
+    "outcome: sent (acknowledged), failed (to be retried), dead (a dead letter).", "outcome",
+    ("sent", "failed", "dead"))
 COUNTED = (ASSOCIATIONS_ACCEPTED, ASSOCIATIONS_REJECTED, CSTORE_RESPONSES, RECEIVED_BYTES,
-           WORKER_RESTARTS, INTERRUPTED_DELIVERIES, AUDIT_MESSAGES)
+           WORKER_RESTARTS, INTERRUPTED_DELIVERIES, AUDIT_MESSAGES, ALERTS)
 
 
 Snapshot = dict[tuple[Family, "str | None"], float]

@@ -11,6 +11,7 @@ import uvicorn
 from pipeline.models import preflight
 
 from node.store import jobs, senders
+from node.alerts.delivery import Alerts
 from node.audit.trail import AuditTrail, study_patient_lookup
 from node.store.completion import CompletionMonitor
 from node.config import Settings, node_identity
@@ -68,6 +69,7 @@ class Node:
         self.workers = WorkerPool(settings, self.index, counters=self.live.counters)
         self.orphan_watch = OrphanWatch(settings, self.index)
         self.delivery = Delivery(settings, self.index, self.live.counters, self.audit)
+        self.alerts = Alerts(settings, self.index, self.identity, self.live.counters)
         self.retention = Retention(settings, self.index, self.receiver.forget_series,
                                    self.receiver.lock, self.spool.free_bytes)
         self.http: uvicorn.Server | None = None
@@ -114,6 +116,7 @@ class Node:
         self.workers.start()
         self.orphan_watch.start()
         self.delivery.start()
+        self.alerts.start()
         self.retention.start()
         app = create_app(s, self.index, live=self.live, audit=self.audit)
         self.http = uvicorn.Server(server_config(app, s.node.http_bind, s.node.http_port, s.node.stop_timeout_s))
@@ -142,6 +145,7 @@ class Node:
             "completion": self.completion.stop,
             "orphan-watch": self.orphan_watch.stop,
             "delivery": lambda: self.delivery.stop(until - time.monotonic()),
+            "alerts": lambda: self.alerts.stop(until - time.monotonic()),
             "retention": lambda: self.retention.stop(until - time.monotonic()),
             "http": self._stop_http,
         }, until) + self.workers.busy()

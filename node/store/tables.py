@@ -182,6 +182,47 @@ class OutboxItem(Base):
     attempt_started_at: Mapped[float | None] = mapped_column(Float)
 
 
+class AlertState(str, enum.Enum):
+    PENDING = "pending"
+    SENT = "sent"
+    DEAD = "dead"
+
+
+class AlertCheck(Base):
+    """A finished job the alert watcher has looked at (node.alerts.store): checked once,
+    whether or not it called for an alert; `fired` names the triggers it met."""
+
+    __tablename__ = "alert_checks"
+    job_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fired: Mapped[str] = mapped_column(String(64), default="")  # comma-separated; '' none
+    checked_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class AlertItem(Base):
+    """One critical-result alert for one receiver ([[alerts]]), until it is delivered
+    (node.alerts.store). The payload is built when it is sent, from the job's result."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (UniqueConstraint("job_id", "receiver"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(Integer, index=True)
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    series_uid: Mapped[str] = mapped_column(String(64))
+    series_version: Mapped[int] = mapped_column(Integer)
+    receiver: Mapped[str] = mapped_column(String(64))
+    # Stable across attempts and restarts: the receiver tells a repeat by it.
+    alert_id: Mapped[str] = mapped_column(String(64), unique=True)
+    triggers: Mapped[str] = mapped_column(String(64))  # comma-separated
+    state: Mapped[str] = mapped_column(String(16), default=AlertState.PENDING.value, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float] = mapped_column(Float, default=0.0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    # Epoch seconds when the last attempt went out; None once it was answered.
+    attempt_started_at: Mapped[float | None] = mapped_column(Float)
+
+
 class QaMessage(Base):
     """One question or answer of a study's conversation (node.store.conversations)."""
 

@@ -1,0 +1,130 @@
+"""The alert outbox: which finished jobs were checked for alerts (alert_checks) and one
+row per alert and receiver (alerts), with the result outbox's guarantees
+(node.store.outbox): retries with backoff, dead letters with the reason, an attempt
+marked started (committed) before it goes out.
+
+Only results finished within WINDOW are checked: a node upgraded to alerts, or given a new
+receiver, does not page anyone about last week's studies.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from node.config import AlertReceiver, DeliverySection
+from node.store.database import Index, Job, JobState, Series, Study, utcnow
+from node.store.outbox import backoff_s
+from node.store.tables import AlertCheck, AlertItem, AlertState
+from node.alerts.triggers import for_receiver
+
+WINDOW = dt.timedelta(hours=1)
+BATCH = 50  # finished jobs checked per pass
+# The namespace of alert ids: uuid5(namespace, "<series uid>/<version>/<receiver>").
+ALERT_NAMESPACE = uuid.UUID("6b1f4a52-3c1e-5a8e-9d0a-7c2b1e4f9a10")
+
+
+@dataclass
+class FinishedJob:
+    id: int
+    study_uid: str
+    series_uid: str
+    series_version: int
+    result: dict[str, Any] | None
+
+
+def alert_id(series_uid: str, version: int, receiver: str) -> str:
+    return str(uuid.uuid5(ALERT_NAMESPACE, f"{series_uid}/{version}/{receiver}"))
+
+
+def unchecked_jobs(index: Index, now: dt.datetime | None = None) -> list[FinishedJob]:
+    since = (now or utcnow()) - WINDOW
+    with index.engine.connect() as conn:
+        rows = conn.execute(
+            select(Job.id, Study.study_uid, Series.series_uid, Job.series_version, Job.result)
+            .join(Series, Job.series_id == Series.id).join(Study, Series.study_id == Study.id)
+            .where(Job.state == JobState.DONE.value, Job.finished_at >= since,
+                   Job.id.not_in(select(AlertCheck.job_id)))
+            .order_by(Job.id).limit(BATCH)).all()
+    return [FinishedJob(*row) for row in rows]
+
+
+def record(index: Index, job: FinishedJob, met: list[str],
+           receivers: list[AlertReceiver]) -> int:
+    """The job checked and its alerts queued, in one transaction; returns alerts queued
+    (0 also when another node sharing the database checked it first)."""
+    rows = [{"job_id": job.id, "study_uid": job.study_uid, "series_uid": job.series_uid,
+             "series_version": job.series_version, "receiver": receiver.name,
+             "alert_id": alert_id(job.series_uid, job.series_version, receiver.name),
+             "triggers": ",".join(wanted)}
+            for receiver in receivers if (wanted := for_receiver(met, receiver.triggers))]
+    try:
+        with index.engine.begin() as conn:
+            conn.execute(insert(AlertCheck).values(job_id=job.id, fired=",".join(met)))
+            if rows:
+                conn.execute(insert(AlertItem), rows)
+    except IntegrityError:
+        return 0
+    return len(rows)
+
+
+def due(index: Index, now: float | None = None) -> list[AlertItem]:
+    now = time.time() if now is None else now
+    with index.session() as session:
+        return list(session.execute(select(AlertItem).where(
+            AlertItem.state == AlertState.PENDING.value,
+            AlertItem.next_attempt_at <= now).order_by(AlertItem.id)).scalars())
+
+
+def claim(index: Index, item: AlertItem, in_flight_s: float) -> bool:
+    """Mark the attempt started, committed before it goes out; False when another sender
+    (a node sharing the database) took it since it was read, or started one less than
+    in_flight_s ago that may still be waiting for its answer."""
+    started = item.attempt_started_at
+    if started is not None and time.time() - started < in_flight_s:
+        return False
+    with index.engine.begin() as conn:
+        return conn.execute(update(AlertItem).where(
+            AlertItem.id == item.id, AlertItem.state == AlertState.PENDING.value,
+            AlertItem.attempts == item.attempts,
+            AlertItem.attempt_started_at.is_(None) if started is None
+            else AlertItem.attempt_started_at == started,
+        ).values(attempt_started_at=time.time())).rowcount == 1
+
+
+def mark_sent(index: Index, item_id: int) -> None:
+    with index.engine.begin() as conn:
+        conn.execute(update(AlertItem).where(AlertItem.id == item_id).values(
+            state=AlertState.SENT.value, sent_at=utcnow(), last_error=None,
+            attempts=AlertItem.attempts + 1, attempt_started_at=None))
+
+
+def mark_failed(index: Index, item: AlertItem, error: str, policy: DeliverySection,
+                permanent: bool = False, answered: bool = True) -> str:
+    """answered: the receiver answered, so it does not hold the alert; otherwise the
+    attempt stays marked (in doubt) until the next one."""
+    attempts = item.attempts + 1
+    state = AlertState.DEAD if permanent or attempts >= policy.max_attempts \
+        else AlertState.PENDING
+    doubt = {"attempt_started_at": None} if answered else {}
+    with index.engine.begin() as conn:
+        conn.execute(update(AlertItem).where(AlertItem.id == item.id).values(
+            state=state.value, attempts=attempts, last_error=error[:500],
+            next_attempt_at=time.time() + backoff_s(attempts, policy), **doubt))
+    return state.value
+
+
+def alerts_for_study(index: Index, study_uid: str) -> list[dict]:
+    with index.session() as session:
+        rows = session.execute(select(AlertItem).where(
+            AlertItem.study_uid == study_uid).order_by(AlertItem.id)).scalars()
+        return [{"receiver": r.receiver, "alert_id": r.alert_id, "triggers": r.triggers,
+                 "series_uid": r.series_uid, "series_version": r.series_version,
+                 "state": r.state, "attempts": r.attempts, "last_error": r.last_error}
+                for r in rows]
