@@ -28,7 +28,7 @@ OHIF_INTEGRITY := sha512-WZdxmpmG7rqFgW9ZJLcbgr3XCtLi1KDNPoMaeY5PPe6j4G4fjEjjkyc
 OHIF_DIR := .ohif
 OHIF_STAMP := $(OHIF_DIR)/.installed-$(OHIF_VERSION)
 
-.PHONY: run test install install-test system-deps ohif bench bench-gpu clean
+.PHONY: run test install install-test system-deps ohif bench bench-gpu bench-soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -84,6 +84,11 @@ test: install-test system-deps ohif
 
 bench: install-test system-deps
 	$(BIN)/python bench/ingest.py
+
+# A day of traffic in 20 to 30 minutes: 200 studies from four senders, Orthanc stopped twice,
+# the node restarted once; bench/soak.png and the soak section of bench/RESULTS.md.
+bench-soak: install-test system-deps
+	$(BIN)/python bench/soak.py --write-results
 
 # On a CUDA host: the pipeline with the full-size model architectures (random weights).
 bench-gpu: install-test
