@@ -16,6 +16,14 @@ profiled on a 300-slice 512x512 series (bench/ingest.py):
 - the data set bytes go to the file from the receive buffer itself, no copy.
 
 Deflated data sets are inflated and decoded by pynetdicom as before.
+
+Most instances never reach pydicom at all (`_plain_header`): in a little endian data
+set whose top-level elements up to Pixel Data all have defined lengths, the wanted
+values are plain ASCII and the image is not an Enhanced CT, the elements are walked
+with struct and converted as pydicom converts them, then handed to the same `extract`.
+Anything else (a sequence of undefined length, a value with leading spaces or other
+characters, a VR that differs from the dictionary's) is read by pydicom, as before:
+tests/test_dataset_bytes_plain.py checks both give the same header.
 """
 
 from __future__ import annotations
@@ -117,6 +125,18 @@ def read_header(stream: BytesIO, transfer_syntax: UID) -> tuple[InstanceHeader, 
     Reads the data set up to the Pixel Data element only. Raises on data that
     cannot be parsed (the caller answers with a failure status).
     """
+    if transfer_syntax.is_little_endian and not transfer_syntax.is_deflated:
+        with stream.getbuffer() as buffer:
+            plain = _plain_header(buffer, transfer_syntax.is_implicit_VR,
+                                  transfer_syntax.is_compressed)
+        if plain is not None:
+            return plain
+    return read_header_pydicom(stream, transfer_syntax)
+
+
+def read_header_pydicom(stream: BytesIO, transfer_syntax: UID
+                        ) -> tuple[InstanceHeader, str | None]:
+    """read_header through pydicom: any data set it can read."""
     pixel: dict[str, Any] = {}
 
     def at_pixel_data(tag: int, vr: str | None, length: int) -> bool:
@@ -147,3 +167,102 @@ def read_header(stream: BytesIO, transfer_syntax: UID) -> tuple[InstanceHeader, 
 
 
 HEADER_TAGS = _header_tags()
+
+
+class _Values(dict):
+    """Converted values by keyword, read by `extract` as it reads a pydicom Dataset."""
+
+    def __getattr__(self, keyword: str) -> Any:
+        try:
+            return self[keyword]
+        except KeyError:
+            raise AttributeError(keyword) from None
+
+
+class _NotPlain(Exception):
+    """Leave this data set to pydicom."""
+
+
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
+                       b"UR", b"UT", b"UV"})
+_TEXT_VRS = frozenset({"UI", "CS", "SH", "LO"})
+_PLAIN_VRS = _TEXT_VRS | {"DS", "IS", "US"}
+_ENHANCED = frozenset({0x52009229, 0x52009230})  # the functional groups: pydicom reads them
+
+
+def _wanted() -> dict[int, tuple[str, str]]:
+    from pydicom.datadict import dictionary_VR, keyword_for_tag
+
+    return {tag: (keyword_for_tag(tag), dictionary_VR(tag)) for tag in HEADER_TAGS or ()}
+
+
+def _convert(vr: str, raw: bytes) -> Any:
+    """A value as pydicom gives it, for values it converts plainly; raises _NotPlain."""
+    if vr == "US":
+        if len(raw) != 2:
+            raise _NotPlain()
+        return struct.unpack("<H", raw)[0]
+    if (not raw.isascii() or b"\\ " in raw or raw[:1] == b" "
+            or b"\x00" in raw and vr != "UI"):
+        raise _NotPlain()
+    parts = raw.decode("ascii").rstrip("\x00 ").split("\\")
+    if vr in _TEXT_VRS:
+        if vr == "UI" and len(parts) > 1:
+            raise _NotPlain()
+        return parts[0] if len(parts) == 1 else [p.rstrip(" ") for p in parts]
+    if parts == [""]:
+        return None  # an empty DS or IS
+    try:
+        numbers = [float(p) if vr == "DS" else int(p) for p in parts]
+    except ValueError:
+        raise _NotPlain() from None
+    return numbers[0] if len(numbers) == 1 else numbers
+
+
+def _plain_header(buffer: memoryview, implicit: bool, compressed: bool
+                  ) -> tuple[InstanceHeader, str | None] | None:
+    """read_header's answer without pydicom, or None (see the module docstring)."""
+    values = _Values()
+    pos, end = 0, len(buffer)
+    try:
+        while pos + 8 <= end:
+            group, element = struct.unpack_from("<HH", buffer, pos)
+            tag = group << 16 | element
+            if implicit:
+                vr = None
+                length = struct.unpack_from("<L", buffer, pos + 4)[0]
+                value_at = pos + 8
+            else:
+                vr = bytes(buffer[pos + 4:pos + 6])
+                if not (vr.isalpha() and vr.isupper()):
+                    raise _NotPlain()
+                if vr in _LONG_VRS:
+                    length = struct.unpack_from("<L", buffer, pos + 8)[0]
+                    value_at = pos + 12
+                else:
+                    length = struct.unpack_from("<H", buffer, pos + 6)[0]
+                    value_at = pos + 8
+            if tag == PIXEL_DATA:
+                present = end - value_at if length == _UNDEFINED_LENGTH else min(
+                    length, end - value_at)
+                if compressed:
+                    return extract(values), None
+                expected = _native_pixel_bytes(values)  # type: ignore[arg-type]
+                truncated = expected is None or present < expected
+                return extract(values), "truncated" if truncated else None
+            if length == _UNDEFINED_LENGTH or tag in _ENHANCED or tag < 0x00080000:
+                raise _NotPlain()
+            known = _WANTED.get(tag)
+            if known is not None:
+                keyword, dictionary_vr = known
+                if (vr is not None and vr.decode("ascii", "replace") != dictionary_vr
+                        or dictionary_vr not in _PLAIN_VRS):
+                    raise _NotPlain()
+                values[keyword] = _convert(dictionary_vr, bytes(buffer[value_at:value_at + length]))
+            pos = value_at + length
+    except (_NotPlain, struct.error, UnicodeDecodeError):
+        return None
+    return None  # no Pixel Data, or a data set cut short: pydicom says which
+
+
+_WANTED = _wanted()
