@@ -120,14 +120,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_retry(args: argparse.Namespace) -> int:
     from node.store import outbox
     from node.store.database import Index
+    from node.store.tables import AlertItem
 
     settings = _settings(args)
     index = Index(settings.database_url)
     try:
         count = outbox.retry_dead(index)
+        alerts = outbox.retry_dead(index, AlertItem)  # alerts' dead letters (node.alerts)
     finally:
         index.close()
-    print(f"{count} dead letters re-queued for delivery")
+    print(f"{count} dead letters re-queued for delivery"
+          + (f", and {alerts} critical-result alerts" if alerts else ""))
     return 0
 
 

@@ -20,6 +20,7 @@ from support.alert_receivers import WEBHOOK_SECRET, FhirReceiver, MllpListener, 
 from support.qa_support import api_settings, findings_dict
 
 from node.alerts import store
+from node.store import outbox, status
 from node.alerts.delivery import Alerts
 from node.alerts.triggers import fired
 from node.config import AlertReceiver, load_settings
@@ -200,11 +201,18 @@ def test_a_permanent_refusal_is_a_dead_letter_with_its_reason(node_db):
         finish("bleed")
         node.check_finished()
         send_until(node, lambda: all(a.state == "dead" for a in alerts(index)))
+        assert {a.receiver: (a.attempts, a.last_error) for a in alerts(index)} == {
+            "hook": (1, "HTTP 401 Unauthorized"), "fhir": (1, "HTTP 422 Unprocessable Entity"),
+            "ris": (1, "HL7 AR: rejected")}
+        # What `trauma-node status` shows; `trauma-node retry` sends them again.
+        [line] = [line for line in status.table(index).splitlines() if " ris " in line]
+        assert line.split()[1:6:3] == ["alert", "dead"] and line.endswith("HL7 AR: rejected")
+        ris.code = "AA"
+        assert outbox.retry_dead(index, AlertItem) == 3
+        send_until(node, lambda: alerts(index)[2].state == "sent")
     finally:
         hook.stop(), server.stop(), ris.stop()
-    assert {a.receiver: (a.attempts, a.last_error) for a in alerts(index)} == {
-        "hook": (1, "HTTP 401 Unauthorized"), "fhir": (1, "HTTP 422 Unprocessable Entity"),
-        "ris": (1, "HL7 AR: rejected")}
+    assert [m["code"] for m in ris.messages] == ["AR", "AA"]
 
 
 def test_an_attempt_cut_off_is_sent_again_with_the_same_id_and_kept_once(node_db):

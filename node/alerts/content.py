@@ -23,6 +23,7 @@ from sqlalchemy import select
 
 from node.store.database import Index, Instance, Job
 from node.store.tables import AlertItem
+from node.alerts.outcome import AlertNotDelivered
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,8 @@ class AlertContent:
 def load(index: Index, spool_dir: Path, item: AlertItem, node: str) -> AlertContent:
     with index.session() as session:
         job = session.get(Job, item.job_id)
+        if job is None:  # removed by retention before the alert could go
+            raise AlertNotDelivered("the study's result is no longer held", permanent=True)
         result, finished_at = dict(job.result or {}), job.finished_at
         first = session.execute(select(Instance.path).where(
             Instance.series_id == job.series_id,

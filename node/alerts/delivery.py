@@ -13,6 +13,7 @@ from typing import Callable
 from node.config import AlertReceiver, Settings
 from node.metrics import ALERTS, Counters
 from node.store.database import Index
+from node.store import outbox
 from node.store.tables import AlertItem
 from node.alerts import content, fhir, hl7v2, store, webhook
 from node.alerts.outcome import AlertNotDelivered
@@ -53,9 +54,9 @@ class Alerts:
         for item in store.due(self.index):
             receiver = self.receivers.get(item.receiver)
             if receiver is None:
-                store.mark_failed(self.index, item, f"receiver {item.receiver!r} is no longer "
-                                  "configured in [[alerts]]", self.settings.delivery,
-                                  permanent=True)
+                outbox.mark_failed(self.index, item, f"receiver {item.receiver!r} is no longer "
+                                   "configured in [[alerts]]", self.settings.delivery,
+                                   answered=True, permanent=True)
                 continue
             if store.claim(self.index, item, in_flight_s=receiver.timeout_s + 5):
                 sent += self._send(item, receiver)
@@ -66,20 +67,20 @@ class Alerts:
             alert = content.load(self.index, self.settings.spool_dir, item, self.node)
             SENDERS[receiver.kind](alert, receiver)
         except AlertNotDelivered as exc:
-            state = store.mark_failed(self.index, item, str(exc), self.settings.delivery,
+            state = outbox.mark_failed(self.index, item, str(exc), self.settings.delivery,
                                       permanent=exc.permanent, answered=exc.answered)
             self.counters.add(ALERTS, "dead" if state == "dead" else "failed")
             log.warning("alert %s to %s (%s) not delivered: %s (%s)", item.alert_id,
                         receiver.name, receiver.kind, exc, state)
             return 0
         except ValueError as exc:  # a payload that does not validate: it never will
-            store.mark_failed(self.index, item, f"invalid payload: {exc}"[:500],
-                              self.settings.delivery, permanent=True)
+            outbox.mark_failed(self.index, item, f"invalid payload: {exc}"[:500],
+                               self.settings.delivery, answered=True, permanent=True)
             self.counters.add(ALERTS, "dead")
             log.error("alert %s to %s: invalid payload, a dead letter: %s", item.alert_id,
                       receiver.name, exc)
             return 0
-        store.mark_sent(self.index, item.id)
+        outbox.mark_sent(self.index, item.id, AlertItem)
         self.counters.add(ALERTS, "sent")
         log.info("alert %s (%s, series %s v%d) delivered to %s (%s)", item.alert_id,
                  item.triggers, item.series_uid, item.series_version, receiver.name,

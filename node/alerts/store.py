@@ -1,7 +1,8 @@
 """The alert outbox: which finished jobs were checked for alerts (alert_checks) and one
 row per alert and receiver (alerts), with the result outbox's guarantees
-(node.store.outbox): retries with backoff, dead letters with the reason, an attempt
-marked started (committed) before it goes out.
+(node.store.outbox, whose mark_sent, mark_failed and retry_dead serve both tables):
+retries with backoff, dead letters with the reason, an attempt marked started (committed)
+before it goes out.
 
 Only results finished within WINDOW are checked: a node upgraded to alerts, or given a new
 receiver, does not page anyone about last week's studies.
@@ -18,10 +19,9 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from node.config import AlertReceiver, DeliverySection
+from node.config import AlertReceiver
 from node.store.database import Index, Job, JobState, Series, Study, utcnow
-from node.store.outbox import backoff_s
-from node.store.tables import AlertCheck, AlertItem, AlertState
+from node.store.tables import AlertCheck, AlertItem, OutboxState
 from node.alerts.triggers import for_receiver
 
 WINDOW = dt.timedelta(hours=1)
@@ -78,7 +78,7 @@ def due(index: Index, now: float | None = None) -> list[AlertItem]:
     now = time.time() if now is None else now
     with index.session() as session:
         return list(session.execute(select(AlertItem).where(
-            AlertItem.state == AlertState.PENDING.value,
+            AlertItem.state == OutboxState.PENDING.value,
             AlertItem.next_attempt_at <= now).order_by(AlertItem.id)).scalars())
 
 
@@ -91,33 +91,11 @@ def claim(index: Index, item: AlertItem, in_flight_s: float) -> bool:
         return False
     with index.engine.begin() as conn:
         return conn.execute(update(AlertItem).where(
-            AlertItem.id == item.id, AlertItem.state == AlertState.PENDING.value,
+            AlertItem.id == item.id, AlertItem.state == OutboxState.PENDING.value,
             AlertItem.attempts == item.attempts,
             AlertItem.attempt_started_at.is_(None) if started is None
             else AlertItem.attempt_started_at == started,
         ).values(attempt_started_at=time.time())).rowcount == 1
-
-
-def mark_sent(index: Index, item_id: int) -> None:
-    with index.engine.begin() as conn:
-        conn.execute(update(AlertItem).where(AlertItem.id == item_id).values(
-            state=AlertState.SENT.value, sent_at=utcnow(), last_error=None,
-            attempts=AlertItem.attempts + 1, attempt_started_at=None))
-
-
-def mark_failed(index: Index, item: AlertItem, error: str, policy: DeliverySection,
-                permanent: bool = False, answered: bool = True) -> str:
-    """answered: the receiver answered, so it does not hold the alert; otherwise the
-    attempt stays marked (in doubt) until the next one."""
-    attempts = item.attempts + 1
-    state = AlertState.DEAD if permanent or attempts >= policy.max_attempts \
-        else AlertState.PENDING
-    doubt = {"attempt_started_at": None} if answered else {}
-    with index.engine.begin() as conn:
-        conn.execute(update(AlertItem).where(AlertItem.id == item.id).values(
-            state=state.value, attempts=attempts, last_error=error[:500],
-            next_attempt_at=time.time() + backoff_s(attempts, policy), **doubt))
-    return state.value
 
 
 def alerts_for_study(index: Index, study_uid: str) -> list[dict]:

@@ -20,7 +20,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from node.config import DeliverySection
 from node.store.database import Index, utcnow
-from node.store.tables import OutboxItem, OutboxState
+from node.store.tables import DeliveryAttempts, OutboxItem, OutboxState
 
 
 def enqueue(index: Index, items: list[dict]) -> int:
@@ -64,28 +64,32 @@ def mark_started(index: Index, item_id: int) -> None:
             attempt_started_at=time.time()))
 
 
-def mark_sent(index: Index, item_id: int) -> None:
-    """The destination holds it: acknowledged, or confirmed after a cut-off attempt."""
+def mark_sent(index: Index, item_id: int,
+              table: type[DeliveryAttempts] = OutboxItem) -> None:
+    """The destination holds it: acknowledged, or confirmed after a cut-off attempt.
+    table: OutboxItem, or another with the same attempt columns (node.alerts.store)."""
     with index.engine.begin() as conn:
-        conn.execute(update(OutboxItem).where(OutboxItem.id == item_id).values(
+        conn.execute(update(table).where(table.id == item_id).values(
             state=OutboxState.SENT.value, sent_at=utcnow(), last_error=None,
-            attempts=OutboxItem.attempts + 1, attempt_started_at=None))
+            attempts=table.attempts + 1, attempt_started_at=None))
 
 
-def mark_failed(index: Index, item: OutboxItem, error: str, policy: DeliverySection,
+def mark_failed(index: Index, item: DeliveryAttempts, error: str, policy: DeliverySection,
                 now: float | None = None, answered: bool = False,
                 permanent: bool = False) -> str:
     """Record a failed attempt; schedule the next one or make it a dead letter.
     answered: the destination refused this attempt with a status, so it does not hold
     the object; otherwise a row in doubt stays in doubt. permanent: it refused it for
-    good (retrying cannot help), so it is a dead letter now."""
+    good (retrying cannot help), so it is a dead letter now. item: an OutboxItem, or a
+    row of another table with the same attempt columns (node.alerts.store)."""
     now = time.time() if now is None else now
     attempts = item.attempts + 1
     state = OutboxState.DEAD if permanent or attempts >= policy.max_attempts \
         else OutboxState.PENDING
     doubt = {"attempt_started_at": None} if answered else {}
+    table = type(item)
     with index.engine.begin() as conn:
-        conn.execute(update(OutboxItem).where(OutboxItem.id == item.id).values(
+        conn.execute(update(table).where(table.id == item.id).values(
             state=state.value, attempts=attempts, last_error=error[:500],
             next_attempt_at=now + backoff_s(attempts, policy), **doubt))
     return state.value
@@ -111,11 +115,11 @@ def never_sent(conn: Connection, series_uid: str, versions: list[int]) -> list[i
     return [version for version in versions if version not in sent]
 
 
-def retry_dead(index: Index) -> int:
+def retry_dead(index: Index, table: type[DeliveryAttempts] = OutboxItem) -> int:
     """Dead letters go back to pending with a fresh attempt count."""
     with index.engine.begin() as conn:
-        return conn.execute(update(OutboxItem).where(
-            OutboxItem.state == OutboxState.DEAD.value).values(
+        return conn.execute(update(table).where(
+            table.state == OutboxState.DEAD.value).values(
             state=OutboxState.PENDING.value, attempts=0, next_attempt_at=0.0)).rowcount
 
 

@@ -9,6 +9,7 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import selectinload
 
 from node.store import outbox
+from node.alerts import store as alert_store
 from node.store.database import Index, Series, Study
 
 
@@ -57,6 +58,7 @@ def studies(index: Index, page: Page = ALL) -> list[dict[str, Any]]:
                 "received_at": _iso(study.created_at),
                 "series": [_series(s) for s in study.series],
                 "deliveries": outbox.items_for_study(index, study.study_uid),
+                "alerts": alert_store.alerts_for_study(index, study.study_uid),
             })
         return out
 
@@ -113,6 +115,9 @@ def table(index: Index) -> str:
             delivery_rows.append((study["study_uid"], d["kind"], d["sop_instance_uid"],
                                   d["destination"], d["state"], str(d["attempts"]),
                                   d["last_error"] or ""))
+        for a in study["alerts"]:  # critical-result alerts (node.alerts) beside the objects
+            delivery_rows.append((study["study_uid"], "alert", a["alert_id"], a["receiver"],
+                                  a["state"], str(a["attempts"]), a["last_error"] or ""))
     if len(series_rows) == 1:
         return "(no studies received yet)"
     text = _columns(series_rows)

@@ -157,7 +157,23 @@ class Sender(Base):
     association: Mapped[int] = mapped_column(BigInteger)  # its number in the receiver
 
 
-class OutboxItem(Base):
+class DeliveryAttempts:
+    """The columns of a row sent until it is delivered (node.store.outbox): the result
+    outbox's and the alerts'."""
+
+    # pending | sent | dead | withdrawn (8 characters until migration 0002)
+    state: Mapped[str] = mapped_column(String(16), default=OutboxState.PENDING.value, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float] = mapped_column(Float, default=0.0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    # Epoch seconds when the last attempt was about to go out (a C-STORE, an alert); None
+    # once the receiver answered it. Set when due: that attempt was cut off (in doubt).
+    attempt_started_at: Mapped[float | None] = mapped_column(Float)
+
+
+class OutboxItem(DeliveryAttempts, Base):
     """One result object for one destination, until it is delivered (node.store.outbox)."""
 
     __tablename__ = "outbox"
@@ -170,22 +186,6 @@ class OutboxItem(Base):
     sop_instance_uid: Mapped[str] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(Text)  # absolute path of the object file
     destination: Mapped[str] = mapped_column(String(64))
-    # pending | sent | dead | withdrawn (8 characters until migration 0002)
-    state: Mapped[str] = mapped_column(String(16), default=OutboxState.PENDING.value, index=True)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    next_attempt_at: Mapped[float] = mapped_column(Float, default=0.0)
-    last_error: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
-    sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
-    # Epoch seconds when the last attempt's C-STORE was about to go out; None once the
-    # destination answered it. Set when due: that attempt was cut off (in doubt).
-    attempt_started_at: Mapped[float | None] = mapped_column(Float)
-
-
-class AlertState(str, enum.Enum):
-    PENDING = "pending"
-    SENT = "sent"
-    DEAD = "dead"
 
 
 class AlertCheck(Base):
@@ -198,9 +198,10 @@ class AlertCheck(Base):
     checked_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
-class AlertItem(Base):
-    """One critical-result alert for one receiver ([[alerts]]), until it is delivered
-    (node.alerts.store). The payload is built when it is sent, from the job's result."""
+class AlertItem(DeliveryAttempts, Base):
+    """One critical-result alert for one receiver ([[alerts]], node.alerts), until it is
+    delivered (node.alerts.store): pending, sent or dead. The payload is built when it is
+    sent, from the job's result."""
 
     __tablename__ = "alerts"
     __table_args__ = (UniqueConstraint("job_id", "receiver"),)
@@ -213,14 +214,6 @@ class AlertItem(Base):
     # Stable across attempts and restarts: the receiver tells a repeat by it.
     alert_id: Mapped[str] = mapped_column(String(64), unique=True)
     triggers: Mapped[str] = mapped_column(String(64))  # comma-separated
-    state: Mapped[str] = mapped_column(String(16), default=AlertState.PENDING.value, index=True)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    next_attempt_at: Mapped[float] = mapped_column(Float, default=0.0)
-    last_error: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
-    sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
-    # Epoch seconds when the last attempt went out; None once it was answered.
-    attempt_started_at: Mapped[float | None] = mapped_column(Float)
 
 
 class QaMessage(Base):
