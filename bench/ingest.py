@@ -90,6 +90,11 @@ quiet_period_s = 2.0
 # Out of reach: every completed series is recorded as skipped, so no analysis
 # job competes with receiving for the CPU during the benchmark.
 min_slices = 1000000
+
+[workers]
+# No worker either: it would decode arriving series ahead of their job (workers.prefetch),
+# analysis work on the same cores. Receiving alone is measured here.
+count = 0
 """
 
 
