@@ -9,7 +9,10 @@ import datetime as dt
 import sqlite3
 import time
 
+import httpx
+
 from support.alert_receivers import WEBHOOK_SECRET, FhirReceiver, MllpListener, WebhookReceiver
+from support.metrics_support import one, scrape
 from support.nodes import FAST, storescu, wait_for
 from support.qa_support import BLEED, CLEAN
 
@@ -76,6 +79,8 @@ def test_a_bleeding_study_is_announced_to_every_receiver_within_seconds(node_fac
         wait_for(lambda: hook.requests and fhir.requests and ris.messages, timeout=10,
                  what="an alert at each receiver")
         time.sleep(2.0)  # time enough for a second alert, or one for the clean study
+        with httpx.Client(timeout=10) as client:
+            figures = scrape(client, node.url)
     finally:
         hook.stop(), fhir.stop(), ris.stop()
 
@@ -92,6 +97,7 @@ def test_a_bleeding_study_is_announced_to_every_receiver_within_seconds(node_fac
     assert str(message["message"].segment("OBR")[18]) == "ACC0001"
     assert alert_rows(node) == {"trauma-team": ("sent", 1, None), "ehr": ("sent", 1, None),
                                 "ris": ("sent", 1, None)}
+    assert one(figures, "trauma_node_alert_attempts_total", outcome="sent") == 3
     for raw in (request["raw"], transaction["raw"], message["text"].encode(),
                 node.log().encode()):
         assert not any(identifier in raw for identifier in PATIENT)
