@@ -97,7 +97,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"configuration OK: AE {settings.node.ae_title!r}, DICOM port "
           f"{settings.node.dicom_port}, HTTP {settings.node.http_bind}:{settings.node.http_port}, "
           f"data {settings.data_dir}, {len(settings.peers)} peers, "
-          f"{len(settings.destinations)} destinations")
+          f"{len(settings.destinations)} destinations, {len(settings.alerts)} alert receivers")
     return 0
 
 

@@ -19,8 +19,8 @@ from sqlalchemy import select
 from support.alert_receivers import WEBHOOK_SECRET, FhirReceiver, MllpListener, WebhookReceiver
 from support.qa_support import api_settings, findings_dict
 
-from node.alerts import store
 from node.store import outbox, status
+from node.store.retention import Retention
 from node.alerts.delivery import Alerts
 from node.alerts.triggers import fired
 from node.config import AlertReceiver, load_settings
@@ -107,6 +107,17 @@ def send_until(node: Alerts, done, timeout_s: float = 10.0) -> None:
     assert done(), [(a.receiver, a.state, a.last_error) for a in alerts(node.index)]
 
 
+def alert_one_bleed(node_db, receiver: AlertReceiver) -> tuple[Alerts, str]:
+    """A bleeding study's alert queued for one receiver and sent until it is delivered."""
+    settings, index, finish = node_db
+    settings.alerts = [receiver]
+    node = Alerts(settings, index, "node-1")
+    study_uid = finish("bleed")
+    node.check_finished()
+    send_until(node, lambda: alerts(index)[0].state == "sent")
+    return node, study_uid
+
+
 def test_a_high_risk_result_with_extravasation_meets_both_triggers_and_a_clean_one_none():
     assert fired(findings_dict("bleed")) == ["high_risk", "active_extravasation"]
     assert fired(findings_dict("clean")) == []
@@ -191,6 +202,18 @@ def test_a_receiver_down_gets_the_alert_once_when_it_comes_back(node_db):
     assert len({str(m["message"].segment("MSH")[10]) for m in ris.messages}) == 1
 
 
+def test_an_hl7_message_taken_without_an_ack_is_sent_again_with_the_same_control_id(node_db):
+    ris = MllpListener().start()
+    ris.codes = [""]  # the first is taken, the connection closed with no ACK
+    try:
+        node, _ = alert_one_bleed(node_db, mllp(ris))
+    finally:
+        ris.stop()
+    assert [m["code"] for m in ris.messages] == ["", "AA"]
+    assert len({str(m["message"].segment("MSH")[10]) for m in ris.messages}) == 1
+    assert alerts(node.index)[0].attempts == 2
+
+
 def test_a_permanent_refusal_is_a_dead_letter_with_its_reason(node_db):
     settings, index, finish = node_db
     hook, server, ris = (WebhookReceiver(status=401).start(), FhirReceiver(status=422).start(),
@@ -216,14 +239,10 @@ def test_a_permanent_refusal_is_a_dead_letter_with_its_reason(node_db):
 
 
 def test_an_attempt_cut_off_is_sent_again_with_the_same_id_and_kept_once(node_db):
-    settings, index, finish = node_db
     server = FhirReceiver().start()
     try:
-        settings.alerts = [fhir(server)]
-        node = Alerts(settings, index, "node-1")
-        finish("bleed")
-        node.check_finished()
-        send_until(node, lambda: alerts(index)[0].state == "sent")
+        node, _ = alert_one_bleed(node_db, fhir(server))
+        index = node.index
         # As if the node had crashed after sending, before recording the answer.
         with index.engine.begin() as conn:
             conn.execute(AlertItem.__table__.update().values(
@@ -235,10 +254,18 @@ def test_an_attempt_cut_off_is_sent_again_with_the_same_id_and_kept_once(node_db
     assert len(server.resources) == 5  # the server created each resource once
 
 
-def test_the_alert_id_is_stable_per_series_version_and_receiver():
-    assert store.alert_id("1.2.3", 1, "hook") == store.alert_id("1.2.3", 1, "hook")
-    assert store.alert_id("1.2.3", 2, "hook") != store.alert_id("1.2.3", 1, "hook")
-    assert store.alert_id("1.2.3", 1, "ris") != store.alert_id("1.2.3", 1, "hook")
+def test_retention_removes_a_studys_alerts_with_it(node_db):
+    settings, index, _ = node_db
+    ris = MllpListener().start()
+    try:
+        _, study_uid = alert_one_bleed(node_db, mllp(ris))
+    finally:
+        ris.stop()
+    later = dt.datetime.utcnow() + dt.timedelta(days=settings.storage.retention_days + 1)
+    assert Retention(settings, index).run_once(now=later).studies == [study_uid]
+    with index.engine.connect() as conn:
+        assert [conn.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar()
+                for table in ("alerts", "alert_checks")] == [0, 0]
 
 
 @pytest.mark.parametrize("table, problem", [

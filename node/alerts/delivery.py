@@ -67,11 +67,14 @@ class Alerts:
             alert = content.load(self.index, self.settings.spool_dir, item, self.node)
             SENDERS[receiver.kind](alert, receiver)
         except AlertNotDelivered as exc:
+            # The attempt is over either way: the mark goes (answered=True), so the next one
+            # waits only for the backoff; an alert that may have arrived goes again by its id.
             state = outbox.mark_failed(self.index, item, str(exc), self.settings.delivery,
-                                      permanent=exc.permanent, answered=exc.answered)
+                                       permanent=exc.permanent, answered=True)
             self.counters.add(ALERTS, "dead" if state == "dead" else "failed")
-            log.warning("alert %s to %s (%s) not delivered: %s (%s)", item.alert_id,
-                        receiver.name, receiver.kind, exc, state)
+            log.warning("alert %s to %s (%s) not delivered: %s (%s%s)", item.alert_id,
+                        receiver.name, receiver.kind, exc, state, "" if exc.answered else
+                        "; it may have arrived: sent again with the same id")
             return 0
         except ValueError as exc:  # a payload that does not validate: it never will
             outbox.mark_failed(self.index, item, f"invalid payload: {exc}"[:500],

@@ -69,16 +69,16 @@ def message(content: AlertContent, receiver: AlertReceiver, now: dt.datetime) ->
 
 def send(content: AlertContent, receiver: AlertReceiver) -> None:
     framed = START + message(content, receiver, dt.datetime.now(dt.timezone.utc)).encode() + END
+    sent = False
     try:
         with socket.create_connection((receiver.host, receiver.port),
                                       timeout=receiver.timeout_s) as conn:
-            sent = False
             conn.sendall(framed)
             sent = True
             ack = _read_frame(conn)
-    except OSError as exc:
+    except OSError as exc:  # refused, reset, or no ACK within timeout_s
         raise AlertNotDelivered(f"MLLP {receiver.host}:{receiver.port}: {exc}",
-                                answered=not locals().get("sent")) from None
+                                answered=not sent) from None
     _check_ack(ack, control_id(content))
 
 

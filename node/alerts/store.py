@@ -26,8 +26,6 @@ from node.alerts.triggers import for_receiver
 
 WINDOW = dt.timedelta(hours=1)
 BATCH = 50  # finished jobs checked per pass
-# The namespace of alert ids: uuid5(namespace, "<series uid>/<version>/<receiver>").
-ALERT_NAMESPACE = uuid.UUID("6b1f4a52-3c1e-5a8e-9d0a-7c2b1e4f9a10")
 
 
 @dataclass
@@ -37,10 +35,6 @@ class FinishedJob:
     series_uid: str
     series_version: int
     result: dict[str, Any] | None
-
-
-def alert_id(series_uid: str, version: int, receiver: str) -> str:
-    return str(uuid.uuid5(ALERT_NAMESPACE, f"{series_uid}/{version}/{receiver}"))
 
 
 def unchecked_jobs(index: Index, now: dt.datetime | None = None) -> list[FinishedJob]:
@@ -61,7 +55,9 @@ def record(index: Index, job: FinishedJob, met: list[str],
     (0 also when another node sharing the database checked it first)."""
     rows = [{"job_id": job.id, "study_uid": job.study_uid, "series_uid": job.series_uid,
              "series_version": job.series_version, "receiver": receiver.name,
-             "alert_id": alert_id(job.series_uid, job.series_version, receiver.name),
+             # Made once, kept with the row: the same at every attempt, and new for a new
+             # result (a series sent again after retention removed it is a new one).
+             "alert_id": str(uuid.uuid4()),
              "triggers": ",".join(wanted)}
             for receiver in receivers if (wanted := for_receiver(met, receiver.triggers))]
     try:
@@ -85,7 +81,9 @@ def due(index: Index, now: float | None = None) -> list[AlertItem]:
 def claim(index: Index, item: AlertItem, in_flight_s: float) -> bool:
     """Mark the attempt started, committed before it goes out; False when another sender
     (a node sharing the database) took it since it was read, or started one less than
-    in_flight_s ago that may still be waiting for its answer."""
+    in_flight_s ago that may still be waiting for its answer. A mark is left only by a
+    process that stopped mid-attempt (a crash): after a restart that alert waits
+    in_flight_s, then goes again with the same id."""
     started = item.attempt_started_at
     if started is not None and time.time() - started < in_flight_s:
         return False

@@ -37,6 +37,7 @@ from node.config import Settings
 from node.store.conversations import QaMessage
 from node.store.database import Index, Instance, Job, JobState, Series, SeriesState, Study, utcnow
 from node.store.outbox import OutboxItem, OutboxState
+from node.store.tables import AlertCheck, AlertItem
 from node.store.spool import results_dir
 
 log = logging.getLogger("trauma_node.retention")
@@ -202,6 +203,9 @@ class Retention:
                                                  QaMessage.role == "answer"))
             conn.execute(delete(QaMessage).where(QaMessage.study_id == study_id))
             conn.execute(delete(OutboxItem).where(OutboxItem.study_uid == study_uid))
+            conn.execute(delete(AlertItem).where(AlertItem.study_uid == study_uid))
+            conn.execute(delete(AlertCheck).where(AlertCheck.job_id.in_(
+                select(Job.id).where(Job.series_id.in_(series)))))
             conn.execute(delete(Instance).where(Instance.series_id.in_(series)))
             conn.execute(delete(Job).where(Job.series_id.in_(series)))
             conn.execute(delete(Series).where(Series.study_id == study_id))

@@ -101,7 +101,7 @@ class FhirReceiver(_HttpReceiver):
 
 class MllpListener:
     """Answers each framed HL7 message with an ACK whose MSA-1 is `code` (or the next of
-    `codes`)."""
+    `codes`); "" closes the connection without one."""
 
     def __init__(self, code: str = "AA"):
         self.port = free_port()
@@ -138,6 +138,8 @@ class MllpListener:
                 code = self.codes.pop(0) if self.codes else self.code
                 self.messages.append({"at": time.time(), "text": text, "message": message,
                                       "code": code})
+                if not code:  # took it, closed without an ACK
+                    continue
                 control = str(message.segment("MSH")[10])
                 ack = (f"MSH|^~\\&|RIS|HOSP|TRAUMA_NODE||20260101000000||ACK^R01^ACK|A{control}"
                        f"|P|2.5.1\rMSA|{code}|{control}|" + ("" if code == "AA" else "rejected"))
