@@ -13,7 +13,7 @@ import httpx
 
 from support.alert_receivers import WEBHOOK_SECRET, FhirReceiver, MllpListener, WebhookReceiver
 from support.metrics_support import one, scrape
-from support.nodes import FAST, storescu, wait_for
+from support.nodes import AUTH, FAST, storescu, wait_for
 from support.qa_support import BLEED, CLEAN
 
 PATIENT = (b"PHANTOM^ABDOMEN", b"PHANTOM-0001")  # tests/support/phantom.py
@@ -81,6 +81,8 @@ def test_a_bleeding_study_is_announced_to_every_receiver_within_seconds(node_fac
         time.sleep(2.0)  # time enough for a second alert, or one for the clean study
         with httpx.Client(timeout=10) as client:
             figures = scrape(client, node.url)
+            shown = client.get(f"{node.url}/studies/{bleed.spec.study_uid}/deliveries",
+                               headers=AUTH).json()["alerts"]
     finally:
         hook.stop(), fhir.stop(), ris.stop()
 
@@ -98,6 +100,11 @@ def test_a_bleeding_study_is_announced_to_every_receiver_within_seconds(node_fac
     assert alert_rows(node) == {"trauma-team": ("sent", 1, None), "ehr": ("sent", 1, None),
                                 "ris": ("sent", 1, None)}
     assert one(figures, "trauma_node_alert_attempts_total", outcome="sent") == 3
+    assert sorted((a["receiver"], a["state"]) for a in shown) == [
+        ("ehr", "sent"), ("ris", "sent"), ("trauma-team", "sent")]
+    assert {a["alert_id"] for a in shown} == {request["body"]["alert_id"],
+                                              str(message["message"].segment("OBR")[3][0][0]),
+                                              report["identifier"][0]["value"].split("/")[0]}
     for raw in (request["raw"], transaction["raw"], message["text"].encode(),
                 node.log().encode()):
         assert not any(identifier in raw for identifier in PATIENT)

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Response
 
+from node.alerts import store as alert_store
 from node.http.context import ApiContext
 from node.store import conversations, outbox, status, study_findings
 
@@ -40,6 +41,7 @@ def router(ctx: ApiContext) -> APIRouter:
         detail["findings"] = ({**found.meta(), **study_findings.summary(found.findings)}
                               if found else None)
         detail["deliveries"] = outbox.items_for_study(index, study_uid)
+        detail["alerts"] = alert_store.alerts_for_study(index, study_uid)
         return detail
 
     @api.get("/studies/{study_uid}/findings", dependencies=ctx.study_access)
@@ -58,8 +60,10 @@ def router(ctx: ApiContext) -> APIRouter:
 
     @api.get("/studies/{study_uid}/deliveries", dependencies=ctx.study_access)
     def deliveries(study_uid: str) -> dict[str, Any]:
-        """Where each result object (SEG, SR) stands with each destination."""
+        """Where each result object (SEG, SR) stands with each destination, and each
+        critical-result alert with each receiver (node.alerts)."""
         ctx.study_pk_or_404(study_uid)
-        return {"study_uid": study_uid, "deliveries": outbox.items_for_study(index, study_uid)}
+        return {"study_uid": study_uid, "deliveries": outbox.items_for_study(index, study_uid),
+                "alerts": alert_store.alerts_for_study(index, study_uid)}
 
     return api
