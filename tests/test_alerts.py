@@ -254,6 +254,29 @@ def test_an_attempt_cut_off_is_sent_again_with_the_same_id_and_kept_once(node_db
     assert len(server.resources) == 5  # the server created each resource once
 
 
+def test_an_https_webhook_is_verified_against_its_ca_certificates(node_db, tmp_path):
+    from test_tls import make_ca, make_leaf
+    settings, index, finish = node_db
+    ca_key, ca_cert, ca_path = make_ca(tmp_path, "hospital-ca")
+    rogue_key, rogue_cert, rogue_path = make_ca(tmp_path, "rogue-ca")
+    hook = WebhookReceiver(tls=make_leaf(tmp_path, "alerts", ca_key, ca_cert)).start()
+    try:
+        settings.alerts = [webhook(hook, ca_certificates=str(rogue_path))]
+        settings.alerts[0].allow_insecure_http = False
+        node = Alerts(settings, index, "node-1")
+        finish("bleed")
+        node.check_finished()
+        node.send_due()
+        [refused] = alerts(index)
+        assert refused.state == "pending" and "CERTIFICATE_VERIFY_FAILED" in refused.last_error
+        assert hook.requests == []  # nothing went to a server the CA did not sign
+        node.receivers["hook"].ca_certificates = str(ca_path)
+        send_until(node, lambda: alerts(index)[0].state == "sent")
+    finally:
+        hook.stop()
+    assert len(hook.requests) == 1 and hook.requests[0]["signed"]
+
+
 def test_retention_removes_a_studys_alerts_with_it(node_db):
     settings, index, _ = node_db
     ris = MllpListener().start()

@@ -9,9 +9,11 @@ import hashlib
 import hmac
 import json
 import socket
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import hl7
 from fhir.resources.R4B.bundle import Bundle
@@ -25,8 +27,10 @@ class _HttpReceiver:
     """An HTTP server on 127.0.0.1 that may start later than it is made (a receiver down
     and coming back) and answers `status` (or `statuses`, one per request, then 200)."""
 
-    def __init__(self, status: int = 200):
+    def __init__(self, status: int = 200, tls: tuple[Path, Path] | None = None):
+        """tls: (key, certificate) PEM files: https."""
         self.port = free_port()
+        self.tls = tls
         self.status = status
         self.statuses: list[int] = []
         self.requests: list[dict] = []
@@ -34,7 +38,7 @@ class _HttpReceiver:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/{self.path}"
+        return f"http{'s' if self.tls else ''}://127.0.0.1:{self.port}/{self.path}"
 
     def start(self) -> "_HttpReceiver":
         receiver = self
@@ -54,6 +58,10 @@ class _HttpReceiver:
                 pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        if self.tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(certfile=self.tls[1], keyfile=self.tls[0])
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
@@ -82,8 +90,8 @@ class FhirReceiver(_HttpReceiver):
 
     path = "fhir"
 
-    def __init__(self, status: int = 200):
-        super().__init__(status)
+    def __init__(self, status: int = 200, tls: tuple[Path, Path] | None = None):
+        super().__init__(status, tls)
         self.resources: dict[str, dict] = {}
 
     def handle(self, headers: dict, raw: bytes, status: int, at: float) -> bytes:
