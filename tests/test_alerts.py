@@ -59,13 +59,15 @@ def node_db(tmp_path, monkeypatch):
     settings.delivery.max_attempts = 5
     index = Index(settings.database_url)
 
-    def finish(kind: str, result: dict | None = None) -> str:
-        study_uid, series_uid = generate_uid(), generate_uid()
+    def finish(kind: str, result: dict | None = None, study_uid: str | None = None) -> str:
+        """A finished job of a new series, in a new study or in study_uid."""
+        study_uid, series_uid = study_uid or generate_uid(), generate_uid()
         image = settings.spool_dir / f"{series_uid}.dcm"
         _image(study_uid, series_uid).save_as(image, enforce_file_format=True)
         with index.session() as session, session.begin():
-            series = Series(study=Study(study_uid=study_uid), series_uid=series_uid,
-                            state="queued")
+            study = session.execute(select(Study).where(
+                Study.study_uid == study_uid)).scalar() or Study(study_uid=study_uid)
+            series = Series(study=study, series_uid=series_uid, state="queued")
             session.add(series)
             session.flush()
             session.add(Instance(series_id=series.id, sop_instance_uid=generate_uid(),
@@ -176,6 +178,26 @@ def test_each_receiver_gets_the_alert_once_with_no_patient_name(node_db):
                      "active-extravasation-volume": "mL^mL^UCUM"}
     for raw in (request["raw"], transaction["raw"], message["text"].encode()):
         assert b"PHANTOM" not in raw  # neither the patient's name nor ID
+
+
+def test_a_study_pages_each_receiver_once_unless_a_later_series_meets_a_new_trigger(node_db):
+    settings, index, finish = node_db
+    hook = WebhookReceiver().start()
+    try:
+        settings.alerts = [webhook(hook)]
+        node = Alerts(settings, index, "node-1")
+        high_only = {**findings_dict("bleed"), "volumes_ml": {
+            **findings_dict("bleed")["volumes_ml"], "active_extravasation": 0.0}}
+        study_uid = finish("bleed", result=high_only)  # the arterial phase, say
+        finish("bleed", result=high_only, study_uid=study_uid)  # the venous phase
+        assert node.check_finished() == 1
+        finish("bleed", study_uid=study_uid)  # a later series shows extravasation too
+        assert node.check_finished() == 1
+        send_until(node, lambda: all(a.state == "sent" for a in alerts(index)))
+    finally:
+        hook.stop()
+    assert [r["body"]["triggers"] for r in hook.requests] == [
+        ["high_risk"], ["high_risk", "active_extravasation"]]
 
 
 def test_a_receiver_down_gets_the_alert_once_when_it_comes_back(node_db):

@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from node.config import AlertReceiver
@@ -52,22 +52,38 @@ def unchecked_jobs(index: Index, now: dt.datetime | None = None) -> list[Finishe
 def record(index: Index, job: FinishedJob, met: list[str],
            receivers: list[AlertReceiver]) -> int:
     """The job checked and its alerts queued, in one transaction; returns alerts queued
-    (0 also when another node sharing the database checked it first)."""
-    rows = [{"job_id": job.id, "study_uid": job.study_uid, "series_uid": job.series_uid,
-             "series_version": job.series_version, "receiver": receiver.name,
-             # Made once, kept with the row: the same at every attempt, and new for a new
-             # result (a series sent again after retention removed it is a new one).
-             "alert_id": str(uuid.uuid4()),
-             "triggers": ",".join(wanted)}
-            for receiver in receivers if (wanted := for_receiver(met, receiver.triggers))]
+    (0 also when another node sharing the database checked it first).
+
+    One alert per study and receiver: the study's other series (its phases) and later
+    versions alert that receiver again only for a trigger not yet announced to it (a dead
+    letter announced nothing), so a two-phase trauma CT pages the team once."""
     try:
         with index.engine.begin() as conn:
             conn.execute(insert(AlertCheck).values(job_id=job.id, fired=",".join(met)))
+            rows = []
+            for receiver in receivers:
+                told = _announced(conn, job.study_uid, receiver.name)
+                wanted = for_receiver(met, receiver.triggers)
+                if set(wanted) - told:
+                    rows.append({
+                        "job_id": job.id, "study_uid": job.study_uid,
+                        "series_uid": job.series_uid, "series_version": job.series_version,
+                        "receiver": receiver.name, "triggers": ",".join(wanted),
+                        # Made once, kept with the row: the same at every attempt, new for
+                        # a new result (a study sent again after retention is a new one).
+                        "alert_id": str(uuid.uuid4())})
             if rows:
                 conn.execute(insert(AlertItem), rows)
     except IntegrityError:
         return 0
     return len(rows)
+
+
+def _announced(conn: Connection, study_uid: str, receiver: str) -> set[str]:
+    rows = conn.execute(select(AlertItem.triggers).where(
+        AlertItem.study_uid == study_uid, AlertItem.receiver == receiver,
+        AlertItem.state != OutboxState.DEAD.value)).scalars()
+    return {trigger for triggers in rows for trigger in triggers.split(",")}
 
 
 def due(index: Index, now: float | None = None) -> list[AlertItem]:
