@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime as dt
 import time
 
-import hl7
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 from pydicom.dataset import FileMetaDataset

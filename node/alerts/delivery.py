@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from pathlib import Path
 from typing import Callable
 
 from node.config import AlertReceiver, Settings
