@@ -50,6 +50,7 @@ with any other version the node receives through pynetdicom's stock acceptor.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import select
@@ -617,7 +618,14 @@ class FastAssociation(Association):
 
 def _usable_uid(value: Any) -> bool:
     """Would pynetdicom's C_STORE take this UID (set it and encode it in a response)?"""
-    return bool(value) and bool(_config.VALIDATORS["UI"](UID(value))[0])
+    return bool(value) and _valid_ui(str(value))
+
+
+@functools.lru_cache(maxsize=1024)
+def _valid_ui(value: str) -> bool:
+    """pynetdicom's UI check (a regex through pydicom), once per UID: each request's two UIDs
+    are asked about twice (serve_store_here, _serve_request), its SOP class every time."""
+    return bool(_config.VALIDATORS["UI"](UID(value))[0])
 
 
 _CONTEXT_FIELDS = {"_context_id", "_abstract_syntax", "_transfer_syntax", "result",

@@ -6,7 +6,7 @@ second read of the files. No patient attributes are extracted.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -56,11 +56,13 @@ class InstanceHeader:
     frame_positions: list[list[float]] | None = None
 
     def geometry(self) -> dict[str, Any]:
-        """The per-instance part stored in the index."""
-        d = asdict(self)
-        for key in ("study_uid", "series_uid", "sop_uid", "sop_class_uid"):
-            d.pop(key)
-        return d
+        """The per-instance part stored in the index (serialised at once: the lists are not
+        copied, as dataclasses.asdict would, once per received instance)."""
+        return {name: getattr(self, name) for name in _GEOMETRY_FIELDS}
+
+
+_GEOMETRY_FIELDS = tuple(f.name for f in fields(InstanceHeader)
+                         if f.name not in ("study_uid", "series_uid", "sop_uid", "sop_class_uid"))
 
 
 def _text(value: Any) -> str:
