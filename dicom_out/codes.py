@@ -88,6 +88,8 @@ DIAGNOSTIC_IMAGING_REPORT = Code("18748-4", "LN", "Diagnostic imaging report")
 RECOMMENDATION = Code("121075", "DCM", "Recommendation")
 FINDINGS_TEXT = Code("121070", "DCM", "Findings")
 COMMENT = Code("121106", "DCM", "Comment")
+# The interval change against the patient's prior study (Findings.interval), as TEXT.
+COMPARISON = Code("111424", "DCM", "Comparison to previous studies")
 
 # Risk tier values of Findings.risk_tier (SNOMED CT qualifier values).
 RISK_TIER_VALUES: dict[str, Code] = {

@@ -25,7 +25,9 @@ report is a TID 2000 text report instead, see sr_text_report.py):
         Traumatic injury at the organ, the blood inside it, AAST grade lower
         bound (blood beside an organ is never coded as its injury)
     Qualitative Evaluations (TID 1500 row 12): TEXT Impression, Recommendation
-      (EAST-aligned), Findings (the full report), Comment (research-use notice)
+      (EAST-aligned), Findings (the full report), Comparison to previous studies
+      (the interval change against the prior, when one was looked for: Findings.interval),
+      Comment (research-use notice)
 """
 
 from __future__ import annotations
@@ -288,5 +290,6 @@ def _text_evaluations(findings: Findings, algorithm: Algorithm) -> hd.sr.Contain
         for name, text in ((codes.IMPRESSION, sr_text.impression(findings)),
                            (codes.RECOMMENDATION, sr_text.recommendation(findings)),
                            (codes.FINDINGS_TEXT, sr_text.report(findings, algorithm)),
+                           *((codes.COMPARISON, text) for text in sr_text.comparison(findings)),
                            (codes.COMMENT, algorithm.notice()))])
     return container

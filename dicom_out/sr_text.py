@@ -42,3 +42,9 @@ def report(findings: Findings, algorithm: Algorithm) -> str:
     """The pipeline's report; the notice is added when a report backend left it out."""
     text = findings.report.strip()
     return text if RESEARCH_USE in text.upper() else f"{algorithm.notice()}\n\n{text}"
+
+
+def comparison(findings: Findings) -> list[str]:
+    """The comparison with the prior study, when one was looked for (Findings.interval)."""
+    statement = findings.interval.get("statement")
+    return [TAG + statement] if statement else []

@@ -28,7 +28,9 @@ def text_report(findings: Findings, algorithm: Algorithm) -> hd.sr.ContentSequen
         raise ValueError(f"unknown risk tier {findings.risk_tier!r}")
     found = [hd.sr.TextContentItem(codes.FINDINGS_TEXT, sr_text.report(findings, algorithm),
                                    relationship_type=Relationship.CONTAINS),
-             hd.sr.CodeContentItem(codes.RISK_TIER, tier, relationship_type=Relationship.CONTAINS)]
+             hd.sr.CodeContentItem(codes.RISK_TIER, tier, relationship_type=Relationship.CONTAINS),
+             *(hd.sr.TextContentItem(codes.COMPARISON, text, relationship_type=Relationship.CONTAINS)
+               for text in sr_text.comparison(findings))]
     if findings.assessment.assessed:  # a measured negative: none, stated as 0 mL
         found.append(hd.sr.NumContentItem(codes.VOLUME, round(findings.volumes_ml.get("hemorrhage", 0.0), 3),
                                           codes.CUBIC_CENTIMETRE, relationship_type=Relationship.CONTAINS))

@@ -187,6 +187,25 @@ class AuditSection:
 
 
 @dataclass
+class PriorSection:
+    """The patient's prior study (node.prior): looked up in the PACS when a new study
+    arrives, retrieved to this node, analysed, and compared with (pipeline.interval)."""
+    enabled: bool = False
+    # The PACS queried (C-FIND, Study Root, STUDY level) and asked to C-MOVE the prior.
+    ae_title: str = ""
+    host: str = ""
+    port: int = 104
+    # Our AE title as the caller and as the C-MOVE destination; empty: node.ae_title.
+    calling_ae_title: str = ""
+    lookback_days: int = 365
+    modality: str = "CT"
+    timeout_s: float = 30.0
+    # How long a job waits for its prior's Findings before it reports without them.
+    wait_s: float = 120.0
+    poll_interval_s: float = 0.5
+
+
+@dataclass
 class Peer:
     ae_title: str
     host: str
@@ -281,6 +300,7 @@ class Settings:
     api: ApiSection = field(default_factory=ApiSection)
     tls: TLSSection = field(default_factory=TLSSection)
     audit: AuditSection = field(default_factory=AuditSection)
+    prior: PriorSection = field(default_factory=PriorSection)
     peers: list[Peer] = field(default_factory=list)
     destinations: list[Destination] = field(default_factory=list)
     alerts: list[AlertReceiver] = field(default_factory=list)
@@ -397,6 +417,7 @@ def validate(settings: Settings) -> list[str]:
             elif not Path(path).expanduser().is_file():
                 problems.append(f"tls.{name}: file not found: {path}")
     problems += _check_audit(s)
+    problems += _check_prior(s.prior)
     for i, peer in enumerate(s.peers):
         problems += _check_ae_title(peer.ae_title, f"peers[{i}].ae_title")
         if not peer.host.strip():
@@ -563,9 +584,24 @@ def _check_audit(s: Settings) -> list[str]:
     return problems
 
 
+def _check_prior(p: PriorSection) -> list[str]:
+    if not p.enabled:
+        return []
+    problems = _check_ae_title(p.ae_title, "prior.ae_title") + _check_port(p.port, "prior.port")
+    if p.calling_ae_title:
+        problems += _check_ae_title(p.calling_ae_title, "prior.calling_ae_title")
+    if not p.host:
+        problems.append("prior.host: the PACS to query must be given when prior.enabled")
+    for key in ("lookback_days", "timeout_s", "poll_interval_s"):
+        problems += _check_positive(getattr(p, key), f"prior.{key}")
+    if p.wait_s < 0:
+        problems.append(f"prior.wait_s: must not be negative, got {p.wait_s}")
+    return problems
+
+
 def _env_overlay(table: dict[str, Any], env: Mapping[str, str]) -> None:
     for section in ("node", "network", "storage", "completion", "selection", "workers",
-                    "delivery", "api", "tls", "audit", "pipeline"):
+                    "delivery", "api", "tls", "audit", "prior", "pipeline"):
         cls = Settings.__dataclass_fields__[section].default_factory  # type: ignore[misc]
         path = [] if section == "node" else [section]
         sub = table.setdefault(section, {})

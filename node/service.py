@@ -28,6 +28,7 @@ from node.dicom.receivers import ReceiverProcesses, listening_socket, receiver_c
 from node.dicom.scp import StorageSCP
 from node.store.spool import Spool
 from node.stopping import STOP_RESERVE_S, exit_by, exit_now, on_stop_signals, run_parallel
+from node.prior.lookup import PriorLookup
 from node.work.worker import OrphanWatch, WorkerPool
 
 log = logging.getLogger("trauma_node.serve")
@@ -70,6 +71,7 @@ class Node:
         self.orphan_watch = OrphanWatch(settings, self.index)
         self.delivery = Delivery(settings, self.index, self.live.counters, self.audit)
         self.alerts = Alerts(settings, self.index, self.identity, self.live.counters)
+        self.prior_lookup = PriorLookup(settings, self.index)
         self.retention = Retention(settings, self.index, self.receiver.forget_series,
                                    self.receiver.lock, self.spool.free_bytes)
         self.http: uvicorn.Server | None = None
@@ -118,6 +120,7 @@ class Node:
         self.delivery.start()
         self.alerts.start()
         self.retention.start()
+        self.prior_lookup.start()
         app = create_app(s, self.index, live=self.live, audit=self.audit)
         self.http = uvicorn.Server(server_config(app, s.node.http_bind, s.node.http_port, s.node.stop_timeout_s))
         self._http_thread = threading.Thread(target=self.http.run, name="http", daemon=True)
@@ -147,6 +150,7 @@ class Node:
             "delivery": lambda: self.delivery.stop(until - time.monotonic()),
             "alerts": lambda: self.alerts.stop(until - time.monotonic()),
             "retention": lambda: self.retention.stop(until - time.monotonic()),
+            "prior-lookup": self.prior_lookup.stop,
             "http": self._stop_http,
         }, until) + self.workers.busy()
         self.heartbeat.stop()

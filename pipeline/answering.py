@@ -109,7 +109,6 @@ _OUTSIDE: tuple[tuple[str, str], ...] = (
     (r"\bpseudoaneurysm|\bfistula", "pseudoaneurysms and fistulas (they need delayed-phase images)"),
     (r"\bvascular injur|\baort\w* (?:injur|dissect|tear)|\bdissection", "vascular injury of the great vessels"),
     (r"\buter|\bprostat|\bovar", "the pelvic organs"),
-    (r"\bprior\b|\bprevious (?:scan|ct|study|exam)|\bcompar|\bchange[sd]? since|\binterval", "comparison with earlier studies"),
     (r"\bpatient'?s? (?:name|id|age|sex|history)|\bwho is the patient|\bhow old", "the patient's identity and history (the node keeps none)"),
 )
 
@@ -119,6 +118,8 @@ _TOPICS: tuple[tuple[str, str], ...] = (
                  r"\banything\b|\bsummar|\bimpression|\boverall\b|\bok\b|\bfine\b|\bpositive\b|\bnegative\b"),
     ("volume", r"\bhow much\b|\bvolume|\bml\b|\bmillilit|\bamount|\bquantit|\bblood\b|\bbleed|"
                r"\bh(?:a)?emorrha|\bh(?:a)?emoperiton|\bfluid\b|\bcollection|\bhow big|\bsize\b|\bhematoma|\bhaematoma"),
+    ("interval", r"\bprior\b|\bprevious (?:scan|ct|study|exam)|\bcompar|\bchange[sd]? since|"
+                 r"\binterval|\bearlier (?:scan|ct|study|exam)|\bsince the (?:last|first)"),
     ("blush", r"\bblush|\bextravasat|\bactive(?:ly)? bleed|\bcontrast|\barterial|\bactive bleeding"),
     ("grade", r"\bgrade|\baast\b|\binjury scale|\bclass(?:ification)?\b"),
     ("location", r"\bwhere\b|\blocat|\bslices?\b|\bimages?\b|\blevel\b|\bregions?\b|\bside\b|"
@@ -142,8 +143,8 @@ _WHOLE_CASE = re.compile(r"\b(?:total|overall|all|whole|entire|altogether|everyt
 
 _ABOUT = ("I can answer from this study's Findings: the amount of blood and where it is (regions, "
           "slices), active extravasation, the liver, spleen, kidneys and bowel, AAST grade "
-          "estimates, the risk tier, the decision-support rules that fired, the report and how "
-          "the analysis was done.")
+          "estimates, the risk tier, the decision-support rules that fired, the report, the change since the "
+          "patient's prior study when one was compared, and how the analysis was done.")
 
 
 @dataclass
@@ -333,6 +334,16 @@ class GroundedAnswerer:
         text += (f" Active extravasation: {_ml(blush)}." if blush > 0
                  else " No active extravasation detected.")
         return text
+
+    @staticmethod
+    def _interval(f: Findings, status: str | None = None) -> str:
+        """The change since the prior study (pipeline.interval), or why there is none."""
+        statement = f.interval.get("statement")
+        if statement:
+            return statement
+        return ("No comparison with a prior study was made for this study: the node's lookup "
+                "of the patient's prior study was off when it was analysed, so these Findings "
+                "say nothing about earlier studies.")
 
     @staticmethod
     def _blush(f: Findings, status: str | None = None) -> str:

@@ -197,6 +197,8 @@ class Findings:
     incomplete: str | None = None
     # RSNA 2023 targets as probabilities (pipeline.probabilities); uncalibrated, for evaluation.
     probabilities: dict[str, Any] = field(default_factory=dict)
+    # Against the patient's prior study (pipeline.interval): compared or not, and why.
+    interval: dict[str, Any] = field(default_factory=dict)
 
     def to_json_dict(self) -> dict[str, Any]:
         out = {f.name: _plain(getattr(self, f.name))
@@ -229,6 +231,7 @@ class Findings:
             contrast_foci=[ContrastFocus(**c) for c in data.get("contrast_foci", [])],
             multiphase=data.get("multiphase", {}), phase=ContrastPhase(**data.get("phase", {})),
             incomplete=data.get("incomplete"), probabilities=data.get("probabilities", {}),
+            interval=data.get("interval", {}),
             organs={k: OrganFinding(**v) for k, v in data["organs"].items()},
             reading=data["reading"], risk_tier=data["risk_tier"],
             risk_tier_reasons=data["risk_tier_reasons"],

@@ -9,7 +9,8 @@ import ssl
 import pydicom
 import pytest
 from pynetdicom import DEFAULT_TRANSFER_SYNTAXES
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification
+from pynetdicom.sop_class import (StudyRootQueryRetrieveInformationModelFind,
+                                  StudyRootQueryRetrieveInformationModelMove, Verification)
 
 from support.nodes import ROOT
 from dicom_out import KINDS, build_outputs
@@ -100,9 +101,12 @@ def test_the_query_and_echo_scu_contexts():
     rows = {uid: [t.strip().strip("`") for t in syntaxes.split(",")]
             for _, uid, syntaxes in table("Query SOP classes and transfer syntaxes (SCU)")}
     defaults = [str(t) for t in DEFAULT_TRANSFER_SYNTAXES]
-    assert rows == {StudyRootQueryRetrieveInformationModelFind: defaults, Verification: defaults}
+    assert rows == {StudyRootQueryRetrieveInformationModelFind: defaults,
+                    StudyRootQueryRetrieveInformationModelMove: defaults, Verification: defaults}
     source = (ROOT / "node" / "dicom" / "scu.py").read_text()
     assert "ae.add_requested_context(model)" in source  # default syntaxes, as documented
+    prior = (ROOT / "node" / "prior" / "query.py").read_text()
+    assert "ae.add_requested_context(self.model)" in prior  # C-FIND and C-MOVE of the prior
     assert "ae.add_requested_context(Verification)" in source
 
 

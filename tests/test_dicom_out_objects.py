@@ -570,3 +570,22 @@ def test_the_seg_and_sr_are_written_and_announced_before_the_rest(bleed, tmp_pat
     assert told == [(["seg"], {"seg.dcm"}), (["sr"], {"seg.dcm", "sr.dcm"})]
     assert list(written) == ["seg", "sr", "sc", "pdf", "kos"]
     assert {p.name for p in out.iterdir()} >= {"sc-01.dcm", "pdf.dcm", "kos.dcm", "findings.json"}
+
+
+@pytest.mark.parametrize("now, then", [("bleed", "clean"), ("clean", "bleed")])
+def test_sr_states_the_comparison_with_the_prior(request, tmp_path, now, then):
+    """Both SR forms (TID 1500 with blood, TID 2000 without) carry the interval change as a
+    'Comparison to previous studies' text, and stay valid."""
+    from pipeline.interval import attach, compare
+
+    current, prior = request.getfixturevalue(now), request.getfixturevalue(then)
+    findings = dataclasses.replace(current.findings)  # the fixture's stays as it was
+    attach(findings, compare(findings, prior.findings, "1.2.3.4", "20251201"))
+    outputs = build_outputs(findings, current.sources, series_version=1, **ALGORITHM)
+    path = tmp_path / "sr.dcm"
+    outputs.sr.save_as(path)
+    (comparison,) = _named(list(_items(hd.sr.srread(path))), "Comparison to previous studies")
+    assert "prior CT of 2025-12-01" in comparison.TextValue
+    assert f"{findings.volumes_ml['hemorrhage']:.1f} mL now" in comparison.TextValue
+    errors, warnings = _dciodvfy_problems(path)
+    assert errors == [] and warnings == []

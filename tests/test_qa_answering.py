@@ -112,7 +112,6 @@ def test_liver_without_grade_says_why(bleed):
     ("Any rib fractures?", "bones and fractures"),
     ("Is there a pneumothorax?", "the chest"),
     ("What is the patient's name?", "the patient's identity"),
-    ("Has it changed compared with the prior CT?", "comparison with earlier studies"),
 ])
 def test_outside_the_findings_is_said_plainly(bleed, question, thing):
     text = answer(bleed, question)

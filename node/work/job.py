@@ -20,7 +20,9 @@ from pathlib import Path
 
 from pipeline import run_series
 from pipeline.findings import Findings
+from pipeline.interval import attach
 
+from node.prior.comparison import interval_change
 from node.store import outbox
 from node.config import Settings
 from node.store.database import Index
@@ -39,6 +41,9 @@ def run_job(settings: Settings, index: Index, job: ClaimedJob, paths: list[Path]
     source = SourceSeries(ahead)
     findings = run_series(paths, settings.pipeline, other_phases=others,
                           incomplete=job.incomplete_reason, load=source.load)
+    change = interval_change(settings, index, job.study_uid, findings)
+    if change is not None:
+        attach(findings, change)
     check_room(settings, results_bytes(findings.series["shape"]))
     out_dir = results_dir(settings, job.study_uid, job.series_uid, job.series_version)
     withdrawn = _withdraw_earlier(index, job)

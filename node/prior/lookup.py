@@ -1,0 +1,103 @@
+"""The lookup loop of `serve`: for each study that arrives, its patient's prior study is
+looked for in the PACS and moved here, off the C-STORE handler and off the workers. The
+moved prior is received, completed and analysed like any study; the new study's job
+compares with its Findings (node.prior.comparison)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from pathlib import Path
+
+from pydicom import dcmread
+from sqlalchemy import select
+
+from node.config import Settings
+from node.dicom.scu import QueryUnanswered
+from node.prior import state
+from node.prior.query import find_prior, move_here
+from node.store.database import Index, utcnow
+from node.store.tables import Instance, Series, Study
+
+log = logging.getLogger("trauma_node.prior")
+
+
+def _patient_and_date(path: Path) -> tuple[str, str]:
+    """(Patient ID, Study Date) from a stored file's header: the query needs them and the
+    index holds neither. Never logged."""
+    ds = dcmread(path, stop_before_pixels=True, specific_tags=["PatientID", "StudyDate"])
+    return str(ds.get("PatientID", "") or ""), str(ds.get("StudyDate", "") or "")
+
+
+class PriorLookup:
+    def __init__(self, settings: Settings, index: Index) -> None:
+        self.settings, self.index = settings, index
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        # Only studies that arrive while it runs (less a start-up grace): a first start
+        # with a full index must not query the PACS for every old study.
+        self.since = utcnow() - dt.timedelta(seconds=settings.prior.wait_s)
+
+    def start(self) -> None:
+        if not self.settings.prior.enabled:
+            return
+        self._thread = threading.Thread(target=self._run, name="prior-lookup", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> bool:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(self.settings.prior.timeout_s)
+        return self._thread is None or not self._thread.is_alive()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.settings.prior.poll_interval_s):
+            try:
+                for study_uid, path in self._new_studies():
+                    self.look_up(study_uid, path)
+            except Exception:  # noqa: BLE001 - the loop must outlive one bad study
+                log.exception("prior lookup failed")
+
+    def _new_studies(self) -> list[tuple[str, Path]]:
+        """Studies received since start without a state, each with one of its files."""
+        with self.index.engine.connect() as conn:
+            rows = conn.execute(
+                select(Study.study_uid, Instance.path).join(Series, Series.study_id == Study.id)
+                .join(Instance, Instance.series_id == Series.id)
+                .where(Study.created_at >= self.since).order_by(Study.id)).all()
+        first: dict[str, Path] = {}
+        for study_uid, path in rows:
+            first.setdefault(study_uid, self.settings.spool_dir / path)
+        return [(uid, path) for uid, path in first.items()
+                if state.read(self.settings.data_dir, uid) is None]
+
+    def look_up(self, study_uid: str, path: Path) -> None:
+        data_dir, prior = self.settings.data_dir, self.settings.prior
+        our_ae = self.settings.node.ae_title
+        state.write(data_dir, study_uid, state.LOOKING)
+        patient_id, study_date = _patient_and_date(path)
+        if not patient_id or len(study_date) != 8:
+            why = "the study has no patient ID or study date to query with"
+            state.write(data_dir, study_uid, state.NO_PRIOR, why=why)
+            log.info("study %s: no prior looked up: %s", study_uid, why)
+            return
+        try:
+            found = find_prior(prior, our_ae, patient_id, study_date, study_uid)
+            if found is None:
+                why = f"none in the PACS within {prior.lookback_days} days"
+                state.write(data_dir, study_uid, state.NO_PRIOR, why=why)
+                log.info("study %s: no prior study: %s", study_uid, why)
+                return
+            # Marked first: its arrival must not start a lookup of its own.
+            state.write(data_dir, found.study_uid, state.IS_PRIOR, of=study_uid)
+            move_here(prior, our_ae, found.study_uid)
+        except QueryUnanswered as exc:
+            why = f"the PACS {prior.ae_title} refused or did not answer: {exc}"
+            state.write(data_dir, study_uid, state.UNANSWERED, why=why)
+            log.warning("study %s: no prior study: %s", study_uid, why)
+            return
+        state.write(data_dir, study_uid, state.RETRIEVED, prior_study_uid=found.study_uid,
+                    prior_study_date=found.study_date)
+        log.info("study %s: prior study %s of %s retrieved", study_uid, found.study_uid,
+                 found.study_date)
