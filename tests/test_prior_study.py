@@ -11,7 +11,9 @@ from pathlib import Path
 import highdicom as hd
 import httpx
 import pydicom
+import pytest
 
+from pipeline import PipelineSettings, run_series
 from support.nodes import AUTH, FAST, free_port, storescu, wait_for
 from support.orthanc import Orthanc
 from support.qa_support import ask
@@ -124,14 +126,32 @@ def test_the_interval_change_since_the_prior_in_the_pacs(node_factory, phantom_f
         assert secret not in log
 
 
-def test_a_pacs_that_refuses_leaves_the_result_and_says_so(node_factory, phantom_factory):
+@pytest.mark.parametrize("pacs_holds, said", [
+    (None, "none made (the PACS PACS refused or did not answer"),  # nothing listens
+    ("nothing", "none made (none in the PACS within 365 days)"),
+])
+def test_no_prior_leaves_the_result_and_says_so(node_factory, phantom_factory, tmp_path,
+                                                pacs_holds, said):
     truth = phantom_factory("prior-now", **COARSE, blood="large")
-    node = node_factory(prior_config("PACS", free_port()))  # nothing listens there
-    storescu([truth.paths[0].parent], node.dicom_port)
-    with httpx.Client(timeout=30) as client:
-        now = findings_of(client, node, truth.spec.study_uid)
-    assert now["volumes_ml"]["hemorrhage"] > 0 and now["risk_tier"] != "not_assessed"
+    pacs_port = free_port()
+    node = node_factory(prior_config("PACS", pacs_port), start=False)
+    pacs = None
+    if pacs_holds is not None:
+        pacs = Orthanc(tmp_path / "orthanc", pacs_port, free_port(),
+                       modalities={"trauma": ["TRAUMA_AI", "127.0.0.1", node.dicom_port]}).start()
+    try:
+        node.start()
+        storescu([truth.paths[0].parent], node.dicom_port)
+        with httpx.Client(timeout=30) as client:
+            now = findings_of(client, node, truth.spec.study_uid)
+            report = client.get(f"{node.url}/studies/{truth.spec.study_uid}/report",
+                                headers=AUTH).json()["report"]
+    finally:
+        if pacs is not None:
+            pacs.stop()
+    alone = run_series(truth.paths, PipelineSettings())  # as if there were no lookup
+    assert now["volumes_ml"] == alone.volumes_ml and now["risk_tier"] == alone.risk_tier
+    assert now["report"].startswith(alone.report.rstrip())
     assert now["interval"]["compared"] is False
-    assert "Comparison with a prior study: none made (the PACS PACS refused or did not " \
-           "answer" in now["report"]
+    assert f"Comparison with a prior study: {said}" in report
     assert PATIENT_ID not in node.log()
