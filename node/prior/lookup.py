@@ -38,6 +38,7 @@ class PriorLookup:
         # Only studies that arrive while it runs (less a start-up grace): a first start
         # with a full index must not query the PACS for every old study.
         self.since = utcnow() - dt.timedelta(seconds=settings.prior.wait_s)
+        self.seen_up_to = 0  # the last study id looked at: each study is looked at once
 
     def start(self) -> None:
         if not self.settings.prior.enabled:
@@ -60,17 +61,23 @@ class PriorLookup:
                 log.exception("prior lookup failed")
 
     def _new_studies(self) -> list[tuple[str, Path]]:
-        """Studies received since start without a state, each with one of its files."""
+        """Studies received since the last look, each with one of its files; a study
+        whose lookup a process before a restart began is left as it was."""
+        found: list[tuple[str, Path]] = []
         with self.index.engine.connect() as conn:
-            rows = conn.execute(
-                select(Study.study_uid, Instance.path).join(Series, Series.study_id == Study.id)
-                .join(Instance, Instance.series_id == Series.id)
-                .where(Study.created_at >= self.since).order_by(Study.id)).all()
-        first: dict[str, Path] = {}
-        for study_uid, path in rows:
-            first.setdefault(study_uid, self.settings.spool_dir / path)
-        return [(uid, path) for uid, path in first.items()
-                if state.read(self.settings.data_dir, uid) is None]
+            studies = conn.execute(select(Study.id, Study.study_uid).where(
+                Study.created_at >= self.since, Study.id > self.seen_up_to,
+            ).order_by(Study.id)).all()
+            for study_id, study_uid in studies:
+                path = conn.execute(select(Instance.path).join(
+                    Series, Instance.series_id == Series.id).where(
+                    Series.study_id == study_id).limit(1)).scalar()
+                if path is None:
+                    break  # its first instance is not indexed yet: next time
+                self.seen_up_to = study_id
+                if state.read(self.settings.data_dir, study_uid) is None:
+                    found.append((study_uid, self.settings.spool_dir / path))
+        return found
 
     def look_up(self, study_uid: str, path: Path) -> None:
         data_dir, prior = self.settings.data_dir, self.settings.prior
