@@ -1,4 +1,5 @@
-"""C-ECHO, C-STORE and C-FIND as an SCU: for admins (`trauma-node echo/send`) and delivery."""
+"""C-ECHO, C-STORE and C-FIND as an SCU: for admins (`trauma-node echo/send`) and delivery;
+the prior study's C-FIND and C-MOVE (node.prior.query) associate through it too."""
 
 from __future__ import annotations
 
@@ -45,14 +46,16 @@ BeforeEach = Callable[[Path], None]
 AfterEach = Callable[[Path, "str | None", bool], None]
 
 
-def _client(calling_ae: str, timeout_s: float) -> AE:
+def client_ae(calling_ae: str, timeout_s: float) -> AE:
+    """An AE that calls as calling_ae, every timeout at timeout_s (node.prior uses it too)."""
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     return ae
 
 
-def _associate(ae: AE, host: str, port: int, called_ae: str,
-               tls: ssl.SSLContext | None):
+def associate(ae: AE, host: str, port: int, called_ae: str,
+              tls: ssl.SSLContext | None):
+    """The association, or AssociationFailed saying why (the rejection's reason if any)."""
     assoc = ae.associate(host, port, ae_title=called_ae,
                          tls_args=(tls, None) if tls else None)
     if not assoc.is_established:
@@ -69,9 +72,9 @@ def _associate(ae: AE, host: str, port: int, called_ae: str,
 def echo(host: str, port: int, called_ae: str, calling_ae: str = "TRAUMA_NODE",
          tls: ssl.SSLContext | None = None, timeout_s: float = 10.0) -> int:
     """C-ECHO; returns the status (0 is success) or raises AssociationFailed."""
-    ae = _client(calling_ae, timeout_s)
+    ae = client_ae(calling_ae, timeout_s)
     ae.add_requested_context(Verification)
-    assoc = _associate(ae, host, port, called_ae, tls)
+    assoc = associate(ae, host, port, called_ae, tls)
     try:
         status = assoc.send_c_echo()
         if not status:
@@ -111,7 +114,7 @@ def send(paths: list[Path], host: str, port: int, called_ae: str,
         after(Path(path), why, False)
     if not groups:
         return report
-    ae = _client(calling_ae, timeout_s)
+    ae = client_ae(calling_ae, timeout_s)
     syntaxes: dict[str, set[str]] = defaultdict(set)
     for sop_class, ts in groups:
         syntaxes[sop_class].add(ts)
@@ -123,7 +126,7 @@ def send(paths: list[Path], host: str, port: int, called_ae: str,
         raise AssociationFailed(f"{len(contexts)} SOP class/transfer syntax pairs: more than "
                                 f"{MAX_CONTEXTS} presentation contexts")
     ae.requested_contexts = contexts
-    assoc = _associate(ae, host, port, called_ae, tls)
+    assoc = associate(ae, host, port, called_ae, tls)
     try:
         for path in sorted(p for files in groups.values() for p in files):
             error, cut_off = _store(assoc, path, before_each)
@@ -169,10 +172,10 @@ def held_instances(uids: list[tuple[str, str, str]], host: str, port: int, calle
     QueryUnanswered when the destination does not answer them all: association refused or
     aborted, the query model not accepted, a failure status or no response."""
     model = StudyRootQueryRetrieveInformationModelFind
-    ae = _client(calling_ae, timeout_s)
+    ae = client_ae(calling_ae, timeout_s)
     ae.add_requested_context(model)
     try:
-        assoc = _associate(ae, host, port, called_ae, tls)
+        assoc = associate(ae, host, port, called_ae, tls)
     except AssociationFailed as exc:
         raise QueryUnanswered(str(exc)) from None
     held: set[str] = set()

@@ -10,7 +10,7 @@ from pynetdicom.sop_class import (StudyRootQueryRetrieveInformationModelFind,
                                   StudyRootQueryRetrieveInformationModelMove)
 
 from node.config import PriorSection
-from node.dicom.scu import AssociationFailed, QueryUnanswered, _associate, _client
+from node.dicom.scu import AssociationFailed, QueryUnanswered, associate, client_ae
 
 
 @dataclass(frozen=True)
@@ -81,10 +81,10 @@ class _association:
         self.prior, self.our_ae, self.model = prior, our_ae, model
 
     def __enter__(self):
-        ae = _client(_calling_ae(self.prior, self.our_ae), self.prior.timeout_s)
+        ae = client_ae(_calling_ae(self.prior, self.our_ae), self.prior.timeout_s)
         ae.add_requested_context(self.model)
         try:
-            self.assoc = _associate(ae, self.prior.host, self.prior.port, self.prior.ae_title, None)
+            self.assoc = associate(ae, self.prior.host, self.prior.port, self.prior.ae_title, None)
         except AssociationFailed as exc:
             raise QueryUnanswered(str(exc)) from None
         if not any(c.abstract_syntax == self.model for c in self.assoc.accepted_contexts):
