@@ -155,3 +155,18 @@ def test_no_prior_leaves_the_result_and_says_so(node_factory, phantom_factory, t
     assert now["interval"]["compared"] is False
     assert f"Comparison with a prior study: {said}" in report
     assert PATIENT_ID not in node.log()
+
+
+def test_an_enabled_lookup_needs_a_pacs_to_ask(tmp_path):
+    from node.config import load_settings
+    from node.settings_loader import ConfigError
+
+    path = tmp_path / "node.toml"
+    path.write_text("[prior]\nenabled = true\nae_title = \"BAD\\\\AE\"\nlookback_days = 0\n")
+    with pytest.raises(ConfigError) as error:
+        load_settings(path, env={})
+    said = "\n".join(error.value.problems)
+    for key in ("prior.ae_title", "prior.host", "prior.lookback_days"):
+        assert key in said
+    path.write_text("[prior]\nenabled = false\n")  # off: nothing else is asked for
+    assert load_settings(path, env={}).prior.enabled is False
