@@ -25,11 +25,11 @@ PATIENT_NAME, PATIENT_ID = "PHANTOM^ABDOMEN", "PHANTOM-0001"  # tests/support/ph
 COARSE = dict(slices=40, rows=128, cols=128, pixel_spacing=(3.125, 3.125))
 
 
-def prior_config(pacs_ae: str, pacs_port: int, wait_s: float = 90) -> str:
+def prior_config(pacs_ae: str, pacs_port: int, wait_s: float = 90, workers: int = 2) -> str:
     # Two workers: the prior is analysed while the new study's job waits for it.
     return FAST + f"""
 [workers]
-count = 2
+count = {workers}
 [prior]
 enabled = true
 ae_title = "{pacs_ae}"
@@ -170,3 +170,29 @@ def test_an_enabled_lookup_needs_a_pacs_to_ask(tmp_path):
         assert key in said
     path.write_text("[prior]\nenabled = false\n")  # off: nothing else is asked for
     assert load_settings(path, env={}).prior.enabled is False
+
+
+def test_one_worker_never_holds_the_result_for_its_prior(node_factory, phantom_factory,
+                                                         tmp_path):
+    """The only worker must not wait for a prior it would have to analyse itself: the new
+    study's result comes at once, compared if the prior happened to be analysed first,
+    else saying that it was retrieved but not yet analysed."""
+    prior_truth = phantom_factory("prior-then", **COARSE, blood="small")
+    current_truth = phantom_factory("prior-now", **COARSE, blood="large")
+    prior_files = dated_copy(prior_truth.paths, tmp_path / "prior", days_ago=30)
+    pacs_port = free_port()
+    node = node_factory(prior_config("PACS", pacs_port, wait_s=600, workers=1), start=False)
+    pacs = Orthanc(tmp_path / "orthanc", pacs_port, free_port(),
+                   modalities={"trauma": ["TRAUMA_AI", "127.0.0.1", node.dicom_port]}).start()
+    try:
+        for path in prior_files:
+            pacs.upload(path)
+        node.start()
+        storescu([current_truth.paths[0].parent], node.dicom_port)
+        with httpx.Client(timeout=30) as client:
+            now = findings_of(client, node, current_truth.spec.study_uid, timeout=120)
+            findings_of(client, node, prior_truth.spec.study_uid, timeout=60)
+    finally:
+        pacs.stop()
+    statement = now["interval"]["statement"]
+    assert now["interval"]["compared"] or "retrieved but not yet analysed" in statement

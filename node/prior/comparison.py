@@ -3,7 +3,8 @@ the lookup loop has settled and the prior's Findings exist, waiting prior.wait_s
 
 Why wait in the job: the prior is usually moved and analysed (by another worker) while the
 new study's series is still being received and analysed, so the comparison is ready
-with the first results. A prior not analysed in time is stated as such in the results; they are
+with the first results. With no other worker alive, the job does not wait for an
+unanalysed prior: it holds the worker the prior would need. A prior not analysed in time is stated as such in the results; they are
 not re-reported when it is (a later version of the series would compare with it).
 """
 
@@ -17,6 +18,7 @@ from sqlalchemy import select
 from node.config import Settings
 from node.prior import state
 from node.store.database import Index, Job, JobState
+from node.store.jobs import workers_alive
 from node.store.tables import Series, Study
 from pipeline import interval
 from pipeline.findings import Findings
@@ -52,6 +54,12 @@ def interval_change(settings: Settings, index: Index, study_uid: str,
             if found is not None:
                 return interval.compare(current, found, now["prior_study_uid"],
                                         now["prior_study_date"])
+            if len(workers_alive(index, settings.workers.stale_after_s)) < 2:
+                # This job holds the only worker: waiting would delay its result and
+                # never get the prior analysed.
+                return interval.not_compared(
+                    f"the prior study of {now['prior_study_date']} was retrieved but not yet "
+                    "analysed, and no other worker was free to analyse it")
         if time.monotonic() >= deadline:
             break
         time.sleep(prior.poll_interval_s)
