@@ -34,6 +34,18 @@ def open_(mask: np.ndarray, size: Size) -> np.ndarray:
     return dilate(erode(mask, size), size)
 
 
+def min_filter(array: np.ndarray, size: Size) -> np.ndarray:
+    """The minimum over a box round each element, clipped to the array: what
+    ndimage.minimum_filter gives with mode "reflect" or "nearest" (the values
+    those modes bring in are already in the clipped box), without its per-element
+    cost."""
+    out = array
+    for axis, s in enumerate(size):
+        if s > 1:
+            out = _along(out, axis, s, np.minimum)
+    return out if out is not array else array.copy()
+
+
 def in_plane(radius: int) -> Size:
     return (1, 2 * radius + 1, 2 * radius + 1)
 

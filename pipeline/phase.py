@@ -24,11 +24,10 @@ the blush rule must not take for extravasation.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from pipeline import morphology
 from pipeline.anatomy import (AORTA, KIDNEY_LEFT, KIDNEY_RIGHT, LIVER, OUTSIDE, SOLID_CODES, SPLEEN,
-                              Anatomy, fill_holes_2d)
+                              Anatomy, fill_holes_2d, label_in_box)
 from pipeline.findings import ContrastPhase
 from pipeline.settings import PipelineSettings
 from pipeline.volume import Volume
@@ -120,11 +119,10 @@ def _portal_vein(anatomy: Anatomy, settings: PipelineSettings) -> float | None:
         return None
     tube = (anatomy.cavity() & ~np.isin(regions, SOLID_CODES) & (hu >= PORTAL_MIN_HU)
             & (hu < settings.hu.bone_min))
-    labels, count = ndimage.label(morphology.open_(tube, morphology.in_plane(1)))
+    labels, count, boxes, voxels = label_in_box(morphology.open_(tube, morphology.in_plane(1)))
     if not count:
         return None
-    sizes = np.bincount(labels.ravel(), minlength=count + 1) * anatomy.voxel_volume_mm3 / 1000.0
-    boxes = ndimage.find_objects(labels)
+    sizes = voxels * anatomy.voxel_volume_mm3 / 1000.0
     extent = lambda n: [(s.stop - s.start) * d for s, d in zip(boxes[n - 1], anatomy.spacing)]  # noqa: E731
     touching = np.unique(labels[morphology.dilate(liver, (3, 3, 3))])
     keep = [n for n in touching if n and sizes[n] >= PORTAL_MIN_ML and max(extent(n)[1:]) >= extent(n)[0]]
@@ -141,7 +139,7 @@ def _excreted(volume: Volume, anatomy: Anatomy, dense_min: float) -> tuple[np.nd
     voxel_ml = anatomy.voxel_volume_mm3 / 1000.0
     # Excreted contrast can be as dense as bone (coded as bone): the body, not only the cavity.
     dense = (regions > OUTSIDE) & (regions != AORTA) & (hu >= dense_min)
-    labels, count = ndimage.label(dense)
+    labels, count, boxes, sizes = label_in_box(dense)
     if not count:
         return None, []
     kidney = fill_holes_2d(np.isin(regions, KIDNEYS))
@@ -149,10 +147,10 @@ def _excreted(volume: Volume, anatomy: Anatomy, dense_min: float) -> tuple[np.nd
     pelvis_from = int(solid_slices[-1]) + 1 if solid_slices.size else len(hu)
     cavity = anatomy.cavity()
     found, where = np.zeros(hu.shape, dtype=bool), []
-    for index, box in enumerate(ndimage.find_objects(labels), start=1):
-        comp = labels[box] == index
-        if comp.sum() * voxel_ml < EXCRETED_MIN_ML:
+    for index, box in enumerate(boxes, start=1):
+        if sizes[index] * voxel_ml < EXCRETED_MIN_ML:
             continue
+        comp = labels[box] == index
         if (kidney[box] & comp).sum() >= 0.25 * comp.sum():
             found[box] |= comp
             where.append("renal collecting system")
