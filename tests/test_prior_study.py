@@ -5,6 +5,7 @@ Q&A. A PACS that cannot be asked leaves the result as it was, and the report say
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from pathlib import Path
 
@@ -36,7 +37,7 @@ ae_title = "{pacs_ae}"
 host = "127.0.0.1"
 port = {pacs_port}
 lookback_days = 365
-timeout_s = 10
+timeout_s = 30
 wait_s = {wait_s}
 poll_interval_s = 0.2
 """
@@ -54,6 +55,28 @@ def dated_copy(paths: list[Path], out: Path, days_ago: int) -> list[Path]:
         ds.save_as(out / path.name)
         copies.append(out / path.name)
     return copies
+
+
+@contextlib.contextmanager
+def prior_in_the_pacs(node_factory, phantom_factory, tmp_path: Path, **config):
+    """Orthanc holding the patient's CT of 30 days before (a small bleed), a node set to
+    look priors up in it, and the new study (a large bleed) sent to the node: yields
+    (node, prior truth, current truth); Orthanc stops after."""
+    prior_truth = phantom_factory("prior-then", **COARSE, blood="small")
+    current_truth = phantom_factory("prior-now", **COARSE, blood="large")
+    prior_files = dated_copy(prior_truth.paths, tmp_path / "prior", days_ago=30)
+    pacs_port = free_port()
+    node = node_factory(prior_config("PACS", pacs_port, **config), start=False)
+    pacs = Orthanc(tmp_path / "orthanc", pacs_port, free_port(),
+                   modalities={"trauma": ["TRAUMA_AI", "127.0.0.1", node.dicom_port]}).start()
+    try:
+        for path in prior_files:
+            pacs.upload(path)
+        node.start()
+        storescu([current_truth.paths[0].parent], node.dicom_port)
+        yield node, prior_truth, current_truth
+    finally:
+        pacs.stop()
 
 
 def findings_of(client: httpx.Client, node, study_uid: str, timeout: float = 150) -> dict:
@@ -80,46 +103,28 @@ def _texts(items):
 
 
 def test_the_interval_change_since_the_prior_in_the_pacs(node_factory, phantom_factory, tmp_path):
-    prior_truth = phantom_factory("prior-then", **COARSE, blood="small")
-    current_truth = phantom_factory("prior-now", **COARSE, blood="large")
-    prior_files = dated_copy(prior_truth.paths, tmp_path / "prior", days_ago=30)
-    pacs_port = free_port()
-    node = node_factory(prior_config("PACS", pacs_port), start=False)
-    pacs = Orthanc(tmp_path / "orthanc", pacs_port, free_port(),
-                   modalities={"trauma": ["TRAUMA_AI", "127.0.0.1", node.dicom_port]}).start()
-    try:
-        for path in prior_files:
-            pacs.upload(path)
-        node.start()
-        storescu([current_truth.paths[0].parent], node.dicom_port)
-        with httpx.Client(timeout=30) as client:
-            now = findings_of(client, node, current_truth.spec.study_uid)
-            then = findings_of(client, node, prior_truth.spec.study_uid, timeout=30)
-            then_ml = then["volumes_ml"]["hemorrhage"]
-            now_ml = now["volumes_ml"]["hemorrhage"]
-            assert 0 < then_ml < now_ml
-            change = now["interval"]
-            assert change["compared"] and change["prior_study_uid"] == prior_truth.spec.study_uid
-            assert change["hemorrhage_ml"] == {"prior": round(then_ml, 1),
-                                               "current": round(now_ml, 1),
-                                               "change": round(round(now_ml, 1) - round(then_ml, 1), 1)}
-            assert change["new"] and not change["resolved"]  # the large bleed adds collections
-            volumes = f"{now_ml:.1f} mL now versus {then_ml:.1f} mL then"
-            assert volumes in now["report"]
-            assert "prior" not in then.get("interval", {})  # the prior is not compared itself
+    with prior_in_the_pacs(node_factory, phantom_factory, tmp_path) as (
+            node, prior_truth, current_truth), httpx.Client(timeout=30) as client:
+        now = findings_of(client, node, current_truth.spec.study_uid)
+        then = findings_of(client, node, prior_truth.spec.study_uid, timeout=30)
+        text, _, _ = ask(client, node.url, current_truth.spec.study_uid,
+                         "How has the bleeding changed since the prior?", headers=AUTH)
+    then_ml, now_ml = then["volumes_ml"]["hemorrhage"], now["volumes_ml"]["hemorrhage"]
+    assert 0 < then_ml < now_ml
+    change = now["interval"]
+    assert change["compared"] and change["prior_study_uid"] == prior_truth.spec.study_uid
+    assert change["hemorrhage_ml"] == {"prior": round(then_ml, 1), "current": round(now_ml, 1),
+                                       "change": round(round(now_ml, 1) - round(then_ml, 1), 1)}
+    assert change["new"] and not change["resolved"]  # the large bleed adds collections
+    assert then.get("interval") == {}  # the prior is not compared itself
+    volumes = f"{now_ml:.1f} mL now versus {then_ml:.1f} mL then"
+    assert volumes in now["report"] and volumes in text  # the report and the Q&A
 
-            text, _, _ = ask(client, node.url, current_truth.spec.study_uid,
-                             "How has the bleeding changed since the prior?", headers=AUTH)
-            assert volumes in text
-
-        sr_path = sr_of(node, current_truth.spec.study_uid)
-        sr = hd.sr.srread(sr_path)
-        texts = dict(_texts(sr.ContentSequence))
-        assert volumes in texts["Comparison to previous studies"]
-        errors, _ = _dciodvfy_problems(sr_path)
-        assert errors == []
-    finally:
-        pacs.stop()
+    sr_path = sr_of(node, current_truth.spec.study_uid)
+    texts = dict(_texts(hd.sr.srread(sr_path).ContentSequence))
+    assert volumes in texts["Comparison to previous studies"]
+    errors, _ = _dciodvfy_problems(sr_path)
+    assert errors == []
     log = node.log()
     assert "retrieved" in log
     for secret in (PATIENT_NAME, PATIENT_ID):
@@ -177,22 +182,9 @@ def test_one_worker_never_holds_the_result_for_its_prior(node_factory, phantom_f
     """The only worker must not wait for a prior it would have to analyse itself: the new
     study's result comes at once, compared if the prior happened to be analysed first,
     else saying that it was retrieved but not yet analysed."""
-    prior_truth = phantom_factory("prior-then", **COARSE, blood="small")
-    current_truth = phantom_factory("prior-now", **COARSE, blood="large")
-    prior_files = dated_copy(prior_truth.paths, tmp_path / "prior", days_ago=30)
-    pacs_port = free_port()
-    node = node_factory(prior_config("PACS", pacs_port, wait_s=600, workers=1), start=False)
-    pacs = Orthanc(tmp_path / "orthanc", pacs_port, free_port(),
-                   modalities={"trauma": ["TRAUMA_AI", "127.0.0.1", node.dicom_port]}).start()
-    try:
-        for path in prior_files:
-            pacs.upload(path)
-        node.start()
-        storescu([current_truth.paths[0].parent], node.dicom_port)
-        with httpx.Client(timeout=30) as client:
-            now = findings_of(client, node, current_truth.spec.study_uid, timeout=120)
-            findings_of(client, node, prior_truth.spec.study_uid, timeout=60)
-    finally:
-        pacs.stop()
+    with prior_in_the_pacs(node_factory, phantom_factory, tmp_path, wait_s=600, workers=1) as (
+            node, prior_truth, current_truth), httpx.Client(timeout=30) as client:
+        now = findings_of(client, node, current_truth.spec.study_uid, timeout=120)
+        findings_of(client, node, prior_truth.spec.study_uid, timeout=60)
     statement = now["interval"]["statement"]
     assert now["interval"]["compared"] or "retrieved but not yet analysed" in statement
