@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import re
 import sys
 from pathlib import Path
@@ -335,7 +334,6 @@ def main(argv: list[str] | None = None) -> int:
     # Every command logs through the node's escaping handler (node.logs), not logging's
     # bare last-resort one; serve and worker set their configured level again.
     setup_logging("WARNING")
-    logging.captureWarnings(True)
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:

@@ -168,6 +168,10 @@ def setup_logging(level: str = "INFO") -> None:
     its own) propagates to it."""
     root_level = getattr(logging, level, logging.INFO)
     logging.basicConfig(level=root_level, handlers=[handler()], force=True)
+    # Library warnings (pydicom's, once per odd UID) go through the same handler and its
+    # summary of repeated lines, in every process: serve's spawned receiving processes
+    # and workers set up their logging here too, not in node.cli.
+    logging.captureWarnings(True)
     # pynetdicom logs dataset contents (patient names among them) at DEBUG and
     # every PDU at INFO: the node logs its own association lines instead.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)

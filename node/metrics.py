@@ -2,7 +2,8 @@
 
 Two sources:
 - Counted by the serving process since it started (counters): associations accepted
-  and rejected by reason, C-STORE responses by outcome, bytes stored. Prometheus's
+  and rejected by reason, C-STORE responses by outcome, bytes stored. Its receiving
+  processes (node.dicom.receivers) send their counts within a moment (FLUSH_S there). Prometheus's
   rate() and increase() absorb their reset when the node restarts.
 - Read from the database at each scrape (gauges): series, jobs, deliveries and
   questions by state, the age of the oldest queued job and pending delivery, the
