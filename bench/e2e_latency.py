@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from support.nodes import NodeProcess, free_port, storescu, wait_for  # noqa: E402
 from support.orthanc import Orthanc  # noqa: E402
 from support.phantom import PhantomSpec, write_series  # noqa: E402
+from results_md import replace_section  # noqa: E402  (bench/ is the script's folder)
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
 SEG_AND_SR = {"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34"}
@@ -212,15 +213,7 @@ def _loadavg() -> str:
 
 def write_section(section: str) -> None:
     """Replace (or append) this benchmark's section of bench/RESULTS.md."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    head = "## End-to-end latency"
-    if head in text:
-        start = text.index(head)
-        nxt = text.find("\n## ", start + len(head))
-        text = text[:start] + section + (text[nxt + 1:] if nxt != -1 else "")
-    else:
-        text = text.rstrip() + "\n\n" + section
-    RESULTS.write_text(text)
+    replace_section("## End-to-end latency", section, RESULTS)
 
 
 if __name__ == "__main__":

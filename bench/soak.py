@@ -77,6 +77,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
+
+from results_md import replace_section  # noqa: E402  (bench/ is the script's folder)
 import psutil
 import pydicom
 from pydicom.uid import (ExplicitVRLittleEndian, JPEGLosslessSV1, JPEGLSLossless,
@@ -1047,14 +1049,7 @@ def report(summary: dict, plot_path: Path) -> str:
 
 
 def write_section(section: str) -> None:
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if SECTION in text:
-        start = text.index(SECTION)
-        nxt = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + (text[nxt + 1:] if nxt != -1 else "")
-    else:
-        text = text.rstrip() + "\n\n" + section
-    RESULTS.write_text(text)
+    replace_section(SECTION, section, RESULTS)
 
 
 def main() -> int:
