@@ -153,6 +153,52 @@ def test_a_file_that_arrives_during_removal_is_kept(tmp_path):
     index.close()
 
 
+def test_a_study_removed_by_serve_is_received_again_by_another_process(tmp_path):
+    """Retention runs in `serve`; a receiving process still remembers the series it stored
+    (its id and version). The study sent again after its removal is stored anew, and never
+    into another series that SQLite gave the removed id to (CI failure: 0xC211)."""
+    from node.config import load_settings
+    from node.store.headers import InstanceHeader
+    from node.store.database import Index
+    from node.store.receiving import Receiver
+    from node.store.retention import Retention
+    from node.store.spool import Spool
+
+    settings = load_settings(None, overrides={"node.data_dir": str(tmp_path / "data")}, env={})
+    settings.data_dir.mkdir(parents=True)
+    index = Index(settings.database_url)
+    in_serve = Receiver(index, Spool(settings.spool_dir), name="node/serve")
+    in_receiver = Receiver(index, Spool(settings.spool_dir), name="node/receiver")
+
+    def store(receiver: Receiver, series: str, sop: str, assoc: int):
+        header = InstanceHeader(study_uid=series.rsplit(".", 1)[0], series_uid=series,
+                                sop_uid=sop, sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                                modality="CT")
+        return receiver.store(header, b"DICM" * 64, "1.2.840.10008.1.2.1", "CT1", assoc)
+
+    first = [store(in_receiver, "1.2.3.4", f"1.2.3.4.{n}", 1) for n in range(3)]
+    in_receiver.association_closed(1)
+    with index.engine.begin() as conn:  # complete, analysed long ago
+        conn.exec_driver_sql("UPDATE series SET state = 'queued'")
+    retention = Retention(settings, index, in_serve.forget_series, in_serve.lock)
+    later = dt.datetime.utcnow() + dt.timedelta(days=settings.storage.retention_days + 1)
+    assert retention.run_once(now=later).studies == ["1.2.3"]
+
+    # Another series takes the removed series' id (SQLite reuses the highest rowid).
+    other = store(in_serve, "5.6.7.8", "5.6.7.8.1", 2)
+    assert other.series_id == first[0].series_id
+    again = [store(in_receiver, "1.2.3.4", f"1.2.3.4.{n}", 3) for n in range(3)]
+    assert all(r.stored and r.series_version == 1 for r in again)
+    assert again[0].series_id != other.series_id
+    with index.engine.connect() as conn:
+        counts = dict(conn.exec_driver_sql("SELECT series_uid, instance_count FROM series").all())
+        held = conn.exec_driver_sql(
+            "SELECT s.series_uid, count(*) FROM instances i JOIN series s ON s.id = i.series_id "
+            "GROUP BY s.series_uid").all()
+    assert counts == {"5.6.7.8": 1, "1.2.3.4": 3} and dict(held) == counts
+    index.close()
+
+
 def test_low_disk_removes_the_oldest_studies_early_and_nothing_in_flight(tmp_path):
     from node.store import jobs
     from node.config import load_settings

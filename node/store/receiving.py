@@ -13,13 +13,15 @@ receiving costs one duplicate look-up and one transaction of two statements,
 an INSERT of the instance and a guarded UPDATE of its series:
 
     UPDATE series SET instance_count = instance_count + 1, ...
-     WHERE id = :id AND version = :version AND state = 'receiving'
+     WHERE id = :id AND series_uid = :uid AND version = :version AND state = 'receiving'
 
 The series id and version come from memory (`_receiving`); the WHERE clause
 re-checks them in the same transaction, so when the completion monitor (or
 anyone) has moved the series on, the UPDATE matches nothing, the transaction
 is rolled back and the instance goes through the full path, which makes a new
-version as before. Nothing is batched: every instance is committed before its
+version as before. The hint is checked against the database once more when an
+association first sends to it: another process (retention in `serve`) may have
+removed the series, and SQLite may have given its id to another series since. Nothing is batched: every instance is committed before its
 Success. On SQLite (the default) the hot path talks to the sqlite3 driver
 directly on one connection owned by the index (`Index.hot_connection`);
 SQLAlchemy's statement building cost more than the database work itself.
@@ -58,6 +60,7 @@ _RECEIVING = SeriesState.RECEIVING.value
 ABORTED = "the association sending it was aborted before it was released"
 NODE_STOPPED = senders.NODE_STOPPED
 RACE_RETRIES = 8  # another process storing the same new study or series at once
+HINTS_KEPT = 1024  # series hints per process: the ones receiving now, with room to spare
 
 
 @dataclass
@@ -85,7 +88,7 @@ class _SqliteHot:
                "received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
     _BUMP = ("UPDATE series SET instance_count = instance_count + 1, last_activity = ?, "
              "expected_count = COALESCE(?, expected_count) "
-             "WHERE id = ? AND version = ? AND state = ?")
+             "WHERE id = ? AND series_uid = ? AND version = ? AND state = ?")
 
     def __init__(self, conn: sqlite3.Connection):
         self.conn = conn
@@ -96,7 +99,8 @@ class _SqliteHot:
 
     def add(self, series_id: int, version: int, header: InstanceHeader, relative: str,
             size: int, transfer_syntax: str, calling_ae: str, now: float) -> bool:
-        """Insert the instance and bump its series; False if the series moved on."""
+        """Insert the instance and bump its series; False if the series moved on (or is
+        gone: the foreign key refuses the instance)."""
         # As SQLAlchemy stores them: DateTime as text, JSON through json.dumps.
         received_at = utcnow().strftime("%Y-%m-%d %H:%M:%S.%f")
         try:
@@ -105,9 +109,12 @@ class _SqliteHot:
                 size, version, calling_ae, json.dumps(header.geometry()), received_at))
         except sqlite3.IntegrityError as exc:
             self.conn.rollback()
+            if self.find(header.sop_uid) is None:
+                return False
             raise _Duplicate() from exc
         bumped = self.conn.execute(self._BUMP, (
-            now, header.images_in_acquisition or None, series_id, version, _RECEIVING)).rowcount
+            now, header.images_in_acquisition or None, series_id, header.series_uid, version,
+            _RECEIVING)).rowcount
         if bumped != 1:
             self.conn.rollback()
             return False
@@ -125,7 +132,8 @@ class _CoreHot:
             Instance.sop_instance_uid == bindparam("sop"))
         self._insert = insert(Instance)
         self._bump = update(Series).where(
-            Series.id == bindparam("sid"), Series.version == bindparam("ver"),
+            Series.id == bindparam("sid"), Series.series_uid == bindparam("uid"),
+            Series.version == bindparam("ver"),
             Series.state == _RECEIVING,
         ).values(instance_count=Series.instance_count + 1, last_activity=bindparam("now"),
                  expected_count=func.coalesce(bindparam("expected"), Series.expected_count))
@@ -146,9 +154,11 @@ class _CoreHot:
                     "geometry": header.geometry()})
             except IntegrityError as exc:
                 conn.rollback()
+                if self.find(header.sop_uid) is None:
+                    return False  # the series is gone
                 raise _Duplicate() from exc
             bumped = conn.execute(self._bump, {
-                "sid": series_id, "ver": version, "now": now,
+                "sid": series_id, "uid": header.series_uid, "ver": version, "now": now,
                 "expected": header.images_in_acquisition or None}).rowcount
             if bumped != 1:
                 conn.rollback()
@@ -219,11 +229,9 @@ class Receiver:
                calling_ae: str, assoc_id: int) -> StoreResult:
         """Call with the lock held."""
         now = time.time()
-        hint = self._receiving.get(header.series_uid)
+        hint = self._checked_hint(header.series_uid, assoc_id)
         if hint is not None:
             series_id, version = hint
-            # Recorded before the instance, so completion never sees the one without the other.
-            self._mark_sending(series_id, assoc_id)
             if self._hot().add(series_id, version, header, relative, size, transfer_syntax,
                                calling_ae, now):
                 return StoreResult(stored=True, series_id=series_id, series_version=version,
@@ -242,8 +250,32 @@ class Receiver:
                           header.series_uid, type(exc).__name__)
                 time.sleep(0.005 * (attempt + 1))
         self._receiving[header.series_uid] = (series_id, version)
+        if len(self._receiving) > HINTS_KEPT:  # the oldest hint goes
+            del self._receiving[next(iter(self._receiving))]
         self._sent_by.setdefault(assoc_id, set()).add(series_id)  # recorded by _index_full
         return StoreResult(stored=True, series_id=series_id, series_version=version, size=size)
+
+    def _checked_hint(self, series_uid: str, assoc_id: int) -> tuple[int, int] | None:
+        """Call with the lock held. The series id and version from memory, checked against
+        the database when this association first sends to it, in the transaction that
+        records it as sending (before the instance: completion never sees the one without
+        the other). None: no hint, or a stale one (dropped)."""
+        hint = self._receiving.get(series_uid)
+        if hint is None:
+            return None
+        series_id, version = hint
+        sent = self._sent_by.setdefault(assoc_id, set())
+        if series_id in sent:
+            return hint
+        with self.index.engine.begin() as conn:
+            if conn.execute(select(Series.id).where(
+                    Series.id == series_id, Series.series_uid == series_uid,
+                    Series.version == version, Series.state == _RECEIVING)).first() is None:
+                del self._receiving[series_uid]
+                return None
+            senders.add(conn, self.name, assoc_id, series_id)
+        sent.add(series_id)
+        return hint
 
     def _index_full(self, header: InstanceHeader, relative: str, size: int,
                     transfer_syntax: str, calling_ae: str, now: float, assoc_id: int
