@@ -11,6 +11,7 @@ from pathlib import Path
 from node import __version__
 
 from node.commands import db_upgrade as db_command
+from node.commands import users as users_command
 from node.config import ConfigError, Settings, load_settings
 from node.logs import setup_logging
 from node.store.schema import SchemaError
@@ -253,6 +254,7 @@ def parser() -> argparse.ArgumentParser:
         return sp
 
     db_command.add_parser(sub, with_config)  # trauma-node db upgrade
+    users_command.add_parser(sub, with_config)  # trauma-node users add|list|disable|enable|token
     serve = with_config(sub.add_parser("serve", help="run the DICOM SCP, workers and HTTP API"))
     serve.add_argument("--dicom-port", type=int)
     serve.add_argument("--http-port", type=int)

@@ -13,6 +13,9 @@ Which event the node reports for what (PS3.15 A.5.3; codes from PS3.16 CID 400-4
 | results of a study sent to a destination (one delivery pass) | 110104 DICOM Instances Transferred | | R |
 | a study read through the HTTP API (`/studies/{uid}`...) | 110103 DICOM Instances Accessed | | R |
 | the effective configuration differs from the last start's | 110113 Security Alert | 110128 Network / 110129 Security / 110131 Software Configuration | E |
+| a reader's verdict on a finding (node.store.verdicts) | 110110 Patient Record | | C (first), U (supersedes one) |
+| verdicts exported (JSON, the verdict SR) | 110106 Export | | R |
+| a reader account added, disabled, enabled or its token rotated (`trauma-node users`) | 110113 Security Alert | 110137 User Security Attributes Changed | E |
 
 Refusals for capacity (disk low, association limit) or of connections that never sent a
 request are not about identity: they are logged and counted in /metrics, not audited.
@@ -38,6 +41,9 @@ SUCCESS, MINOR_FAILURE, SERIOUS_FAILURE = "0", "4", "8"
 
 # EventID (CID 400) and EventTypeCode (CID 401).
 APPLICATION_ACTIVITY = ("110100", DCM, "Application Activity")
+EXPORT = ("110106", DCM, "Export")
+PATIENT_RECORD = ("110110", DCM, "Patient Record")
+USER_SECURITY_ATTRIBUTES_CHANGED = ("110137", DCM, "User Security Attributes Changed")
 BEGIN_TRANSFERRING = ("110102", DCM, "Begin Transferring DICOM Instances")
 INSTANCES_ACCESSED = ("110103", DCM, "DICOM Instances Accessed")
 INSTANCES_TRANSFERRED = ("110104", DCM, "DICOM Instances Transferred")
@@ -62,6 +68,7 @@ STUDY_INSTANCE_UID = ("110180", DCM, "Study Instance UID")
 NODE_ID = ("110182", DCM, "Node ID")
 PATIENT_NUMBER = ("2", RFC3881, "Patient Number")
 URI = ("12", RFC3881, "URI")
+USER_IDENTIFIER = ("11", RFC3881, "User Identifier")
 
 # AuditSourceTypeCode 4: application server process tier in a multi-tier system.
 AUDIT_SOURCE_TYPE = ("4", DCM, "Application Server Process Tier in a Multi-tier System")
@@ -141,6 +148,13 @@ def patient(patient_id: str, name: str = "") -> ParticipantObject:
 
 def alert_subject(object_id: str, id_type: Code, description: str) -> ParticipantObject:
     return ParticipantObject(object_id, "2", "13", id_type,
+                             details={"Alert Description": description})
+
+
+def account(name: str, description: str) -> ParticipantObject:
+    """A reader account whose security attributes changed (type person, role 11: Security
+    User Entity)."""
+    return ParticipantObject(name, "1", "11", USER_IDENTIFIER,
                              details={"Alert Description": description})
 
 

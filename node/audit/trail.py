@@ -265,6 +265,36 @@ class AuditTrail:
             objects=self._study(study_uid) if found else [am.study(study_uid)],
             outcome_description="" if found else "unknown study"))
 
+    def verdict(self, study_uid: str, user: str, host: str, finding_key: str, verdict: str,
+                supersedes: bool) -> None:
+        """A reader's verdict on one finding of a study (Patient Record: the study's record
+        gains the reader's assessment); the note is never in the message."""
+        study = am.study(study_uid)
+        study.details = {"finding": finding_key[:64], "verdict": verdict[:16]}
+        objects = [study, *self._study(study_uid)[1:]]
+        self.emit(am.AuditMessage(
+            am.PATIENT_RECORD, "U" if supersedes else "C",
+            participants=[am.Participant(user, True, access_point=host,
+                                         user_name=f"verdict {finding_key[:64]}: {verdict[:16]}"),
+                          self._us(False, am.APPLICATION)],
+            objects=objects))
+
+    def exported(self, study_uids: list[str], user: str, host: str, what: str) -> None:
+        """Verdicts of these studies taken out of the node (JSON or DICOM) by user."""
+        self.emit(am.AuditMessage(
+            am.EXPORT, "R",
+            participants=[am.Participant(user, True, am.DESTINATION, access_point=host,
+                                         user_name=what[:128]),
+                          self._us(False, am.SOURCE)],
+            objects=[am.study(uid) for uid in study_uids]))
+
+    def account_changed(self, name: str, what: str) -> None:
+        """A reader account added, disabled, enabled or given a new token (CLI)."""
+        self.emit(am.AuditMessage(
+            am.SECURITY_ALERT, "E", am.SUCCESS, [am.USER_SECURITY_ATTRIBUTES_CHANGED],
+            [self._launcher(), self._us(False, am.APPLICATION)],
+            [am.account(name, what)]))
+
     def check_configuration(self, settings: Settings, config_path: str = "") -> list[str]:
         """Compare the effective configuration's hashes with the last start's; a change
         makes a Security Alert. Returns the parts that changed (none at a first start)."""

@@ -1,11 +1,13 @@
 """The node's HTTP API: health, studies, their Findings and per-study Q&A, and the page.
 
-Every endpoint but ``/healthz`` and the page's static files (``/``, ``/static/``)
+Every endpoint but ``/healthz`` and the pages' static files (``/``, ``/agreement``, ``/static/``)
 needs ``Authorization: Bearer <token>`` (node.http.auth). The OpenAPI document is at
 ``/openapi.json`` (with a token too). Questions and answers are stored in the
 node's database (node.store.conversations) and never logged. One router per area:
-node.http.health, node.http.studies, node.http.questions; what they share is an
-ApiContext (node.http.context).
+node.http.health, node.http.studies, node.http.questions, node.http.verdicts (readers'
+verdicts, their exports and the agreement page at ``/agreement``); what they share is an
+ApiContext (node.http.context). A token is a service token (node.http.auth) or a reader's
+own account (node.store.readers); request.state.principal says which.
 """
 
 from __future__ import annotations
@@ -26,10 +28,10 @@ from fastapi.staticfiles import StaticFiles
 
 from node import __version__, metrics
 from node.config import Settings
-from node.http import health, questions, studies
+from node.http import health, questions, studies, verdicts
 from node.http.auth import BearerAuth, TokenBeforeBody, resolve_tokens
 from node.http.context import ApiContext, is_uid
-from node.store import conversations
+from node.store import conversations, readers
 from node.store.database import Index
 from pipeline.answering import Answerer
 from pipeline.registry import create_answerer
@@ -82,7 +84,9 @@ def create_app(settings: Settings, index: Index, answerer: Answerer | None = Non
                         "0600); send it as 'Authorization: Bearer <token>'", resolved.path)
         elif resolved.source == "file":
             log.info("API token read from %s", resolved.path)
-    bearer = BearerAuth(tokens, names, audit.user_refused if audit is not None else None)
+    # Service tokens, and the readers' own accounts (node.store.readers): each request knows who.
+    bearer = BearerAuth(tokens, names, audit.user_refused if audit is not None else None,
+                        accounts=lambda token: readers.by_token(index, token))
     auth = Depends(bearer)
 
     async def audited(request: Request):
@@ -97,7 +101,8 @@ def create_app(settings: Settings, index: Index, answerer: Answerer | None = Non
         finally:
             uid = request.path_params.get("study_uid", "")
             if audit is not None and is_uid(uid):
-                user = bearer.name_of(request.headers.get("authorization")) or "unknown"
+                who = getattr(request.state, "principal", None)
+                user = who.name if who is not None else "unknown"
                 host = request.client.host if request.client else ""
                 await anyio.to_thread.run_sync(lambda: audit.accessed(
                     uid, user, host, f"{request.method} {request.url.path}", found))
@@ -153,9 +158,14 @@ def create_app(settings: Settings, index: Index, answerer: Answerer | None = Non
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
+    @app.get("/agreement", include_in_schema=False)
+    def agreement_page() -> FileResponse:
+        return FileResponse(STATIC / "agreement.html", headers={"Cache-Control": "no-cache"})
+
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     for area in (health, studies, questions):
         app.include_router(area.router(ctx))
+    app.include_router(verdicts.router(ctx, audit))
     return app
 
 

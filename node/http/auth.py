@@ -5,6 +5,13 @@ Tokens come from ``api.tokens`` in the config file or ``TRAUMA_NODE_API_TOKENS``
 stores it in the data directory (``api_token``, mode 0600); later starts read it
 back. Only the file's path is ever logged or printed, never a token; the audit trail
 names a token by where it comes from (Tokens.names), never by its value.
+
+These are service tokens (scripts, the PACS side). People sign in with their own account's
+token (node.store.readers: `trauma-node users add`): a bearer token that is no service
+token is looked up among the accounts by its SHA-256, and the request knows who made it
+(request.state.principal, a Principal); the audit trail names the account. A disabled
+account is refused like an unknown token. What only a person may do (a verdict) is
+refused with 403 to a service token (require_reader).
 """
 
 from __future__ import annotations
@@ -16,8 +23,9 @@ import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
+import anyio
 from fastapi import Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -80,39 +88,83 @@ def resolve_tokens(settings: Settings) -> Tokens:
     return Tokens([token], "generated", path)
 
 
+@dataclass(frozen=True)
+class Principal:
+    """Who made a request: a service token (kind "service", named as in Tokens.names) or a
+    person's account (kind "reader", node.store.readers)."""
+    name: str
+    kind: str  # service | reader
+    display_name: str = ""
+    role: str = ""
+    account_id: int | None = None
+
+    @property
+    def is_person(self) -> bool:
+        return self.kind == "reader"
+
+    def public(self) -> dict:
+        return {"name": self.name, "kind": self.kind,
+                "display_name": self.display_name or self.name, "role": self.role or None}
+
+
 class BearerAuth:
     """FastAPI dependency: 401 with WWW-Authenticate unless a valid Bearer token is sent."""
 
     def __init__(self, tokens: list[str], names: list[str] | None = None,
-                 on_refused: Callable[[str, str], None] | None = None):
+                 on_refused: Callable[[str, str], None] | None = None,
+                 accounts: Callable[[str], Any] | None = None):
         """names: what the audit trail calls each token (default token-1, token-2...);
-        on_refused(client address, why): called for each request refused (node.audit.trail)."""
+        on_refused(client address, why): called for each request refused (node.audit.trail);
+        accounts(token): the account (node.store.readers.Account) holding a token, or None."""
         if not tokens:
             raise ValueError("at least one API token is needed")
         self._tokens = [t.encode() for t in tokens]
         self._names = names or [f"token-{i + 1}" for i in range(len(tokens))]
         self.on_refused = on_refused
+        self.accounts = accounts
 
-    def name_of(self, authorization: str | None) -> str | None:
-        """The name of the valid token an Authorization header holds, else None."""
+    def _lookup(self, authorization: str | None) -> tuple[Principal | None, str]:
+        """(who, why not): the principal of a valid, enabled token, else None and why."""
         scheme, _, given = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not given.strip():
-            return None
+        given = given.strip()
+        if scheme.lower() != "bearer" or not given:
+            return None, "missing"
         found = None
         for token, name in zip(self._tokens, self._names):  # every token: no early exit
-            if hmac.compare_digest(given.strip().encode(), token):
+            if hmac.compare_digest(given.encode(), token):
                 found = name
-        return found
+        if found is not None:
+            return Principal(found, "service"), ""
+        account = self.accounts(given) if self.accounts is not None else None
+        if account is None:
+            return None, "invalid"
+        if account.disabled:
+            return None, "disabled"
+        return Principal(account.name, "reader", account.display_name, account.role,
+                         account.id), ""
+
+    def principal_of(self, authorization: str | None) -> Principal | None:
+        return self._lookup(authorization)[0]
+
+    def name_of(self, authorization: str | None) -> str | None:
+        """The name of the valid token an Authorization header holds (a service token's
+        name, or the account's), else None."""
+        principal = self.principal_of(authorization)
+        return principal.name if principal is not None else None
 
     def refusal(self, authorization: str | None, client: str = "") -> HTTPException | None:
         """The 401 for an Authorization header's value; None when it holds a valid token."""
-        scheme, _, given = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not given.strip():
+        return self._refusal(*self._lookup(authorization), client)
+
+    def _refusal(self, principal: Principal | None, why: str,
+                 client: str) -> HTTPException | None:
+        if why == "missing":
             refusal = HTTPException(401, "missing bearer token: send 'Authorization: Bearer "
                                     "<token>'", headers={"WWW-Authenticate": f'Bearer realm="{REALM}"'})
-        elif self.name_of(authorization) is None:
-            refusal = HTTPException(401, "invalid bearer token", headers={
-                "WWW-Authenticate": f'Bearer realm="{REALM}", error="invalid_token"'})
+        elif principal is None:
+            refusal = HTTPException(
+                401, "account disabled" if why == "disabled" else "invalid bearer token",
+                headers={"WWW-Authenticate": f'Bearer realm="{REALM}", error="invalid_token"'})
         else:
             return None
         if self.on_refused is not None:
@@ -122,10 +174,32 @@ class BearerAuth:
     async def __call__(self, request: Request,
                        _credentials: HTTPAuthorizationCredentials | None = Depends(bearer_scheme)
                        ) -> None:
-        refusal = self.refusal(request.headers.get("authorization"),
-                               request.client.host if request.client else "")
+        header = request.headers.get("authorization")
+        # An account's token is looked up in the database: not on the event loop.
+        found, why = (self._lookup(header) if self.accounts is None
+                      else await anyio.to_thread.run_sync(self._lookup, header))
+        refusal = self._refusal(found, why, request.client.host if request.client else "")
         if refusal is not None:
             raise refusal
+        request.state.principal = found
+
+
+def principal(request: Request) -> Principal:
+    """Who made the request (set by BearerAuth, which runs first)."""
+    found = getattr(request.state, "principal", None)
+    if found is None:
+        raise HTTPException(401, "missing bearer token: send 'Authorization: Bearer <token>'",
+                            headers={"WWW-Authenticate": f'Bearer realm="{REALM}"'})
+    return found
+
+
+def require_reader(request: Request) -> Principal:
+    """A person's account, for what only a person may do: 403 for a service token."""
+    found = principal(request)
+    if not found.is_person:
+        raise HTTPException(403, "a verdict needs a reader's own account: sign in with the "
+                                 "token of `trauma-node users add NAME`, not a service token")
+    return found
 
 
 class TokenBeforeBody:

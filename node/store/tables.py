@@ -233,3 +233,47 @@ class QaMessage(Base):
     # The job whose Findings grounded the answer (series version at the time).
     job_id: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+
+
+class Reader(Base):
+    """A person's account for the HTTP API (node.store.readers): a radiologist who judges the
+    findings (reader) or one who also administers (admin). Only the SHA-256 of the account's
+    token is stored; the token itself is shown once, when it is made."""
+
+    __tablename__ = "readers"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)  # the login: lower case
+    display_name: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(16), default="reader")  # reader | admin
+    # hex SHA-256 of the current token; None: no token (none made yet)
+    token_sha256: Mapped[str | None] = mapped_column(String(64), unique=True)
+    token_created_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    disabled_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+
+class Verdict(Base):
+    """A reader's verdict on one finding of one analysis (node.store.verdicts): accepted,
+    rejected or corrected. A later verdict of the same reader on the same finding of the same
+    job supersedes it (superseded_by_id); the history is kept."""
+
+    __tablename__ = "verdicts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    series_uid: Mapped[str] = mapped_column(String(64))
+    series_version: Mapped[int] = mapped_column(Integer)
+    job_id: Mapped[int] = mapped_column(Integer, index=True)
+    finding_key: Mapped[str] = mapped_column(String(64))  # hemorrhage, organ/spleen, ...
+    finding_type: Mapped[str] = mapped_column(String(32), index=True)
+    ai_value: Mapped[str] = mapped_column(String(128))  # what the AI said, for people
+    ai_volume_ml: Mapped[float | None] = mapped_column(Float)
+    # The backend of the stage that made the finding, and its version (weights included).
+    backend: Mapped[str] = mapped_column(String(64))
+    backend_version: Mapped[str] = mapped_column(String(128))
+    pipeline_version: Mapped[str] = mapped_column(String(32))
+    verdict: Mapped[str] = mapped_column(String(16))  # accepted | rejected | corrected
+    corrected_volume_ml: Mapped[float | None] = mapped_column(Float)
+    note: Mapped[str | None] = mapped_column(Text)
+    reader_id: Mapped[int] = mapped_column(ForeignKey("readers.id"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    superseded_by_id: Mapped[int | None] = mapped_column(ForeignKey("verdicts.id"))
