@@ -43,10 +43,10 @@ from dicom_out.device import MANUFACTURER, RESEARCH_USE
 
 RelationshipType = hd.sr.RelationshipTypeValues
 
-ASSESSMENT_REPORT = Code("AI-ASSESSMENT-REPORT", codes.PRIVATE_SCHEME, "AI result assessment")
+ASSESSMENT_REPORT = Code("AI-ASSESS-REPORT", codes.PRIVATE_SCHEME, "AI result assessment")
 ASSESSMENT = Code("AI-ASSESSMENT", codes.PRIVATE_SCHEME, "Assessment")
-ASSESSMENT_TYPE = Code("AI-ASSESSMENT-TYPE", codes.PRIVATE_SCHEME, "Assessment type")
-ASSESSED_RESULT = Code("AI-ASSESSED-RESULT", codes.PRIVATE_SCHEME, "Assessed AI result")
+ASSESSMENT_TYPE = Code("AI-ASSESS-TYPE", codes.PRIVATE_SCHEME, "Assessment type")
+ASSESSED_RESULT = Code("AI-ASSESSED-OBJ", codes.PRIVATE_SCHEME, "Assessed AI result")
 AI_RESULT = Code("AI-RESULT-VALUE", codes.PRIVATE_SCHEME, "AI result")
 ASSESSMENT_TYPES = {
     "accepted": Code("AI-ACCEPTED", codes.PRIVATE_SCHEME, "Accepted"),

@@ -13,6 +13,7 @@ function token() { return localStorage.getItem(TOKEN_KEY); }
 function showLogin(message) {
   $("app").hidden = true;
   $("forget-token").hidden = true;
+  $("signed-in").hidden = true;
   $("login").hidden = false;
   $("login-error").textContent = message || "";
   $("token-input").focus();
@@ -137,6 +138,7 @@ async function openStudy(uid) {
     cell(r, "none yet").colSpan = 4;
     deliveries.appendChild(r);
   }
+  loadVerdicts(uid); // verdicts.js: each finding's verdicts and the reader's controls
   $("conversation").replaceChildren();
   if (convR.ok) {
     for (const m of (await convR.json()).messages) {
@@ -224,7 +226,7 @@ async function start() {
   $("login").hidden = true;
   $("app").hidden = false;
   $("forget-token").hidden = false;
-  try { await loadStudies(); } catch (e) { /* 401 handled in api() */ }
+  try { await showWho(); await loadStudies(); } catch (e) { /* 401 handled in api() */ }
 }
 
 $("token-form").addEventListener("submit", (event) => {
