@@ -42,7 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from support.nodes import NodeProcess, free_port, storescu, wait_for  # noqa: E402
+from support.nodes import AS_INSTALLED, NodeProcess, free_port, storescu, wait_for  # noqa: E402
 from support.orthanc import Orthanc  # noqa: E402
 from support.phantom import PhantomSpec, write_series  # noqa: E402
 from results_md import replace_section  # noqa: E402  (bench/ is the script's folder)
@@ -75,7 +75,7 @@ def one_run(workdir: Path, series_dir: Path, study_uid: str, series_uid: str,
             quiet_s: float) -> dict[str, float]:
     pacs = Orthanc(workdir / "orthanc", free_port(), free_port()).start()
     (workdir / "node").mkdir(parents=True, exist_ok=True)
-    node = NodeProcess(workdir / "node", node_config(pacs, quiet_s))
+    node = NodeProcess(workdir / "node", node_config(pacs, quiet_s), env=AS_INSTALLED)
     try:
         node.start()
         # A node that has been running: its worker is up (it starts after the listener).

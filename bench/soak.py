@@ -88,7 +88,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 sys.path.insert(0, str(ROOT / "tests"))
 
-from support.nodes import DCMTK_ENV, STORESCU, NodeProcess, free_port  # noqa: E402
+from support.nodes import AS_INSTALLED, DCMTK_ENV, STORESCU, NodeProcess, free_port  # noqa: E402
 from support.orthanc import Orthanc  # noqa: E402
 from support.phantom import PhantomSpec, write_enhanced_series, write_series  # noqa: E402
 
@@ -572,7 +572,7 @@ def run(args) -> dict:
     shutil.rmtree(RUN_DIR, ignore_errors=True)
     RUN_DIR.mkdir(parents=True)
     (RUN_DIR / "node").mkdir(parents=True, exist_ok=True)
-    node = NodeProcess(RUN_DIR / "node", "", new_session=True)
+    node = NodeProcess(RUN_DIR / "node", "", new_session=True, env=AS_INSTALLED)
     pacs = Orthanc(RUN_DIR / "orthanc", free_port(), free_port(),
                    modalities={"trauma": ["TRAUMA_AI", "127.0.0.1", node.dicom_port]})
     node.config_path.write_text(node_config(pacs.dicom_port, args.retention_s, args.workers))

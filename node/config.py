@@ -125,6 +125,9 @@ class WorkersSection:
     # prefetch_memory_mb per worker process.
     prefetch: bool = True
     prefetch_memory_mb: int = 1024
+    # A worker process keeps its memory between jobs and touches this much at start, so
+    # that no series waits for memory handed back to the OS (node.work.memory). 0: off.
+    held_memory_mb: int = 768
     max_attempts: int = 3
     # A running job whose worker has not beaten for this long is taken back.
     stale_after_s: float = 120.0
@@ -406,8 +409,9 @@ def validate(settings: Settings) -> list[str]:
             problems.append(f"api.tokens[{i}]: too short (at least 16 characters)")
     problems += _check_positive(s.workers.max_attempts, "workers.max_attempts")
     problems += _check_positive(s.workers.poll_interval_s, "workers.poll_interval_s")
-    if s.workers.prefetch_memory_mb < 0:
-        problems.append("workers.prefetch_memory_mb: must not be negative")
+    for name in ("prefetch_memory_mb", "held_memory_mb"):
+        if getattr(s.workers, name) < 0:
+            problems.append(f"workers.{name}: must not be negative")
     if s.tls.enabled:
         for name in ("certificate", "private_key") + (
                 ("ca_certificates",) if s.tls.require_peer_certificate else ()):

@@ -23,6 +23,7 @@ from node.store.database import Index
 from node.logs import flush_repeated_lines, setup_logging
 from node.metrics import WORKER_RESTARTS, Counters
 from node.work.prefetch import Prefetcher
+from node.work.memory import hold_memory
 from node.work.results import RESULTS_OVERHEAD_BYTES, NoRoomForResults, check_room
 from node.stopping import STOP_RESERVE_S, exit_by, exit_now, on_stop_signals
 
@@ -250,6 +251,8 @@ def _work(settings: Settings, stop: threading.Event, name: str, index: Index,
     from dicom_out.outputs import warm_up
 
     warm_up()  # likewise
+    if cutter is not None:  # a worker process (threads of `serve` share its heap)
+        hold_memory(settings.workers.held_memory_mb)
 
     # Worker processes only: in `serve`'s own process (model backends) decoding would
     # compete with receiving for the interpreter.

@@ -15,6 +15,8 @@ from typing import Callable
 import httpx
 import pydicom
 
+from node.config import WorkersSection
+
 TESTS = Path(__file__).resolve().parent.parent
 
 ROOT = TESTS.parent
@@ -57,6 +59,12 @@ def storescu(paths: list[Path] | Path, port: int, called: str = "TRAUMA_AI",
     return result
 
 
+# Test nodes' workers hold a little memory (node.work.memory, exercised), not the
+# default's 768 MB each; benchmarks run the node as installed (env=AS_INSTALLED).
+TEST_SIZED = {"TRAUMA_NODE_WORKERS_HELD_MEMORY_MB": "64"}
+AS_INSTALLED = {"TRAUMA_NODE_WORKERS_HELD_MEMORY_MB": str(WorkersSection().held_memory_mb)}
+
+
 class NodeProcess:
     """`trauma-node serve` in a subprocess, on free loopback ports and its own data dir."""
 
@@ -74,7 +82,7 @@ class NodeProcess:
         self.log_path = tmp / "node.log"
         # Loopback only: the tests never listen on other interfaces.
         self.env = {**os.environ, "TRAUMA_NODE_API_TOKENS": API_TOKEN,
-                    "TRAUMA_NODE_DICOM_BIND": "127.0.0.1", **(env or {})}
+                    "TRAUMA_NODE_DICOM_BIND": "127.0.0.1", **TEST_SIZED, **(env or {})}
         self.proc: subprocess.Popen | None = None
 
     @property
