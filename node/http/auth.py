@@ -220,7 +220,10 @@ class TokenBeforeBody:
         if headers is None or (not chunked and length in (None, "0")):
             return await self.app(scope, receive, send)  # no body
         client = scope.get("client") or ("",)
-        refusal = self.auth.refusal(headers.get("authorization"), str(client[0]))
+        refusal = (self.auth.refusal(headers.get("authorization"), str(client[0]))
+                   if self.auth.accounts is None else  # a reader's token: a database look-up
+                   await anyio.to_thread.run_sync(self.auth.refusal, headers.get("authorization"),
+                                                  str(client[0])))
         if refusal is None and length is not None and (
                 not length.isdigit() or int(length) > self.max_bytes):
             refusal = self._too_large()
