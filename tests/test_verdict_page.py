@@ -4,7 +4,6 @@ and one corrected, sees them after a reload, and the agreement page shows the fi
 
 from __future__ import annotations
 
-import pytest
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait

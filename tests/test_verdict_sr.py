@@ -10,7 +10,6 @@ import subprocess
 import highdicom as hd
 import httpx
 import pydicom
-import pytest
 
 from support.nodes import AUTH
 from support.verdict_support import AuditedApi, analysed_study

@@ -107,14 +107,20 @@ def ai_objects(ctx: ApiContext, job_id: int) -> tuple[Any, Any] | None:
         return None
     result, version, series_uid, study_uid = row
     outputs = (result or {}).get("outputs") if isinstance(result, dict) else None
-    directory = Path(outputs["directory"]) if outputs and outputs.get("directory") else \
-        results_dir(ctx.settings, study_uid, series_uid, version)
     names = (outputs or {}).get("objects") or {}
-    sr_path = directory / ((names.get("sr") or ["sr.dcm"])[0])
-    seg_path = directory / ((names.get("seg") or ["seg.dcm"])[0])
-    try:
-        sr = pydicom.dcmread(sr_path)
-    except (OSError, pydicom.errors.InvalidDicomError):
+    # Where the worker said it wrote them, else where they belong in this data directory
+    # (a data directory moved since).
+    places = [Path(outputs["directory"])] if outputs and outputs.get("directory") else []
+    places.append(results_dir(ctx.settings, study_uid, series_uid, version))
+    for directory in places:
+        sr_path = directory / ((names.get("sr") or ["sr.dcm"])[0])
+        seg_path = directory / ((names.get("seg") or ["seg.dcm"])[0])
+        try:
+            sr = pydicom.dcmread(sr_path)
+            break
+        except (OSError, pydicom.errors.InvalidDicomError):
+            continue
+    else:
         return None
     try:
         seg = pydicom.dcmread(seg_path, stop_before_pixels=True)
