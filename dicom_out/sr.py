@@ -89,13 +89,17 @@ class _Report:
 
 def build_sr(findings: Findings, source_datasets: Sequence[Dataset], seg: Dataset | None, *,
              series_version: int, algorithm_name: str, algorithm_version: str,
-             previous_sr: Dataset | None = None) -> Dataset:
+             previous_sr: Dataset | None = None, sop_instance_uid: str | None = None,
+             instance_number: int = 1) -> Dataset:
     """The Comprehensive 3D SR of the findings; seg is the SEG it describes (from build_seg).
 
     Without a SEG (seg=None) the segment groups become TID 1501 groups with the
     same content and no referenced segment. previous_sr, the report of an earlier
     version of the series, goes in PredecessorDocumentsSequence, so that a viewer
-    can tell the newer report supersedes it. Returns a plain pydicom Dataset.
+    can tell the newer report supersedes it. sop_instance_uid and instance_number: those
+    of a report issued again for the same series version (the amendment with the prior's
+    comparison, node.prior.amendment; its previous_sr is the version's first SR); by
+    default the version's own. Returns a plain pydicom Dataset.
     """
     algorithm = Algorithm.of(findings, algorithm_name, algorithm_version)
     source = source_images(findings, source_datasets)
@@ -133,8 +137,9 @@ def build_sr(findings: Findings, source_datasets: Sequence[Dataset], seg: Datase
         content=root,
         series_instance_uid=uids.output_uid(report.series_uid, series_version, uids.SR_SERIES),
         series_number=output_series_number("SR", series_version),
-        sop_instance_uid=uids.output_uid(report.series_uid, series_version, uids.SR_INSTANCE),
-        instance_number=1,
+        sop_instance_uid=sop_instance_uid or uids.output_uid(report.series_uid, series_version,
+                                                             uids.SR_INSTANCE),
+        instance_number=instance_number,
         manufacturer=MANUFACTURER,
         is_complete=True,
         is_final=False,  # PRELIMINARY and UNVERIFIED: no person has signed it

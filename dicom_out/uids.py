@@ -20,6 +20,9 @@ SEG_SERIES = "seg/series"
 SEG_INSTANCE = "seg/instance"
 SR_SERIES = "sr/series"
 SR_INSTANCE = "sr/instance"
+# The SR issued again once the prior study was analysed (node.prior.amendment): same SR
+# series, a new instance naming the first as its predecessor. .format(prior=Study UID)
+SR_AMENDED_INSTANCE = "sr/instance/amended/{prior}"
 SC_SERIES = "sc/series"
 SC_INSTANCE = "sc/instance/{number}"  # one per image: .format(number=InstanceNumber)
 PDF_SERIES = "pdf/series"

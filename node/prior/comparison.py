@@ -4,8 +4,10 @@ the lookup loop has settled and the prior's Findings exist, waiting prior.wait_s
 Why wait in the job: the prior is usually moved and analysed (by another worker) while the
 new study's series is still being received and analysed, so the comparison is ready
 with the first results. With no other worker alive, the job does not wait for an
-unanalysed prior: it holds the worker the prior would need. A prior not analysed in time is stated as such in the results; they are
-not re-reported when it is (a later version of the series would compare with it).
+unanalysed prior: it holds the worker the prior would need. A prior not analysed in time
+is stated as such in the results, marked awaiting_prior; once the prior's Findings exist
+the results are re-reported with the comparison (node.prior.amendment: an amended SR
+that supersedes the first, the report, findings.json and the job's result updated).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pipeline import interval
 from pipeline.findings import Findings
 
 
-def _prior_findings(index: Index, study_uid: str) -> Findings | None:
+def prior_findings(index: Index, study_uid: str) -> Findings | None:
     """The prior study's latest finished analysis."""
     with index.engine.connect() as conn:
         result = conn.execute(
@@ -50,21 +52,27 @@ def interval_change(settings: Settings, index: Index, study_uid: str,
         if now["state"] in (state.NO_PRIOR, state.UNANSWERED):
             return interval.not_compared(now["why"])
         if now["state"] == state.RETRIEVED:
-            found = _prior_findings(index, now["prior_study_uid"])
+            found = prior_findings(index, now["prior_study_uid"])
             if found is not None:
                 return interval.compare(current, found, now["prior_study_uid"],
                                         now["prior_study_date"])
             if len(workers_alive(index, settings.workers.stale_after_s)) < 2:
                 # This job holds the only worker: waiting would delay its result and
                 # never get the prior analysed.
-                return interval.not_compared(
+                return _awaiting(interval.not_compared(
                     f"the prior study of {now['prior_study_date']} was retrieved but not yet "
-                    "analysed, and no other worker was free to analyse it")
+                    "analysed, and no other worker was free to analyse it"))
         if time.monotonic() >= deadline:
             break
         time.sleep(prior.poll_interval_s)
     if now["state"] == state.RETRIEVED:
-        return interval.not_compared(f"the prior study was retrieved but not analysed within "
-                                     f"{prior.wait_s:g} s (prior.wait_s)")
-    return interval.not_compared(f"the lookup in the PACS did not finish within "
-                                 f"{prior.wait_s:g} s (prior.wait_s)")
+        return _awaiting(interval.not_compared(
+            f"the prior study was retrieved but not analysed within {prior.wait_s:g} s "
+            "(prior.wait_s)"))
+    return _awaiting(interval.not_compared(f"the lookup in the PACS did not finish within "
+                                           f"{prior.wait_s:g} s (prior.wait_s)"))
+
+
+def _awaiting(change: dict[str, Any]) -> dict[str, Any]:
+    """Not compared yet, but a prior may still come: the amendment looks for this mark."""
+    return {**change, "awaiting_prior": True}

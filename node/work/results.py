@@ -3,7 +3,9 @@
 For series version N: data/results/<study>/<series>/v<N>/ holds findings.json,
 labels.npy, report.txt and the DICOM objects: seg.dcm, sr.dcm, sc-01.dcm...
 (the summary page, then the key images), pdf.dcm and kos.dcm (`trauma-node
-analyze` writes the same files to its --out folder). The DICOM objects get UIDs
+analyze` writes the same files to its --out folder); sr-amended.dcm when the version was
+re-reported once its prior study was analysed (node.prior.amendment, which then replaces
+findings.json and report.txt and queues it with queue_delivery). The DICOM objects get UIDs
 derived from the series version (dicom_out), so writing them again replaces
 rather than duplicates, and each is queued once per destination that wants its
 kind.
@@ -44,6 +46,9 @@ ALGORITHM_NAME = "trauma-node"
 # What one version's results may take beyond the label volume: the summary page and key
 # images, the PDF, the SR and findings.json come to a few MB.
 RESULTS_OVERHEAD_BYTES = 32 * 2**20
+
+# The version's SR issued again with the prior's comparison (node.prior.amendment).
+AMENDED_SR = "sr-amended.dcm"
 
 
 class NoRoomForResults(Exception):
@@ -144,7 +149,8 @@ def _write_objects(objects: dict[str, list[Dataset]], out_dir: Path) -> dict[str
 
 def previous_sr(out_dir: Path, series_version: int, unreported: Collection[int] = ()
                 ) -> pydicom.Dataset | None:
-    """The SR of the latest earlier version of this series (sibling v<N> folders), if one was made.
+    """The SR of the latest earlier version of this series (sibling v<N> folders), if one was made:
+    its amended SR when it was re-reported with the prior's comparison, which superseded it.
 
     A version that was never reported (it failed, was superseded before it ran, or its
     results were withdrawn) is passed over: the new SR's predecessor is the report a
@@ -153,7 +159,8 @@ def previous_sr(out_dir: Path, series_version: int, unreported: Collection[int] 
     for version in range(series_version - 1, 0, -1):
         if version in unreported:
             continue
-        path = out_dir.parent / f"v{version}" / "sr.dcm"
+        folder = out_dir.parent / f"v{version}"
+        path = folder / AMENDED_SR if (folder / AMENDED_SR).is_file() else folder / "sr.dcm"
         if path.is_file():
             try:
                 return pydicom.dcmread(path, specific_tags=[

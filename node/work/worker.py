@@ -116,6 +116,7 @@ def run_one(index: Index, settings: Settings, name: str, cutter: JobCutter | Non
              job.series_version, job.attempts)
     started = time.monotonic()
     paths: list = []
+    finished: dict | None = None
     try:
         paths = [settings.spool_dir / p for p in jobs.instance_paths(index, job)]
         ahead = prefetcher.take(paths) if prefetcher is not None else None
@@ -135,12 +136,30 @@ def run_one(index: Index, settings: Settings, name: str, cutter: JobCutter | Non
     else:
         jobs.finish(index, job.id, result)
         log.info("job %d done in %.1f s", job.id, time.monotonic() - started)
+        finished = result
     finally:
         if prefetcher is not None:
             prefetcher.release(paths)
         if cutter is not None:
             cutter.end()
+    if finished is not None:
+        _after_finish(index, settings, job, finished)
     return True
+
+
+def _after_finish(index: Index, settings: Settings, job: jobs.ClaimedJob, result: dict) -> None:
+    """Once the job's result is committed: the study's results that awaited this prior, or
+    this result that awaited its prior, re-reported with the comparison (node.prior.amendment).
+    Never fails the job or the worker: a failure is logged and the next check finishes it."""
+    if not settings.prior.enabled:
+        return
+    try:
+        from node.prior.amendment import after_job
+
+        after_job(settings, index, job.study_uid, result)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("job %d: the check for a re-report with the prior study failed: %s: %s",
+                    job.id, type(exc).__name__, exc)
 
 
 def _exit_with_parent() -> None:
