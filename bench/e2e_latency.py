@@ -190,8 +190,19 @@ def main() -> int:
     return 0
 
 
-# The figures before issue 14 point 3 (decoding while the series arrives, SEG and SR first).
+# The figures before issue 14 point 3 (decoding while the series arrives, SEG and SR first),
+# and before workers held their memory (node.work.memory).
 BEFORE = [
+    "Before workers held their memory (2026-11-30 04:04 UTC, quiet machine, load 1.4, the same "
+    "command with --repeat 3): 3.28 s (size stated; volume 0.48, analysis 1.89, SEG+SR 0.70) "
+    "and 8.04 s (quiet period). The same day 05:31-05:35 UTC, the same command with "
+    "--repeat 2, alternating workers.held_memory_mb 0 and 768 (the default) on a fresh node "
+    "each run: size stated 3.06 / 2.93 s with 0 against 2.25 / 2.74 s with 768 (the last at "
+    "load 7.6); quiet period 7.78 / 7.90 s against 7.32 / 7.13 s. What held memory saves is "
+    "page faults: glibc hands a freed block over 32 MB back to the OS, and this virtual "
+    "machine returns freed guest memory to its host, so the next touch is a trip to the host "
+    "(analysis 1.9-2.0 s with 0, 1.3-1.4 s with 768; `bench/held_memory.py` times the same "
+    "in one process).", "",
     "Before (2026-11-23, the same command; the worker read and decoded the series once it was "
     "complete, read the source headers again for the SEG and SR, and queued them with the "
     "other objects):", "",
