@@ -242,6 +242,12 @@ def test_the_amendment_is_made_and_queued_once(node, phantom_factory, tmp_path, 
     assert result["interval"]["compared"] and NOT_YET not in result["report"]
     assert result["report"].count("Comparison with the prior CT of") == 1
     assert result["outputs"]["amended"]["supersedes"] == first_sr.SOPInstanceUID
+    # A reader's verdict judges the report last issued: the verdict SR references the amended SR.
+    from node.http.context import ApiContext
+    from node.http.verdicts import ai_objects
+    judged_sr, judged_seg = ai_objects(ApiContext(settings, index, None, []), 1)
+    assert judged_sr.SOPInstanceUID == amended_uid
+    assert judged_seg.SOPInstanceUID == seg.SOPInstanceUID
 
     # A process that died after making the file, before the result was stored: the next
     # check finishes the steps, and makes nothing twice.

@@ -108,12 +108,16 @@ def ai_objects(ctx: ApiContext, job_id: int) -> tuple[Any, Any] | None:
     result, version, series_uid, study_uid = row
     outputs = (result or {}).get("outputs") if isinstance(result, dict) else None
     names = (outputs or {}).get("objects") or {}
+    # The report the reader last saw: the SR amended with the prior study's comparison
+    # (node.prior.amendment), which supersedes the first, when there is one.
+    sr_name = (((outputs or {}).get("amended") or {}).get("sr") or names.get("sr")
+               or ["sr.dcm"])[0]
     # Where the worker said it wrote them, else where they belong in this data directory
     # (a data directory moved since).
     places = [Path(outputs["directory"])] if outputs and outputs.get("directory") else []
     places.append(results_dir(ctx.settings, study_uid, series_uid, version))
     for directory in places:
-        sr_path = directory / ((names.get("sr") or ["sr.dcm"])[0])
+        sr_path = directory / sr_name
         seg_path = directory / ((names.get("seg") or ["seg.dcm"])[0])
         try:
             sr = pydicom.dcmread(sr_path)
