@@ -24,12 +24,12 @@ from node.store.receiving import Receiver
 from node.store.spool import Spool, results_dir
 from node.work import worker
 from node.work.results import previous_sr
-from support.nodes import AUTH, free_port, storescu, wait_for
+from support.nodes import AUTH, wait_for
 from support.orthanc import Orthanc
 from support.qa_support import ask
 from test_dicom_out_objects import _dciodvfy_problems
 from test_prior_study import COARSE, COMPREHENSIVE_3D_SR, PATIENT_ID, PATIENT_NAME, \
-    _texts, dated_copy, findings_of
+    _texts, dated_copy, findings_of, prior_in_the_pacs
 
 NOT_YET = "Comparison with a prior study: none made ("
 
@@ -85,19 +85,10 @@ def study_srs(pacs: Orthanc, study_uid: str) -> list[pydicom.Dataset]:
 
 def test_the_prior_analysed_after_the_new_study_is_re_reported_once(
         node_factory, phantom_factory, tmp_path):
-    prior_truth = phantom_factory("prior-then", **COARSE, blood="small")
-    current_truth = phantom_factory("prior-now", **COARSE, blood="large")
-    study = current_truth.spec.study_uid
-    prior_files = uncounted(dated_copy(prior_truth.paths, tmp_path / "prior", days_ago=30))
-    pacs_port = free_port()
-    node = node_factory(late_prior_config(pacs_port), start=False)
-    pacs = Orthanc(tmp_path / "orthanc", pacs_port, free_port(),
-                   modalities={"trauma": ["TRAUMA_AI", "127.0.0.1", node.dicom_port]}).start()
-    try:
-        for path in prior_files:
-            pacs.upload(path)
-        node.start()
-        storescu([current_truth.paths[0].parent], node.dicom_port)
+    with prior_in_the_pacs(node_factory, phantom_factory, tmp_path,
+                           config_of=late_prior_config, prepare=uncounted) as (
+            node, prior_truth, current_truth, pacs):
+        study = current_truth.spec.study_uid
         srs = wait_for(lambda: (lambda found: found if len(found) == 2 else None)(
             study_srs(pacs, study)), timeout=120, interval=0.5,
             what="the first and the amended SR in the PACS")
@@ -112,8 +103,7 @@ def test_the_prior_analysed_after_the_new_study_is_re_reported_once(
                                    headers=AUTH).json()["deliveries"]
                 return found if all(d["state"] == "sent" for d in found) else None
             deliveries = wait_for(all_sent, timeout=30, what="the SRs recorded as sent")
-    finally:
-        pacs.stop()
+        received_amended = pacs.receptions()
 
     first, amended = srs
     first_texts = dict(_texts(first.ContentSequence))
@@ -140,7 +130,7 @@ def test_the_prior_analysed_after_the_new_study_is_re_reported_once(
     assert [d["sop_instance_uid"] for d in srs_queued] == [first.SOPInstanceUID,
                                                            amended.SOPInstanceUID]
     assert {d["state"] for d in srs_queued} == {"sent"}
-    assert pacs.receptions().count(amended.SOPInstanceUID) == 1
+    assert received_amended.count(amended.SOPInstanceUID) == 1
 
     out = next(node.data_dir.glob(f"results/{study}/*/v1"))
     assert (out / "report.txt").read_text() == now["report"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 from pathlib import Path
+from typing import Callable
 
 import highdicom as hd
 import httpx
@@ -58,15 +59,20 @@ def dated_copy(paths: list[Path], out: Path, days_ago: int) -> list[Path]:
 
 
 @contextlib.contextmanager
-def prior_in_the_pacs(node_factory, phantom_factory, tmp_path: Path, **config):
-    """Orthanc holding the patient's CT of 30 days before (a small bleed), a node set to
-    look priors up in it, and the new study (a large bleed) sent to the node: yields
-    (node, prior truth, current truth); Orthanc stops after."""
+def prior_in_the_pacs(node_factory, phantom_factory, tmp_path: Path,
+                      config_of: Callable[[int], str] | None = None,
+                      prepare: Callable[[list[Path]], list[Path]] = lambda paths: paths,
+                      **config):
+    """Orthanc holding the patient's CT of 30 days before (a small bleed; its files through
+    prepare), a node set to look priors up in it (config_of(PACS port), else prior_config
+    with **config), and the new study (a large bleed) sent to the node: yields (node,
+    prior truth, current truth, Orthanc); Orthanc stops after."""
     prior_truth = phantom_factory("prior-then", **COARSE, blood="small")
     current_truth = phantom_factory("prior-now", **COARSE, blood="large")
-    prior_files = dated_copy(prior_truth.paths, tmp_path / "prior", days_ago=30)
+    prior_files = prepare(dated_copy(prior_truth.paths, tmp_path / "prior", days_ago=30))
     pacs_port = free_port()
-    node = node_factory(prior_config("PACS", pacs_port, **config), start=False)
+    node = node_factory(config_of(pacs_port) if config_of else
+                        prior_config("PACS", pacs_port, **config), start=False)
     pacs = Orthanc(tmp_path / "orthanc", pacs_port, free_port(),
                    modalities={"trauma": ["TRAUMA_AI", "127.0.0.1", node.dicom_port]}).start()
     try:
@@ -74,7 +80,7 @@ def prior_in_the_pacs(node_factory, phantom_factory, tmp_path: Path, **config):
             pacs.upload(path)
         node.start()
         storescu([current_truth.paths[0].parent], node.dicom_port)
-        yield node, prior_truth, current_truth
+        yield node, prior_truth, current_truth, pacs
     finally:
         pacs.stop()
 
@@ -104,7 +110,7 @@ def _texts(items):
 
 def test_the_interval_change_since_the_prior_in_the_pacs(node_factory, phantom_factory, tmp_path):
     with prior_in_the_pacs(node_factory, phantom_factory, tmp_path) as (
-            node, prior_truth, current_truth), httpx.Client(timeout=30) as client:
+            node, prior_truth, current_truth, _), httpx.Client(timeout=30) as client:
         now = findings_of(client, node, current_truth.spec.study_uid)
         then = findings_of(client, node, prior_truth.spec.study_uid, timeout=30)
         text, _, _ = ask(client, node.url, current_truth.spec.study_uid,
@@ -183,7 +189,7 @@ def test_one_worker_never_holds_the_result_for_its_prior(node_factory, phantom_f
     study's result comes at once, compared if the prior happened to be analysed first,
     else saying that it was retrieved but not yet analysed."""
     with prior_in_the_pacs(node_factory, phantom_factory, tmp_path, wait_s=600, workers=1) as (
-            node, prior_truth, current_truth), httpx.Client(timeout=30) as client:
+            node, prior_truth, current_truth, _), httpx.Client(timeout=30) as client:
         now = findings_of(client, node, current_truth.spec.study_uid, timeout=120)
         findings_of(client, node, prior_truth.spec.study_uid, timeout=60)
     statement = now["interval"]["statement"]

@@ -21,6 +21,7 @@ from support.nodes import API_TOKEN, free_port
 from support.phantom import PhantomSpec, write_series
 
 import node.store.conversations  # noqa: F401 - registers the Q&A table before Index() is made
+from node.audit.trail import AuditTrail
 from node.config import Settings
 from node.http.app import create_app, server_config
 from node.store.database import Index, Job, Series, Study, utcnow
@@ -73,15 +74,18 @@ def api_settings(data_dir: Path, **api) -> Settings:
 
 
 class ApiServer:
-    """create_app() served by uvicorn in a thread, on a free loopback port."""
+    """create_app() served by uvicorn in a thread, on a free loopback port; audited: with an
+    audit trail (DATA/audit/audit.log)."""
 
     def __init__(self, data_dir: Path, tokens: list[str] | None = (API_TOKEN,),
-                 answerer=None, **api):
+                 answerer=None, audited: bool = False, **api):
         data_dir.mkdir(parents=True, exist_ok=True)
         self.settings = api_settings(data_dir, **api)
         self.index = Index(self.settings.database_url)
+        self.audit = AuditTrail(self.settings) if audited else None
         self.app = create_app(self.settings, self.index, answerer=answerer,
-                              tokens=list(tokens) if tokens is not None else None)
+                              tokens=list(tokens) if tokens is not None else None,
+                              audit=self.audit)
         self.port = free_port()
         self.server = uvicorn.Server(server_config(self.app, "127.0.0.1", self.port,
                                                    self.settings.node.stop_timeout_s))

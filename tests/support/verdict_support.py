@@ -6,21 +6,17 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import pydicom
-import uvicorn
 
-from support.nodes import API_TOKEN, free_port
+from support.nodes import API_TOKEN
 from support.phantom import PhantomSpec, write_series
-from support.qa_support import BLEED, api_settings
+from support.qa_support import BLEED, ApiServer
 
 from dicom_out.outputs import build_seg_and_sr
 from node import __version__
 from node.audit.trail import AuditTrail
-from node.http.app import create_app, server_config
 from node.store.database import Index, Job, Series, Study, utcnow
 from node.store.spool import results_dir
 from node.work.results import ALGORITHM_NAME
@@ -65,39 +61,12 @@ def analysed_study(settings, index: Index, finished_at: dt.datetime | None = Non
             "sr_path": out / "sr.dcm", "seg_path": out / "seg.dcm"}
 
 
-class AuditedApi:
-    """create_app() with an audit trail (written to DATA/audit/audit.log), served by uvicorn
-    in a thread on a free loopback port."""
+class AuditedApi(ApiServer):
+    """create_app() with an audit trail, served by uvicorn in a thread on a free loopback port."""
 
     def __init__(self, data_dir: Path, tokens=(API_TOKEN,)):
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self.settings = api_settings(data_dir)
-        self.index = Index(self.settings.database_url)
-        self.audit = AuditTrail(self.settings)
-        self.app = create_app(self.settings, self.index, tokens=list(tokens), audit=self.audit)
-        self.port = free_port()
-        self.server = uvicorn.Server(server_config(self.app, "127.0.0.1", self.port,
-                                                   self.settings.node.stop_timeout_s))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        super().__init__(data_dir, tokens=list(tokens), audited=True)
 
     def audit_lines(self) -> list[str]:
         path = AuditTrail.file_path(self.settings)
         return path.read_text().splitlines() if path.exists() else []
-
-    def __enter__(self) -> "AuditedApi":
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise AssertionError("uvicorn did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.index.close()
