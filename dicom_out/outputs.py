@@ -20,6 +20,9 @@ from pipeline.findings import Findings
 
 # Every kind of object, in the order they are sent (the SR references the SEG).
 KINDS = ("seg", "sr", "sc", "pdf", "kos")
+# Kinds made per study, not per series version: "verdict", the readers' verdicts on the AI
+# results (dicom_out.verdict_sr), sent by the node once its readers have finished.
+STUDY_KINDS = ("verdict",)
 
 
 @dataclass

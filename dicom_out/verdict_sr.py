@@ -22,7 +22,9 @@ find, so they live in the private scheme 99TRAUMANODE, declared in the object):
 dicom_out knows nothing of the node's database: the caller gives the verdicts as
 Assessment records and the AI objects as datasets (headers are enough). UIDs derive from
 the study and the verdicts it holds: exporting the same verdicts again gives the same
-object; a new verdict, a new instance in the same series.
+object; a new verdict, a new instance in the same series, which names the one before it
+(PredecessorDocumentsSequence) when the node stored that one to the archive
+(node.verdicts.archive).
 """
 
 from __future__ import annotations
@@ -155,12 +157,16 @@ def _assessment(a: Assessment, ai_sr_class: str) -> hd.sr.ContainerContentItem:
 
 
 def build_verdict_sr(ai_objects: Sequence[Dataset], assessments: Sequence[Assessment], *,
-                     node_name: str, node_version: str) -> Dataset:
+                     node_name: str, node_version: str, predecessor: Dataset | None = None,
+                     instance_number: int = 1) -> Dataset:
     """The Comprehensive SR of the verdicts on the AI results of one study.
 
     ai_objects: the AI SR (and SEG) of each analysis judged, headers enough, AI SR first;
     the SR's patient and study come from the first. Every assessment's ai_sr_uid must be
-    one of them. Returns a plain pydicom Dataset."""
+    one of them. predecessor: the study's previous verdict SR (its study, series, SOP class
+    and instance UIDs are enough), which this one supersedes: named in
+    PredecessorDocumentsSequence. instance_number: its place in the study's verdict series.
+    Returns a plain pydicom Dataset."""
     if not assessments:
         raise ValueError("no verdicts to report")
     if not ai_objects:
@@ -191,9 +197,16 @@ def build_verdict_sr(ai_objects: Sequence[Dataset], assessments: Sequence[Assess
                        f"{node_name} {node_version}.", relationship_type=RelationshipType.CONTAINS))
     root.ContentSequence = hd.sr.ContentSequence(items)
     series_uid, instance_uid = verdict_uids(study_uid, assessments)
+    if predecessor is not None:
+        if str(predecessor.StudyInstanceUID) != study_uid:
+            raise ValueError("the previous verdict SR belongs to another study")
+        if str(predecessor.SOPInstanceUID) == instance_uid:
+            raise ValueError("a verdict SR cannot supersede itself")
     sr = hd.sr.ComprehensiveSR(
         evidence=list(ai_objects), content=root, series_instance_uid=series_uid,
-        series_number=SERIES_NUMBER, sop_instance_uid=instance_uid, instance_number=1,
+        series_number=SERIES_NUMBER, sop_instance_uid=instance_uid,
+        instance_number=max(1, int(instance_number)),
+        previous_versions=[predecessor] if predecessor is not None else None,
         manufacturer=MANUFACTURER, is_complete=True, is_final=False, is_verified=False,
         series_description=SERIES_DESCRIPTION, coding_schemes=[codes.private_coding_scheme()],
         specific_character_set="ISO_IR 192")  # UTF-8: names and notes in any language

@@ -209,6 +209,19 @@ class PriorSection:
 
 
 @dataclass
+class VerdictsSection:
+    """The readers' verdicts stored to the archive (node.verdicts.archive): a study whose
+    verdicts changed gets a new verdict SR, sent to the destinations that take "verdict"
+    objects once no verdict came for send_after_s (a reader judging several findings makes
+    one SR, not one per click)."""
+    # Seconds without a new verdict on the study before its verdict SR is made and queued;
+    # 0: never sent (the SR can still be downloaded).
+    send_after_s: float = 60.0
+    # How often the studies whose verdicts changed are looked for.
+    check_interval_s: float = 1.0
+
+
+@dataclass
 class Peer:
     ae_title: str
     host: str
@@ -217,6 +230,10 @@ class Peer:
 # The kinds of result object a destination may want (dicom_out.KINDS): seg, sr, and for
 # viewers without SEG/SR support sc (summary images), pdf (the report), kos (key images).
 OBJECT_KINDS = ("seg", "sr", "sc", "pdf", "kos")
+# Kinds made per study rather than per series version (dicom_out.outputs.STUDY_KINDS):
+# "verdict", the readers' verdicts on the AI results as an SR ([verdicts], node.verdicts).
+STUDY_KINDS = ("verdict",)
+DESTINATION_KINDS = OBJECT_KINDS + STUDY_KINDS
 # How an object whose sending was cut off is settled, by the destination's protocol: asked
 # for first (DIMSE: C-FIND; DICOMweb: QIDO-RS "query"), or sent again unasked.
 VERIFY_INTERRUPTED = {"dimse": ("c-find", "resend"), "dicomweb": ("query", "resend")}
@@ -232,7 +249,8 @@ class Destination:
     port: int = 0
     url: str = ""
     tls: bool = False
-    objects: list[str] = field(default_factory=lambda: ["seg", "sr"])
+    # Default: the SEG and SR, and the readers' verdict SR that assesses them.
+    objects: list[str] = field(default_factory=lambda: ["seg", "sr", "verdict"])
     # An object whose sending was cut off (crash, stop, no answer) may be there already:
     # "c-find" (DIMSE) or "query" (DICOMweb, QIDO-RS) asks the destination first and sends
     # it only if missing; "resend" sends it again unasked (so does a destination that does
@@ -304,6 +322,7 @@ class Settings:
     tls: TLSSection = field(default_factory=TLSSection)
     audit: AuditSection = field(default_factory=AuditSection)
     prior: PriorSection = field(default_factory=PriorSection)
+    verdicts: VerdictsSection = field(default_factory=VerdictsSection)
     peers: list[Peer] = field(default_factory=list)
     destinations: list[Destination] = field(default_factory=list)
     alerts: list[AlertReceiver] = field(default_factory=list)
@@ -422,6 +441,10 @@ def validate(settings: Settings) -> list[str]:
                 problems.append(f"tls.{name}: file not found: {path}")
     problems += _check_audit(s)
     problems += _check_prior(s.prior)
+    if not 0 <= s.verdicts.send_after_s <= 86400:
+        problems.append(f"verdicts.send_after_s: 0 (never send) to 86400 seconds, got "
+                        f"{s.verdicts.send_after_s}")
+    problems += _check_positive(s.verdicts.check_interval_s, "verdicts.check_interval_s")
     for i, peer in enumerate(s.peers):
         problems += _check_ae_title(peer.ae_title, f"peers[{i}].ae_title")
         if not peer.host.strip():
@@ -465,11 +488,13 @@ def _check_destination(s: Settings, dest: Destination, key: str) -> list[str]:
     if dest.verify_interrupted and dest.verify_interrupted not in allowed:
         problems.append(f"{key}.verify_interrupted: {dest.verify_interrupted!r} is not one of "
                         f"{', '.join(allowed)}")
-    unknown = sorted(str(kind) for kind in set(dest.objects) - set(OBJECT_KINDS))
+    unknown = sorted(str(kind) for kind in set(dest.objects) - set(DESTINATION_KINDS))
     if unknown or not dest.objects:
         problems.append(f"{key}.objects: "
                         + (f"unknown {unknown}" if unknown else "empty: nothing would be sent")
-                        + f" (use some of {', '.join(OBJECT_KINDS)})")
+                        + f" (use some of {', '.join(OBJECT_KINDS)}); also "
+                        + ", ".join(f"{kind!r}" for kind in STUDY_KINDS)
+                        + ", the readers' verdict SR")
     return problems
 
 
@@ -605,7 +630,7 @@ def _check_prior(p: PriorSection) -> list[str]:
 
 def _env_overlay(table: dict[str, Any], env: Mapping[str, str]) -> None:
     for section in ("node", "network", "storage", "completion", "selection", "workers",
-                    "delivery", "api", "tls", "audit", "prior", "pipeline"):
+                    "delivery", "api", "tls", "audit", "prior", "verdicts", "pipeline"):
         cls = Settings.__dataclass_fields__[section].default_factory  # type: ignore[misc]
         path = [] if section == "node" else [section]
         sub = table.setdefault(section, {})

@@ -29,6 +29,7 @@ from node.dicom.scp import StorageSCP
 from node.store.spool import Spool
 from node.stopping import STOP_RESERVE_S, exit_by, exit_now, on_stop_signals, run_parallel
 from node.prior.lookup import PriorLookup
+from node.verdicts.archive import VerdictArchive
 from node.work.worker import OrphanWatch, WorkerPool
 
 log = logging.getLogger("trauma_node.serve")
@@ -72,6 +73,7 @@ class Node:
         self.delivery = Delivery(settings, self.index, self.live.counters, self.audit)
         self.alerts = Alerts(settings, self.index, self.identity, self.live.counters)
         self.prior_lookup = PriorLookup(settings, self.index)
+        self.verdict_archive = VerdictArchive(settings, self.index)
         self.retention = Retention(settings, self.index, self.receiver.forget_series,
                                    self.receiver.lock, self.spool.free_bytes)
         self.http: uvicorn.Server | None = None
@@ -121,6 +123,7 @@ class Node:
         self.alerts.start()
         self.retention.start()
         self.prior_lookup.start()
+        self.verdict_archive.start()
         app = create_app(s, self.index, live=self.live, audit=self.audit)
         self.http = uvicorn.Server(server_config(app, s.node.http_bind, s.node.http_port, s.node.stop_timeout_s))
         self._http_thread = threading.Thread(target=self.http.run, name="http", daemon=True)
@@ -151,6 +154,7 @@ class Node:
             "alerts": lambda: self.alerts.stop(until - time.monotonic()),
             "retention": lambda: self.retention.stop(until - time.monotonic()),
             "prior-lookup": self.prior_lookup.stop,
+            "verdict-archive": lambda: self.verdict_archive.stop(until - time.monotonic()),
             "http": self._stop_http,
         }, until) + self.workers.busy()
         self.heartbeat.stop()

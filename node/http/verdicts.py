@@ -13,36 +13,28 @@ their exports (JSON, DICOM SR) and the node's agreement with its readers.
 | GET /agreement | none (the page; it calls the above with the token) | the agreement page |
 
 Every verdict written is audited (Patient Record, node.audit) with the reader's account
-name; every export too (Export). Notes are never logged nor audited. The verdict SR is
-built on request from the AI SR and SEG of each judged analysis as the worker wrote them
-(data/results/...); it is not sent to the PACS by the outbox (a site that wants it there
-downloads it, or sends it with `trauma-node send`).
+name; every export too (Export). Notes are never logged nor audited. The verdict SR is made
+from the AI SR and SEG of each judged analysis as the worker wrote them (data/results/...);
+once the readers have finished, `serve` stores it to the archive through the outbox
+(node.verdicts.archive), and the download is then that stored object.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 import logging
 import math
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import pydicom
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
-from sqlalchemy import select
 
-from dicom_out import uids
-from dicom_out.verdict_sr import Assessment, build_verdict_sr, tracking_uids
-from node import __version__
 from node.http.auth import Principal, principal, require_reader
 from node.http.context import ApiContext, check_uid
 from node.store import verdicts as store
-from node.store.spool import results_dir
-from node.store.tables import Job, Series, Study
+from node.verdicts import report
 
 if TYPE_CHECKING:
     from node.audit.trail import AuditTrail
@@ -50,7 +42,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("trauma_node.http")
 
 BODY_FIELDS = ("finding", "verdict", "corrected_volume_ml", "note", "job_id")
-NODE_NAME = "trauma-node"
 
 
 def parse_when(value: str | None, name: str) -> dt.datetime | None:
@@ -96,92 +87,17 @@ def _verdict_body(raw: bytes) -> dict[str, Any]:
 
 
 def ai_objects(ctx: ApiContext, job_id: int) -> tuple[Any, Any] | None:
-    """(AI SR header, AI SEG header or None) of a job as the worker wrote them, or None when
-    they are not on the node (removed by retention, or never written)."""
-    with ctx.index.session() as session:
-        row = session.execute(
-            select(Job.result, Job.series_version, Series.series_uid, Study.study_uid)
-            .join(Series, Job.series_id == Series.id).join(Study, Series.study_id == Study.id)
-            .where(Job.id == job_id)).first()
-    if row is None:
-        return None
-    result, version, series_uid, study_uid = row
-    outputs = (result or {}).get("outputs") if isinstance(result, dict) else None
-    names = (outputs or {}).get("objects") or {}
-    # The report the reader last saw: the SR amended with the prior study's comparison
-    # (node.prior.amendment), which supersedes the first, when there is one.
-    sr_name = (((outputs or {}).get("amended") or {}).get("sr") or names.get("sr")
-               or ["sr.dcm"])[0]
-    # Where the worker said it wrote them, else where they belong in this data directory
-    # (a data directory moved since).
-    places = [Path(outputs["directory"])] if outputs and outputs.get("directory") else []
-    places.append(results_dir(ctx.settings, study_uid, series_uid, version))
-    for directory in places:
-        sr_path = directory / sr_name
-        seg_path = directory / ((names.get("seg") or ["seg.dcm"])[0])
-        try:
-            sr = pydicom.dcmread(sr_path)
-            break
-        except (OSError, pydicom.errors.InvalidDicomError):
-            continue
-    else:
-        return None
-    try:
-        seg = pydicom.dcmread(seg_path, stop_before_pixels=True)
-    except (OSError, pydicom.errors.InvalidDicomError):
-        seg = None
-    return sr, seg
+    """(AI SR header, AI SEG header or None) of a job (node.verdicts.report.ai_objects)."""
+    return report.ai_objects(ctx.settings, ctx.index, job_id)
 
 
 def verdict_sr_bytes(ctx: ApiContext, study_uid: str) -> tuple[bytes, list[dict]]:
-    """The verdict SR of a study's current verdicts, and the verdicts it holds."""
-    current = store.for_study(ctx.index, study_uid, current_only=True)
-    if not current:
-        raise HTTPException(409, f"study {study_uid} has no verdicts yet")
-    objects: list = []
-    assessments: list[Assessment] = []
-    included: list[dict] = []
-    skipped_jobs: set[int] = set()
-    by_job: dict[int, tuple[Any, dict[str, str]] | None] = {}
-    for v in current:
-        if v["job_id"] not in by_job:
-            found = ai_objects(ctx, v["job_id"])
-            if found is None:
-                by_job[v["job_id"]] = None
-            else:
-                sr, seg = found
-                objects.append(sr)
-                if seg is not None:
-                    objects.append(seg)
-                by_job[v["job_id"]] = (sr, tracking_uids(sr))
-        judged = by_job[v["job_id"]]
-        if judged is None:
-            skipped_jobs.add(v["job_id"])
-            continue
-        sr, tracking = judged
-        # The AI SR's tracking UIDs derive from the source series, version and finding key.
-        wanted = uids.tracking_uid(v["series_uid"], v["series_version"], v["finding_key"])
-        assessments.append(Assessment(
-            finding_key=v["finding_key"], label=store.label_of(v["finding_key"]),
-            ai_value=v["ai_value"],
-            verdict=v["verdict"], reader=v["reader"],
-            reader_display_name=v["reader_display_name"],
-            when=dt.datetime.fromisoformat(v["created_at"].rstrip("Z")),
-            ai_sr_uid=str(sr.SOPInstanceUID), corrected_volume_ml=v["corrected_volume_ml"],
-            note=v["note"], tracking_uid=wanted if wanted in tracking.values() else None,
-            verdict_id=v["id"]))
-        included.append(v)
-    if not assessments:
-        raise HTTPException(409, f"the AI result objects (SR, SEG) that study {study_uid}'s "
-                                 "verdicts judged are no longer on this node")
-    if skipped_jobs:
-        log.warning("verdict SR of study %s: the AI objects of job(s) %s are gone; their "
-                    "verdicts are left out", study_uid, sorted(skipped_jobs))
-    dataset = build_verdict_sr(objects, assessments, node_name=NODE_NAME,
-                               node_version=__version__)
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue(), included
+    """The verdict SR of a study's current verdicts (node.verdicts.report: the one stored to
+    the archive when it has been), and the verdicts it holds."""
+    try:
+        return report.study_sr(ctx.settings, ctx.index, study_uid)
+    except report.NoVerdictSR as exc:
+        raise HTTPException(exc.status, str(exc)) from None
 
 
 def router(ctx: ApiContext, audit: AuditTrail | None = None) -> APIRouter:

@@ -7,8 +7,10 @@ is in flight: no series receiving, no job queued or running, no delivery pending
 or dead. A dead letter keeps its study (the results never reached the PACS) until
 `trauma-node retry` delivers it.
 
-What goes: its instances in the spool, its results folders, and its rows
-(instances, jobs, series, outbox, questions and answers, the study). The rows go
+What goes: its instances in the spool, its results folders (its readers' verdict SRs,
+results/<study>/assessments, too), and its rows (instances, jobs, series, outbox, verdict
+SRs' included, questions and answers, the study; the readers' verdicts stay, for the
+agreement over time). The rows go
 first, in one transaction that checks the conditions again, so that the index
 never points at a file that is gone; then the files those rows named, one by one,
 and the folders left empty. A file that arrived meanwhile (the PACS sending the
@@ -39,6 +41,7 @@ from node.store.database import Index, Instance, Job, JobState, Series, SeriesSt
 from node.store.outbox import OutboxItem, OutboxState
 from node.store.tables import AlertCheck, AlertItem
 from node.store.spool import results_dir
+from node.store.verdicts import assessments_dir
 
 log = logging.getLogger("trauma_node.retention")
 
@@ -182,6 +185,8 @@ class Retention:
                                 .join(Job, Job.series_id == Series.id)
                                 .where(Series.study_id == study_id)).all()
         results = [results_dir(self.settings, study_uid, uid, version) for uid, version in versions]
+        # The readers' verdict SRs stored to the archive (node.verdicts.archive).
+        results.append(assessments_dir(self.settings.data_dir, study_uid))
         return [(path, size) for path, size in spool], results
 
     def _list_files(self, study_id: int, study_uid: str

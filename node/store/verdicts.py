@@ -30,12 +30,14 @@ import datetime as dt
 import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Iterable
 
 from sqlalchemy import select
 
 from node.store import study_findings
 from node.store.database import Index
+from node.store.spool import check_uid
 from node.store.tables import Reader, Verdict, utcnow
 
 VERDICTS = ("accepted", "rejected", "corrected")
@@ -122,6 +124,12 @@ def label_of(key: str) -> str:
     if key.startswith("organ/"):
         return f"{key[6:].replace('_', ' ').capitalize()} injury"
     return key
+
+
+def assessments_dir(data_dir: Path, study_uid: str) -> Path:
+    """Where the study's verdict SRs lie: data/results/<study>/assessments/ (written by
+    node.verdicts.archive, removed with the study by node.store.retention)."""
+    return data_dir / "results" / check_uid(study_uid, "Study Instance UID") / "assessments"
 
 
 def _iso(value: dt.datetime | None) -> str | None:
