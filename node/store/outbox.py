@@ -9,6 +9,10 @@ Each attempt is recorded as started (committed) before its C-STORE goes out, and
 mark is cleared with its answer. A row still marked when it is next due was cut off
 (a crash, a stop, no answer): the destination may hold it already, so node.work.delivery
 asks before sending it again. The table is declared in node.store.tables.
+
+Rows of kind "verdict" (node.verdicts.archive) carry a study's verdict SR rather than a
+series version's result: their series_uid is the study's verdict series, their
+series_version the newest verdict id the SR holds.
 """
 
 from __future__ import annotations

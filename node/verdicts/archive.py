@@ -17,7 +17,9 @@ is withdrawn, as an earlier series version's results are (node.store.outbox.with
 
 Where it is recorded: the outbox rows themselves, kind "verdict", their series_uid the
 verdict series and their series_version the newest verdict id the SR holds (the set's
-version). A study is due when its newest verdict id is above that of its rows. A study
+version). A study is due when its newest verdict id is above that of its rows; that look
+groups every verdict, so a pass makes it only when a verdict came or became quiet since the
+last (two indexed look-ups), and every FULL_LOOK_EVERY all the same. A study
 whose verdict SR cannot be made (its AI objects were removed) is passed over until a new
 verdict comes, and said once. Two nodes sharing the database and data directory may both
 make the same SR: the same UID, the same file, one outbox row per destination.
@@ -48,6 +50,8 @@ from node.work.results import queue_delivery
 log = logging.getLogger("trauma_node.verdicts")
 
 KIND = STUDY_KINDS[0]  # "verdict"
+# Without a new verdict, the studies due are looked for in full this often all the same.
+FULL_LOOK_EVERY = dt.timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -177,32 +181,58 @@ class VerdictArchive:
         self._thread: threading.Thread | None = None
         # study UID -> newest verdict id that could not be, or needed not be, stored
         self._passed_over: dict[str, int] = {}
+        # (its cutoff, the newest verdict id, when) at the last full look
+        self._looked: tuple[dt.datetime, int | None, dt.datetime] | None = None
 
     @property
     def enabled(self) -> bool:
         return self.settings.verdicts.send_after_s > 0 and any(
             KIND in d.objects for d in self.settings.destinations)
 
+    def _changed(self, now: dt.datetime) -> bool:
+        """Whether a study may have become due since the last full look (which groups every
+        verdict): a verdict came (the newest id changed), one became quiet since (its time in
+        (last cutoff, cutoff]), or FULL_LOOK_EVERY passed (a study received again, a
+        verdict committed late by another node). Two indexed look-ups."""
+        cutoff = now - dt.timedelta(seconds=self.settings.verdicts.send_after_s)
+        with self.index.session() as session:
+            newest = session.execute(select(func.max(Verdict.id))).scalar_one()
+            looked = self._looked
+            if looked is not None and looked[1] == newest and now - looked[2] < FULL_LOOK_EVERY:
+                quiet_since = session.execute(select(Verdict.id).where(
+                    Verdict.created_at > looked[0], Verdict.created_at <= cutoff).limit(1)).first()
+                if quiet_since is None:
+                    return False
+        self._looked = (cutoff, newest, now)
+        return True
+
     def run_once(self, now: dt.datetime | None = None) -> list[Stored]:
         """One pass: the verdict SR of every study due. Returns those queued."""
         if not self.enabled:
             return []
+        now = now or utcnow()
+        if not self._changed(now):
+            return []
         made: list[Stored] = []
-        for study_uid, last_id in due(self.index, self.settings.verdicts.send_after_s, now):
-            if self._stop.is_set():
-                break
-            if self._passed_over.get(study_uid) == last_id:
-                continue
-            try:
-                entry = store_study(self.settings, self.index, study_uid)
-            except report.NoVerdictSR as exc:
-                log.warning("no verdict SR for study %s: %s", study_uid, exc)
-                entry = None
-            if entry is None:
-                self._passed_over[study_uid] = last_id
-            else:
-                self._passed_over.pop(study_uid, None)
-                made.append(entry)
+        try:
+            for study_uid, last_id in due(self.index, self.settings.verdicts.send_after_s, now):
+                if self._stop.is_set():
+                    break
+                if self._passed_over.get(study_uid) == last_id:
+                    continue
+                try:
+                    entry = store_study(self.settings, self.index, study_uid)
+                except report.NoVerdictSR as exc:
+                    log.warning("no verdict SR for study %s: %s", study_uid, exc)
+                    entry = None
+                if entry is None:
+                    self._passed_over[study_uid] = last_id
+                else:
+                    self._passed_over.pop(study_uid, None)
+                    made.append(entry)
+        except Exception:
+            self._looked = None  # the next pass looks again in full
+            raise
         return made
 
     def _run(self) -> None:
