@@ -209,13 +209,18 @@ def test_an_unsent_verdict_sr_is_withdrawn_and_retention_removes_them_with_the_s
         with index.session() as session:
             [row] = session.execute(select(OutboxItem).where(
                 OutboxItem.sop_instance_uid == two.sop_instance_uid)).scalars().all()
-        outbox.mark_sent(index, row.id)
+        outbox.mark_started(index, row.id)  # its sending cut off: it may be at the PACS
         store.record(index, uid, "organ/spleen", "rejected", reader.id)
         [three] = verdicts.run_once(utcnow() + LATER)
         third = pydicom.dcmread(three.path)
         named = third.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
         assert named.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == two.sop_instance_uid
         assert three.path.endswith("verdicts-3.dcm") and third.InstanceNumber == 3
+        # the one in doubt is not withdrawn: delivery settles it (asks the PACS, or sends it)
+        assert [state for _, state in verdict_rows(index, uid)] == [
+            "withdrawn", "pending", "pending"]
+        outbox.mark_sent(index, row.id)
+        assert verdicts.run_once(utcnow() + LATER) == []
 
         # Retention: a verdict SR still pending keeps the study; once sent, the study goes
         # with its verdict SRs and their outbox rows; the verdicts stay (agreement).

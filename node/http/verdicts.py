@@ -7,7 +7,7 @@ their exports (JSON, DICOM SR) and the node's agreement with its readers.
 | GET /studies/{uid}/verdicts | any token | the latest analysis's judgeable findings with the current verdicts, and the history |
 | POST /studies/{uid}/verdicts | a reader's account (403 for a service token) | one verdict: `{"finding", "verdict", "corrected_volume_ml"?, "note"?, "job_id"?}` |
 | GET /studies/{uid}/verdicts.json | any token | the study's verdicts, history included, as a JSON download |
-| GET /studies/{uid}/verdicts.dcm | any token | the current verdicts as a Comprehensive SR (application/dicom), dicom_out.verdict_sr |
+| GET /studies/{uid}/verdicts.dcm | any token | the current verdicts as a Comprehensive SR (application/dicom), dicom_out.verdict_sr: the one stored to the archive once it has been |
 | GET /verdicts/export | any token | every verdict made in [since, until) (dates or ISO times, UTC), JSON |
 | GET /verdicts/agreement | any token | agreement per time bucket (`by=day|week|month`), finding type and backend version |
 | GET /agreement | none (the page; it calls the above with the token) | the agreement page |

@@ -13,7 +13,8 @@ for the study's n-th, written atomically to
 data/results/<study>/assessments/verdicts-<n>.dcm (retention removes that folder with the
 study). It names in PredecessorDocumentsSequence the study's latest earlier verdict SR
 that reached a destination, or may have (an attempt cut off); an earlier one still pending
-is withdrawn, as an earlier series version's results are (node.store.outbox.withdraw).
+is withdrawn, as an earlier series version's results are (node.store.outbox.withdraw), but
+not one cut off (delivery settles it: it may be there).
 
 Where it is recorded: the outbox rows themselves, kind "verdict", their series_uid the
 verdict series and their series_version the newest verdict id the SR holds (the set's
@@ -160,7 +161,9 @@ def store_study(settings: Settings, index: Index, study_uid: str) -> Stored | No
         withdrawn = conn.execute(update(OutboxItem).where(
             OutboxItem.study_uid == study_uid, OutboxItem.kind == KIND,
             OutboxItem.sop_instance_uid != sop_uid,
-            OutboxItem.state == OutboxState.PENDING.value).values(
+            OutboxItem.state == OutboxState.PENDING.value,
+            # one cut off may have arrived: it is named as the predecessor, and settled
+            OutboxItem.attempt_started_at.is_(None)).values(
             state=OutboxState.WITHDRAWN.value,
             last_error="withdrawn: a later verdict SR of the study supersedes it")).rowcount
     log.info("verdict SR %s of study %s (%d verdicts, instance %d%s) queued to %d "
