@@ -16,16 +16,18 @@ import time
 import httpx
 import pydicom
 import pytest
+from fastapi.testclient import TestClient
 from pydicom.filebase import DicomBytesIO
 from sqlalchemy import select
 
-from support.nodes import AUTH, FAST, free_port, storescu, wait_for
+from support.nodes import API_TOKEN, AUTH, FAST, free_port, storescu, wait_for
 from support.orthanc import Orthanc
 from support.postgres import PostgresServer
 from support.qa_support import api_settings
 from support.verdict_support import AuditedApi, analysed_study
 
 from node.config import ConfigError, Destination, load_settings
+from node.http.app import create_app
 from node.store import outbox, readers
 from node.store import verdicts as store
 from node.store.database import Index, utcnow
@@ -244,6 +246,8 @@ def test_an_unsent_verdict_sr_is_withdrawn_and_retention_removes_them_with_the_s
 
 
 def test_verdicts_and_their_archive_on_postgresql(tmp_path):
+    """Storing verdicts, superseding, the agreement query, the API and the archive's
+    queries on PostgreSQL (a shared database), not only SQLite."""
     with PostgresServer() as pg:
         settings = api_settings(tmp_path / "data")
         settings.data_dir.mkdir(parents=True)
@@ -288,6 +292,21 @@ def test_verdicts_and_their_archive_on_postgresql(tmp_path):
             assert verdict_rows(index, uid) == [(made.sop_instance_uid, "pending")]
             sr = pydicom.dcmread(made.path)
             assert len([i for i in sr.ContentSequence if i.ValueType == "CONTAINER"]) == 3
+            # The API on PostgreSQL: a verdict, the study's view, the agreement, the SR.
+            app = create_app(settings, index, tokens=[API_TOKEN])
+            with TestClient(app) as client:
+                _, carol = readers.add(index, "carol")
+                posted = client.post(f"/studies/{uid}/verdicts", headers=bearer(carol),
+                                     json={"finding": "organ/spleen", "verdict": "rejected"})
+                assert posted.status_code == 201, posted.text
+                view = client.get(f"/studies/{uid}/verdicts", headers=AUTH).json()
+                assert len(view["verdicts"]) == 5
+                agreed = client.get("/verdicts/agreement?by=day", headers=AUTH).json()
+                assert agreed["overall"]["judged"] == 4
+                dcm = client.get(f"/studies/{uid}/verdicts.dcm", headers=AUTH)
+                assert dcm.status_code == 200 and dcm.headers["x-verdicts"] == "4"
+            [again] = verdicts.run_once(utcnow() + LATER)  # carol's verdict: the next SR
+            assert pydicom.dcmread(again.path).InstanceNumber == 2
             with index.session() as session:
                 assert session.execute(select(Verdict.id)).first() is not None
         finally:
