@@ -1,10 +1,12 @@
 """The re-report once the prior is analysed (node.prior.amendment): with one worker the new
 study is reported first, without the comparison; when the prior's analysis is done, an
 amended SR supersedes the first (PredecessorDocumentsSequence), carries the interval
-change, reaches the PACS once, and the findings, report and Q&A say the change."""
+change, reaches the PACS once, and the findings, report and Q&A say the change. A lookup
+cut off by a stop is done again at the next start."""
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from pathlib import Path
 
@@ -251,3 +253,36 @@ def test_the_amendment_is_made_and_queued_once(node, phantom_factory, tmp_path, 
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
     # A later version of the series supersedes the amended SR, the report last issued.
     assert previous_sr(out.parent / "v2", 2).SOPInstanceUID == amended_uid
+
+
+def test_a_lookup_cut_off_by_a_stop_is_done_again_and_retention_forgets_it(node, phantom_factory):
+    """The loop looks a study up once; one still LOOKING when `serve` starts was cut off by
+    the stop (its job would wait prior.wait_s, then say the lookup never finished): it is
+    looked up again, first. Its state file goes with the study (retention)."""
+    from node.prior.lookup import PriorLookup
+    from node.store.retention import Retention
+
+    settings, index, receiver = node
+    current = phantom_factory("prior-now", **COARSE, blood="large")
+    study = current.spec.study_uid
+    received(index, receiver, current.paths)
+    state.write(settings.data_dir, study, state.LOOKING)
+    state.write(settings.data_dir, "1.2.3.999", state.LOOKING)  # a study no longer here
+
+    lookup = PriorLookup(settings, index)
+    lookup.since = dt.datetime.utcnow() + dt.timedelta(days=1)  # nothing new since the start
+    again = lookup._new_studies()
+    assert [uid for uid, _ in again] == [study]
+    assert again[0][1].is_file() and again[0][1].is_relative_to(settings.spool_dir)
+    assert state.read(settings.data_dir, "1.2.3.999") is None  # let go
+    assert lookup._new_studies() == []  # once, at start
+
+    with index.engine.begin() as conn:  # analysed and delivered long ago
+        conn.execute(update(Job).values(state=JobState.DONE.value))
+    settings.storage.retention_days = 1
+    later = dt.datetime.utcnow() + dt.timedelta(days=2)
+    retention = Retention(settings, index)
+    assert retention.run_once(now=later).studies == []  # its association is still open
+    receiver.association_closed(1)
+    assert retention.run_once(now=later).studies == [study]
+    assert state.read(settings.data_dir, study) is None

@@ -41,10 +41,10 @@ def test_an_expired_study_is_removed_and_can_be_received_again(node_factory, pha
         ask(client, node.url, uid, "How much blood is there?")
         assert len(_files(spool)) == len(truth.paths) and _files(results)
 
-        def gone():
-            return client.get(f"{node.url}/studies/{uid}", headers=AUTH).status_code == 404
-        wait_for(gone, timeout=30, interval=0.2, what="the study removed")
-        assert not spool.exists() and not results.exists()
+        def gone():  # the rows go first, then the files they named
+            return (client.get(f"{node.url}/studies/{uid}", headers=AUTH).status_code == 404
+                    and not spool.exists() and not results.exists())
+        wait_for(gone, timeout=30, interval=0.2, what="the study and its files removed")
         assert client.get(f"{node.url}/studies", headers=AUTH).json() == []
         assert "retention: removed 1 studies" in node.log()
         assert uid not in node.log().split("retention: removed")[-1]  # no UIDs needed there

@@ -30,6 +30,12 @@ def _patient_and_date(path: Path) -> tuple[str, str]:
     return str(ds.get("PatientID", "") or ""), str(ds.get("StudyDate", "") or "")
 
 
+def _a_file_of(conn, study_id: int) -> str | None:
+    """The spool path of one of the study's instances (relative), None before the first."""
+    return conn.execute(select(Instance.path).join(Series, Instance.series_id == Series.id)
+                        .where(Series.study_id == study_id).limit(1)).scalar()
+
+
 class PriorLookup:
     def __init__(self, settings: Settings, index: Index) -> None:
         self.settings, self.index = settings, index
@@ -39,6 +45,7 @@ class PriorLookup:
         # with a full index must not query the PACS for every old study.
         self.since = utcnow() - dt.timedelta(seconds=settings.prior.wait_s)
         self.seen_up_to = 0  # the last study id looked at: each study is looked at once
+        self.resumed = False  # the lookups cut off by a stop are done again first
 
     def start(self) -> None:
         if not self.settings.prior.enabled:
@@ -61,22 +68,41 @@ class PriorLookup:
                 log.exception("prior lookup failed")
 
     def _new_studies(self) -> list[tuple[str, Path]]:
-        """Studies received since the last look, each with one of its files; a study
-        whose lookup a process before a restart began is left as it was."""
+        """Studies received since the last look, each with one of its files; first, the
+        studies whose lookup was cut off by a stop (node.prior.state LOOKING at start)."""
         found: list[tuple[str, Path]] = []
         with self.index.engine.connect() as conn:
+            if not self.resumed:
+                found += self._cut_off(conn)
+                self.resumed = True
             studies = conn.execute(select(Study.id, Study.study_uid).where(
                 Study.created_at >= self.since, Study.id > self.seen_up_to,
             ).order_by(Study.id)).all()
             for study_id, study_uid in studies:
-                path = conn.execute(select(Instance.path).join(
-                    Series, Instance.series_id == Series.id).where(
-                    Series.study_id == study_id).limit(1)).scalar()
+                path = _a_file_of(conn, study_id)
                 if path is None:
                     break  # its first instance is not indexed yet: next time
                 self.seen_up_to = study_id
                 if state.read(self.settings.data_dir, study_uid) is None:
                     found.append((study_uid, self.settings.spool_dir / path))
+        return found
+
+    def _cut_off(self, conn) -> list[tuple[str, Path]]:
+        """Studies still LOOKING when this process starts: their lookup was cut off (the
+        loop runs one lookup at a time, in this process), so it is done again; its result
+        re-reports the study if the job reported meanwhile (node.prior.amendment). A study
+        removed since (retention) is let go."""
+        found: list[tuple[str, Path]] = []
+        for study_uid in state.looking(self.settings.data_dir):
+            study_id = conn.execute(select(Study.id).where(
+                Study.study_uid == study_uid)).scalar()
+            path = _a_file_of(conn, study_id) if study_id is not None else None
+            if path is None:
+                state.forget(self.settings.data_dir, study_uid)
+                continue
+            log.info("study %s: its prior lookup was cut off by a stop; looked up again",
+                     study_uid)
+            found.append((study_uid, self.settings.spool_dir / path))
         return found
 
     def look_up(self, study_uid: str, path: Path) -> None:

@@ -36,3 +36,17 @@ def write(data_dir: Path, study_uid: str, state: str, **details: Any) -> None:
     partial = path.with_suffix(".partial")
     partial.write_text(json.dumps({"state": state, **details}))
     os.replace(partial, path)
+
+
+def looking(data_dir: Path) -> list[str]:
+    """The studies whose lookup has begun and not settled."""
+    found = []
+    for path in sorted((data_dir / "prior").glob("*.json")):
+        now = read(data_dir, path.stem)
+        if now is not None and now.get("state") == LOOKING:
+            found.append(path.stem)
+    return found
+
+
+def forget(data_dir: Path, study_uid: str) -> None:
+    _path(data_dir, study_uid).unlink(missing_ok=True)

@@ -3,7 +3,7 @@
 The PACS is the archive; the node keeps a study only as long as it may be asked
 about or analysed again (`storage.retention_days`, 0 keeps everything). A study
 goes when its last image arrived more than retention_days ago and nothing of it
-is in flight: no series receiving, no job queued or running, no delivery pending
+is in flight: no series receiving or sent to, no job queued or running, no delivery pending
 or dead. A dead letter keeps its study (the results never reached the PACS) until
 `trauma-node retry` delivers it.
 
@@ -36,10 +36,11 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Connection
 
 from node.config import Settings
+from node.prior import state as prior_state
 from node.store.conversations import QaMessage
 from node.store.database import Index, Instance, Job, JobState, Series, SeriesState, Study, utcnow
 from node.store.outbox import OutboxItem, OutboxState
-from node.store.tables import AlertCheck, AlertItem
+from node.store.tables import AlertCheck, AlertItem, Sender
 from node.store.spool import results_dir
 from node.store.verdicts import assessments_dir
 
@@ -63,6 +64,8 @@ def _expired(cutoff: dt.datetime, study_id=None):
                   .join(Instance, Instance.series_id == Series.id)
                   .group_by(Series.study_id).subquery())
     receiving = select(Series.study_id).where(Series.state == SeriesState.RECEIVING.value)
+    # An association still sending to it (a duplicate into a complete series, say).
+    sending = select(Series.study_id).join(Sender, Sender.series_id == Series.id)
     working = (select(Series.study_id).join(Job, Job.series_id == Series.id)
                .where(Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value])))
     pending = (select(Study.id).join(OutboxItem, OutboxItem.study_uid == Study.study_uid)
@@ -70,7 +73,8 @@ def _expired(cutoff: dt.datetime, study_id=None):
     query = (select(Study.id, Study.study_uid)
              .outerjoin(last_image, last_image.c.study_id == Study.id)
              .where(func.coalesce(last_image.c.last, Study.created_at) < cutoff,
-                    Study.id.not_in(receiving), Study.id.not_in(working),
+                    Study.id.not_in(receiving), Study.id.not_in(sending),
+                    Study.id.not_in(working),
                     Study.id.not_in(pending))
              .order_by(func.coalesce(last_image.c.last, Study.created_at), Study.id))
     return query.where(Study.id == study_id) if study_id is not None else query
@@ -170,6 +174,7 @@ class Retention:
                 for folder in results:
                     shutil.rmtree(folder, ignore_errors=True)
                     _remove_empty_parents(folder, self.settings.data_dir / "results")
+                prior_state.forget(self.settings.data_dir, study_uid)  # its prior lookup's
         if removed.kept_for_dead_letters:
             log.warning("retention: kept %d expired studies whose results were never delivered "
                         "(dead letters: `trauma-node retry`)", removed.kept_for_dead_letters)
