@@ -3,6 +3,7 @@ SCP registers, what dicom_out builds and the SCU proposes, the network defaults 
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import ssl
 
@@ -14,6 +15,9 @@ from pynetdicom.sop_class import (StudyRootQueryRetrieveInformationModelFind,
 
 from support.nodes import ROOT
 from dicom_out import KINDS, build_outputs
+from dicom_out.outputs import STUDY_KINDS
+from dicom_out.verdict_sr import Assessment, build_verdict_sr
+from node.config import STUDY_KINDS as CONFIG_STUDY_KINDS
 from node.config import NetworkSection, TLSSection, load_settings
 from node.dicom.scp import TRANSFER_SYNTAXES, StorageSCP
 from node.dicom.tls import client_context
@@ -50,8 +54,8 @@ def scp_ae(tmp_path_factory):
 def sent(phantom_factory) -> dict[str, set[tuple[str, str]]]:
     """kind -> {(SOP Class UID, transfer syntax)} of what dicom_out builds, for a study with
     blood and one without; and the character sets, under "charsets"."""
-    found: dict[str, set] = {kind: set() for kind in KINDS}
-    found["charsets"] = set()
+    found: dict[str, set] = {kind: set() for kind in KINDS + STUDY_KINDS}
+    found["charsets"], found["verdict charsets"] = set(), set()
     for name, spec in (("conformance_bleed", dict(blood="large", blush=True)),
                        ("conformance_clean", dict(blood="none"))):
         truth = phantom_factory(name, **SMALL, **spec)
@@ -59,13 +63,23 @@ def sent(phantom_factory) -> dict[str, set[tuple[str, str]]]:
         outputs = build_outputs(run_series(truth.paths, PipelineSettings()), sources,
                                 series_version=1, algorithm_name="conformance",
                                 algorithm_version="1")
-        for kind, objects in outputs.by_kind().items():
+        by_kind = outputs.by_kind()
+        by_kind["verdict"] = [_a_verdict_sr(outputs.sr)]  # a reader's verdict on this result
+        for kind, objects in by_kind.items():
             for ds in objects:
                 found[kind].add((str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)))
-                if "SpecificCharacterSet" in ds:
+                if kind == "verdict":  # readers' names and notes: UTF-8
+                    found["verdict charsets"].add(str(ds.SpecificCharacterSet))
+                elif "SpecificCharacterSet" in ds:
                     found["charsets"].add((str(ds.SpecificCharacterSet),
                                            str(sources[0].get("SpecificCharacterSet"))))
     return found
+
+
+def _a_verdict_sr(ai_sr: pydicom.Dataset) -> pydicom.Dataset:
+    verdict = Assessment("risk_tier", "Risk tier", "high", "accepted", "reader", "Reader^A",
+                         dt.datetime(2026, 11, 30, 12, 0), str(ai_sr.SOPInstanceUID), verdict_id=1)
+    return build_verdict_sr([ai_sr], [verdict], node_name="conformance", node_version="1")
 
 
 def test_the_scp_sop_classes_are_those_the_scp_registers(scp_ae):
@@ -86,15 +100,17 @@ def test_the_scp_transfer_syntaxes_in_their_order(scp_ae):
 def test_the_scu_sop_classes_are_what_dicom_out_builds(sent):
     rows = table("4.2.2.3.1 SOP classes sent (SCU)")
     documented = {(kind, (uid, ts)) for _, uid, ts, kind in rows}
-    built = {(kind, pair) for kind in KINDS for pair in sent[kind]}
+    built = {(kind, pair) for kind in KINDS + STUDY_KINDS for pair in sent[kind]}
     assert documented == built
-    assert {kind for _, _, _, kind in rows} == set(KINDS)
+    assert {kind for _, _, _, kind in rows} == set(KINDS + STUDY_KINDS)
+    assert STUDY_KINDS == CONFIG_STUDY_KINDS  # what a destination's objects may name
     assert "1.2.840.10008.5.1.4.1.1.88.11" not in {uid for _, uid, _, _ in rows}  # Basic Text SR
 
 
 def test_the_objects_sent_keep_the_source_character_set(sent):
     assert sent["charsets"] and all(out == source for out, source in sent["charsets"])
     assert "copy the Specific Character Set of the source series" in DOC
+    assert sent["verdict charsets"] == {"ISO_IR 192"} and "verdict SR is UTF-8" in DOC
 
 
 def test_the_query_and_echo_scu_contexts():
