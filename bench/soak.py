@@ -969,8 +969,11 @@ def report(summary: dict, plot_path: Path) -> str:
     a = s["args"]
     quick = " --quick" if a.get("quick") else ""
     studies = "" if a["studies"] == 200 or quick else f" --studies {a['studies']}"
+    spread = ("" if quick or a["duration"] == max(60.0, 4.5 * a["studies"])
+              else f" --duration {a['duration']:g}")
+    make = " (`make bench-soak`)" if not (quick or studies or spread) else ""
     lines = [SECTION, "",
-             f"`.venv/bin/python bench/soak.py{quick}{studies} --write-results` (`make bench-soak`), "
+             f"`.venv/bin/python bench/soak.py{quick}{studies}{spread} --write-results`{make}, "
              f"{s['date']}, commit {s['commit']}, {s['machine']}; the machine shared with other "
              f"work (mean load {s['load1_mean']:.1f}, whole-machine CPU "
              f"{s['machine_cpu_mean_pct']:.0f} % of one core during sending).", "",
