@@ -38,7 +38,6 @@ import json
 import logging
 import os
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,7 +60,7 @@ from node.store import jobs
 from node.store.database import Index, Job, JobState
 from node.store.spool import results_dir
 from node.store.tables import OutboxItem, OutboxState, Series, Study
-from node.work.results import ALGORITHM_NAME, AMENDED_SR, queue_delivery
+from node.work.results import ALGORITHM_NAME, AMENDED_SR, aside, queue_delivery, write_atomically
 
 log = logging.getLogger("trauma_node.prior")
 
@@ -154,9 +153,9 @@ def amend_job(settings: Settings, index: Index, study_uid: str, job: _Awaiting,
     if not path.is_file():
         made = _create_exclusively(path, _amended_sr(settings, index, job, findings, out_dir,
                                                      names, earlier, sop_uid))
-    _replace_file(out_dir / "findings.json",
-                  json.dumps(findings.to_json_dict(), indent=2).encode())
-    _replace_file(out_dir / "report.txt", findings.report.encode())
+    document = json.dumps(findings.to_json_dict(), indent=2).encode()
+    write_atomically(out_dir / "findings.json", lambda h: h.write(document))
+    write_atomically(out_dir / "report.txt", lambda h: h.write(findings.report.encode()))
 
     hold_s = _delivery_hold(index, str(earlier.SOPInstanceUID))
     queued = 0
@@ -205,30 +204,15 @@ def _amended_sr(settings: Settings, index: Index, job: _Awaiting, findings: Find
                     instance_number=AMENDED_INSTANCE_NUMBER)
 
 
-def _aside(path: Path) -> Path:
-    """A temporary name beside path, this process's and call's own."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-
-
 def _create_exclusively(path: Path, dataset: Dataset) -> bool:
     """Write the file under its name unless it exists: True when this call created it."""
-    temporary = _aside(path)
+    temporary = aside(path)
     try:
         dataset.save_as(temporary)
         os.link(temporary, path)  # atomic, and fails when the name exists
         return True
     except FileExistsError:
         return False
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def _replace_file(path: Path, data: bytes) -> None:
-    """Readers never see half a file, nor two writers' bytes mixed."""
-    temporary = _aside(path)
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
 

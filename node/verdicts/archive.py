@@ -30,11 +30,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import threading
-import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 from pydicom.dataset import Dataset
 from pydicom.uid import ComprehensiveSRStorage
@@ -46,7 +43,7 @@ from node.store.database import Index, utcnow
 from node.store.tables import OutboxItem, OutboxState, Study, Verdict
 from node.store.verdicts import assessments_dir
 from node.verdicts import report
-from node.work.results import queue_delivery
+from node.work.results import queue_delivery, write_atomically
 
 log = logging.getLogger("trauma_node.verdicts")
 
@@ -128,19 +125,6 @@ def due(index: Index, quiet_s: float, now: dt.datetime | None = None) -> list[tu
         return [(uid, int(last_id)) for uid, last_id in session.execute(query).all()]
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with temporary.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def store_study(settings: Settings, index: Index, study_uid: str) -> Stored | None:
     """Make the study's verdict SR of its current verdicts, write it, and queue it to the
     destinations that take "verdict"; earlier ones still pending are withdrawn. None when
@@ -154,7 +138,9 @@ def store_study(settings: Settings, index: Index, study_uid: str) -> Stored | No
     number = number_of(entries, sop_uid)
     dataset = report.build(now, predecessor_header(study_uid, previous), number)
     path = assessments_dir(settings.data_dir, study_uid) / f"verdicts-{number}.dcm"
-    _write_atomically(path, report.to_bytes(dataset))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = report.to_bytes(dataset)
+    write_atomically(path, lambda h: h.write(data), durable=True)
     queued = queue_delivery(settings, index, study_uid, series_uid, now.last_verdict_id,
                             {KIND: [path]})
     with index.engine.begin() as conn:

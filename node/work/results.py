@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import time
+import uuid
 from math import prod
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Collection, Sequence
@@ -80,12 +81,26 @@ def check_room(settings: Settings, needed: int) -> None:
             needed)
 
 
-def _write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Readers never see a half-written file: write aside, then rename."""
-    temporary = path.with_name(path.name + ".tmp")
-    with temporary.open("wb") as handle:
-        write(handle)
-    os.replace(temporary, path)
+def aside(path: Path) -> Path:
+    """A temporary name beside path, this process's and call's own (two writers of the same
+    file, in two processes or on two nodes, never mix their bytes)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def write_atomically(path: Path, write: Callable[[BinaryIO], object],
+                     durable: bool = False) -> None:
+    """Readers never see a half-written file: write aside, then rename. durable: on disk
+    (fsync) before the rename."""
+    temporary = aside(path)
+    try:
+        with temporary.open("wb") as handle:
+            write(handle)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def write_outputs(findings: Findings, source_paths: list[Path], out_dir: Path,
@@ -128,11 +143,11 @@ def write_outputs(findings: Findings, source_paths: list[Path], out_dir: Path,
                                if kind not in written}, out_dir)
     if findings.labels is not None:
         labels = findings.labels
-        _write_atomically(out_dir / "labels.npy", lambda h: np.save(h, labels, allow_pickle=False))
+        write_atomically(out_dir / "labels.npy", lambda h: np.save(h, labels, allow_pickle=False))
         findings.labels_file = "labels.npy"
     document = json.dumps(findings.to_json_dict(), indent=2).encode()
-    _write_atomically(out_dir / "findings.json", lambda h: h.write(document))
-    _write_atomically(out_dir / "report.txt", lambda h: h.write(findings.report.encode()))
+    write_atomically(out_dir / "findings.json", lambda h: h.write(document))
+    write_atomically(out_dir / "report.txt", lambda h: h.write(findings.report.encode()))
     return {kind: written[kind] for kind in KINDS if kind in written}
 
 
@@ -142,7 +157,7 @@ def _write_objects(objects: dict[str, list[Dataset]], out_dir: Path) -> dict[str
     for kind, datasets in objects.items():
         for number, dataset in enumerate(datasets, start=1):
             path = out_dir / (f"{kind}-{number:02d}.dcm" if kind == "sc" else f"{kind}.dcm")
-            _write_atomically(path, lambda h, ds=dataset: ds.save_as(h))
+            write_atomically(path, lambda h, ds=dataset: ds.save_as(h))
             written.setdefault(kind, []).append(path)
     return written
 
